@@ -1,0 +1,245 @@
+"""Small graph utilities over ``onnx.GraphProto`` shared by the pipeline, analyses and passes.
+
+Lookups (producer, consumers, initializers) are rebuilt on demand rather than cached on the
+proto, so a pass can never read a stale index after mutating the graph.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+
+import networkx as nx
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+
+def producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
+    """Tensor name -> the node that writes it."""
+    return {out: node for node in graph.node for out in node.output if out}
+
+
+def consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    """Tensor name -> nodes that read it (subgraph reads of outer names count for the node)."""
+    users: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+    for node in graph.node:
+        for name in node_reads(node):
+            if not users[name] or users[name][-1] is not node:
+                users[name].append(node)
+    return users
+
+
+def initializers(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
+    return {t.name: t for t in graph.initializer}
+
+
+def node_reads(node: onnx.NodeProto) -> Iterator[str]:
+    """Names a node reads: its inputs, plus outer-scope names used inside its subgraphs."""
+    for name in node.input:
+        if name:
+            yield name
+    for sub in subgraphs(node):
+        yield from outer_scope_reads(sub)
+
+
+def subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            yield attr.g
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            yield from attr.graphs
+
+
+def outer_scope_reads(graph: onnx.GraphProto) -> set[str]:
+    """Names a subgraph reads that it does not define itself (they come from outer scopes)."""
+    defined = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    defined |= {o for n in graph.node for o in n.output}
+    reads: set[str] = set()
+    for node in graph.node:
+        reads.update(n for n in node_reads(node) if n not in defined)
+    reads.update(o.name for o in graph.output if o.name not in defined)
+    return reads
+
+
+def graph_output_names(graph: onnx.GraphProto) -> set[str]:
+    return {o.name for o in graph.output}
+
+
+def toposort(graph: onnx.GraphProto) -> bool:
+    """Order nodes so every tensor is written before it is read; keep the existing order
+    where it is already valid (stable). Returns True when the order changed.
+
+    networkx's lexicographical sort with the original index as key gives the stable order.
+    """
+    nodes = list(graph.node)
+    made_by = {out: i for i, node in enumerate(nodes) for out in node.output if out}
+    g = nx.DiGraph()
+    g.add_nodes_from(range(len(nodes)))
+    for i, node in enumerate(nodes):
+        for name in node_reads(node):
+            j = made_by.get(name)
+            if j is not None and j != i:
+                g.add_edge(j, i)
+    try:
+        order = list(nx.lexicographical_topological_sort(g, key=lambda i: i))
+    except nx.NetworkXUnfeasible as exc:
+        cycle = nx.find_cycle(g)
+        names = " -> ".join(nodes[a].name or nodes[a].op_type for a, _ in cycle)
+        raise ValueError(f"graph has a cycle: {names}") from exc
+    if order == list(range(len(nodes))):
+        return False
+    del graph.node[:]
+    graph.node.extend(nodes[i] for i in order)
+    return True
+
+
+def remove_dead_nodes(graph: onnx.GraphProto) -> int:
+    """Remove nodes none of whose outputs reach a graph output. Returns how many went."""
+    live = set(graph_output_names(graph))
+    keep: list[onnx.NodeProto] = []
+    for node in reversed(graph.node):
+        if any(o in live for o in node.output if o):
+            keep.append(node)
+            live.update(node_reads(node))
+    removed = len(graph.node) - len(keep)
+    if removed:
+        keep.reverse()
+        del graph.node[:]
+        graph.node.extend(keep)
+    return removed
+
+
+def remove_unused_initializers(graph: onnx.GraphProto) -> int:
+    """Drop initializers that no node (or subgraph, or graph output) reads."""
+    used = {n for node in graph.node for n in node_reads(node)} | graph_output_names(graph)
+    keep = [t for t in graph.initializer if t.name in used]
+    dropped = {t.name for t in graph.initializer} - {t.name for t in keep}
+    if dropped:
+        del graph.initializer[:]
+        graph.initializer.extend(keep)
+        # IR < 4 models also list initializers as graph inputs; a dropped initializer must not
+        # stay behind as an input the user would suddenly have to feed.
+        ins = [i for i in graph.input if i.name not in dropped]
+        if len(ins) != len(graph.input):
+            del graph.input[:]
+            graph.input.extend(ins)
+    return len(dropped)
+
+
+def remove_stale_value_info(graph: onnx.GraphProto) -> int:
+    """Drop value_info entries for tensors that no longer exist."""
+    present = {o for n in graph.node for o in n.output}
+    keep = [v for v in graph.value_info if v.name in present]
+    removed = len(graph.value_info) - len(keep)
+    if removed:
+        del graph.value_info[:]
+        graph.value_info.extend(keep)
+    return removed
+
+
+def real_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
+    """Graph inputs that are fed at run time (not initializers listed as inputs)."""
+    inits = {t.name for t in graph.initializer}
+    return [i for i in graph.input if i.name not in inits]
+
+
+def rename_input(graph: onnx.GraphProto, old: str, new: str) -> None:
+    """Make every reader of tensor ``old`` (including subgraphs) read ``new`` instead."""
+    for node in graph.node:
+        for k, name in enumerate(node.input):
+            if name == old:
+                node.input[k] = new
+        for sub in subgraphs(node):
+            if old in outer_scope_reads(sub):
+                _rename_in_subgraph(sub, old, new)
+    for out in graph.output:
+        if out.name == old:
+            out.name = new
+
+
+def _rename_in_subgraph(graph: onnx.GraphProto, old: str, new: str) -> None:
+    for node in graph.node:
+        for k, name in enumerate(node.input):
+            if name == old:
+                node.input[k] = new
+        for sub in subgraphs(node):
+            _rename_in_subgraph(sub, old, new)
+    for out in graph.output:
+        if out.name == old:
+            out.name = new
+
+
+def unique_name(taken: set[str], base: str) -> str:
+    """``base`` if free, else ``base_1``, ``base_2``...; adds the result to ``taken``."""
+    name, k = base, 0
+    while name in taken:
+        k += 1
+        name = f"{base}_{k}"
+    taken.add(name)
+    return name
+
+
+def all_names(graph: onnx.GraphProto) -> set[str]:
+    names = {i.name for i in graph.input} | {o.name for o in graph.output}
+    names |= {t.name for t in graph.initializer}
+    for node in graph.node:
+        names.update(node.output)
+        names.add(node.name)
+    return names
+
+
+def tensor_value(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
+    """The constant value of ``name`` if it is an initializer or a Constant node's output."""
+    for t in graph.initializer:
+        if t.name == name:
+            return numpy_helper.to_array(t)
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output and node.output[0] == name:
+            return constant_node_value(node)
+    return None
+
+
+def constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
+    """Value of a ``Constant`` node, whichever attribute carries it; None if not constant."""
+    for attr in node.attribute:
+        if attr.name == "value":
+            return numpy_helper.to_array(attr.t)
+        if attr.name == "value_float":
+            return np.array(attr.f, dtype=np.float32)
+        if attr.name == "value_floats":
+            return np.array(list(attr.floats), dtype=np.float32)
+        if attr.name == "value_int":
+            return np.array(attr.i, dtype=np.int64)
+        if attr.name == "value_ints":
+            return np.array(list(attr.ints), dtype=np.int64)
+    return None
+
+
+def attr(node: onnx.NodeProto, name: str, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def set_attr(node: onnx.NodeProto, name: str, value) -> None:
+    for k, a in enumerate(node.attribute):
+        if a.name == name:
+            del node.attribute[k]
+            break
+    node.attribute.append(onnx.helper.make_attribute(name, value))
+
+
+def opset_version(model: onnx.ModelProto, domain: str = "") -> int:
+    for op in model.opset_import:
+        if op.domain in (domain, "ai.onnx" if domain == "" else domain):
+            return op.version
+    return 0
+
+
+def count_by(items: Iterable[str]) -> dict[str, int]:
+    counts: dict[str, int] = defaultdict(int)
+    for it in items:
+        counts[it] += 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))

@@ -1,0 +1,414 @@
+"""Pipelines: an ordered list of passes, written three equal ways.
+
+* Python:  ``Pipeline([Simplify(), FoldBN()]).run(model)`` or ``Pipeline.parse("simplify,fold-bn")``
+* TOML:    ``[[pass]]`` tables, each with ``name`` and the pass's options
+* Inline:  ``simplify,fix-input-shapes{shapes=images:1,3,640,640},fold-bn``
+
+The user's order is kept. A pass's ``after`` / ``before`` constraints are checked and a
+violation is an error naming both passes; nothing is reordered silently.
+
+Running a pipeline records, per pass: options, seconds, nodes/params/MACs before and after,
+``modified``, counters, skipped nodes with reasons and (with ``validate_each``) the output
+error against the original. After a pass that modified the model the pipeline — not the
+pass — removes dead nodes and unused initializers, restores a topological order and runs
+the ONNX checker; the final model is always compared with the original.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from graphslim import graph as G
+from graphslim.contract import Pass, PassContext, PassResult, options_dict
+from graphslim.errors import GraphslimError, PassFailedError, PipelineError
+from graphslim.metrics import ModelStats, model_stats
+from graphslim.registry import Registry, default_registry
+from graphslim.validate import DEFAULT_TOLERANCES, Comparison, Tolerance, compare, reference_outputs
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PassSpec:
+    """A pass named in a pipeline, with its options as the user wrote them."""
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_inline(text: str) -> list[PassSpec]:
+    """Parse ``a,b{k=v,k2=v2},c``. Option values are TOML literals where they parse as such
+    (``0.3``, ``true``, ``[1, 2]``, ``"x"``), else plain strings; a comma-separated piece
+    without ``=`` continues the previous value (``shapes=images:1,3,640,640``)."""
+    specs = []
+    for chunk in _split_top(text, ","):
+        chunk = chunk.strip()
+        if not chunk:
+            continue
+        name, brace, rest = chunk.partition("{")
+        name = name.strip()
+        if not brace:
+            specs.append(PassSpec(name))
+            continue
+        if not rest.rstrip().endswith("}"):
+            raise PipelineError(f"pipeline: '{chunk}' has no closing '}}'")
+        specs.append(PassSpec(name, _parse_options(name, rest.rstrip()[:-1])))
+    if not specs:
+        raise PipelineError("pipeline is empty: name at least one pass (see `graphslim passes`)")
+    for s in specs:
+        if not s.name or not all(ch.isalnum() or ch == "-" for ch in s.name):
+            raise PipelineError(f"pipeline: '{s.name}' is not a pass name")
+    return specs
+
+
+def _parse_options(owner: str, body: str) -> dict[str, Any]:
+    opts: dict[str, str] = {}
+    last = None
+    for piece in _split_top(body, ","):
+        if "=" in piece and not piece.lstrip().startswith(("[", '"', "'")):
+            key, _, value = piece.partition("=")
+            last = key.strip()
+            if not last:
+                raise PipelineError(f"pipeline: {owner}{{{body}}} has an option with no name")
+            opts[last] = value.strip()
+        elif last is not None:
+            opts[last] += "," + piece.strip()
+        elif piece.strip():
+            raise PipelineError(f"pipeline: {owner}{{{body}}}: '{piece}' is not key=value")
+    return {k: _literal(v) for k, v in opts.items()}
+
+
+def _literal(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _split_top(text: str, sep: str) -> list[str]:
+    """Split at ``sep`` outside braces, brackets and quotes."""
+    parts, depth, quote, cur = [], 0, "", []
+    for ch in text:
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "{[":
+            depth += 1
+        elif ch in "}]":
+            depth -= 1
+        elif ch == sep and depth == 0:
+            parts.append("".join(cur))
+            cur = []
+            continue
+        cur.append(ch)
+    if depth != 0 or quote:
+        raise PipelineError(f"pipeline: unbalanced brackets or quotes in '{text}'")
+    parts.append("".join(cur))
+    return parts
+
+
+def parse_toml(path: str | Path) -> list[PassSpec]:
+    """Read ``[[pass]]`` tables from a TOML pipeline file."""
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise PipelineError(f"{p}: no such pipeline file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise PipelineError(f"{p}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise PipelineError(f"{p}: not a text file") from None
+    extra = set(data) - {"pass"}
+    if extra:
+        raise PipelineError(
+            f"{p}: unknown top-level key '{sorted(extra)[0]}'; a pipeline file holds [[pass]] tables"
+        )
+    tables = data.get("pass")
+    if not isinstance(tables, list) or not tables:
+        raise PipelineError(f"{p}: no [[pass]] tables; see `graphslim passes` for pass names")
+    specs = []
+    for i, t in enumerate(tables, 1):
+        if "name" not in t:
+            raise PipelineError(f"{p}: [[pass]] number {i} has no 'name'")
+        opts = {k: v for k, v in t.items() if k != "name"}
+        specs.append(PassSpec(str(t["name"]), opts))
+    return specs
+
+
+def build(specs: Sequence[PassSpec], registry: Registry | None = None) -> list[Pass]:
+    reg = registry or default_registry()
+    return [reg.get(s.name)(**s.options) for s in specs]
+
+
+def check_order(passes: Sequence[Pass]) -> None:
+    position: dict[str, int] = {}
+    for i, p in enumerate(passes):
+        position.setdefault(p.name, i)
+    for i, p in enumerate(passes):
+        for other in p.after:
+            j = position.get(other)
+            if j is not None and j > i:
+                raise PipelineError(
+                    f"pipeline order: '{p.name}' must run after '{other}'; move '{other}' earlier"
+                )
+        for other in p.before:
+            j = position.get(other)
+            if j is not None and j < i:
+                raise PipelineError(
+                    f"pipeline order: '{p.name}' must run before '{other}'; move '{p.name}' earlier"
+                )
+
+
+@dataclass
+class StageStats:
+    nodes: int
+    params: int
+    macs: int | None
+
+    @classmethod
+    def of(cls, model: onnx.ModelProto, input_shapes=None) -> StageStats:
+        s: ModelStats = model_stats(model, input_shapes)
+        return cls(s.nodes, s.params, s.macs)
+
+
+@dataclass
+class PassRecord:
+    name: str
+    numerics: str
+    options: dict[str, Any]
+    seconds: float
+    modified: bool
+    before: StageStats
+    after: StageStats
+    counters: dict[str, Any] = field(default_factory=dict)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    validation: Comparison | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "numerics": self.numerics,
+            "options": _jsonable(self.options),
+            "seconds": round(self.seconds, 4),
+            "modified": self.modified,
+            "before": vars(self.before),
+            "after": vars(self.after),
+            "counters": self.counters,
+            "skipped": [{"node": n, "reason": r} for n, r in self.skipped],
+            "notes": self.notes,
+            "validation": self.validation.to_dict() if self.validation else None,
+        }
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+@dataclass
+class PipelineResult:
+    model: onnx.ModelProto
+    records: list[PassRecord]
+    initial: StageStats
+    validation: Comparison | None
+
+    @property
+    def final(self) -> StageStats:
+        return self.records[-1].after if self.records else self.initial
+
+    @property
+    def modified(self) -> bool:
+        return any(r.modified for r in self.records)
+
+    def to_dict(self) -> dict:
+        return {
+            "initial": vars(self.initial),
+            "final": vars(self.final),
+            "passes": [r.to_dict() for r in self.records],
+            "validation": self.validation.to_dict() if self.validation else None,
+        }
+
+
+class Pipeline:
+    def __init__(
+        self, passes: Sequence[Pass | str | PassSpec], *, registry: Registry | None = None
+    ):
+        reg = registry
+        built: list[Pass] = []
+        for p in passes:
+            if isinstance(p, Pass):
+                built.append(p)
+            else:
+                reg = reg or default_registry()
+                spec = p if isinstance(p, PassSpec) else PassSpec(p)
+                built.extend(build([spec], reg))
+        check_order(built)
+        self.passes = built
+
+    @classmethod
+    def parse(cls, text: str, *, registry: Registry | None = None) -> Pipeline:
+        return cls(parse_inline(text), registry=registry)
+
+    @classmethod
+    def from_toml(cls, path: str | Path, *, registry: Registry | None = None) -> Pipeline:
+        return cls(parse_toml(path), registry=registry)
+
+    @property
+    def exact(self) -> bool:
+        return all(p.numerics == "exact" for p in self.passes)
+
+    def __repr__(self) -> str:
+        return ",".join(repr(p) for p in self.passes)
+
+    def run(
+        self,
+        model: onnx.ModelProto,
+        *,
+        ctx: PassContext | None = None,
+        feeds: Sequence[dict[str, np.ndarray]] | None = None,
+        validate: bool = True,
+        validate_each: bool = False,
+        tolerances: Sequence[Tolerance] | None = None,
+        input_shapes: dict[str, tuple[int, ...]] | None = None,
+        progress=None,
+    ) -> PipelineResult:
+        """Run every pass in order on a copy of ``model`` (the caller's model is untouched).
+
+        ``feeds``: inputs for validation (default: one seeded random feed). ``tolerances``:
+        default ``max-rel=1e-4`` for an all-exact pipeline; for lossy pipelines the error is
+        measured and reported, and judged only against tolerances the caller gives.
+        ``progress``: optional callable ``(pass_name, index, total)`` for a progress display.
+        """
+        ctx = ctx or PassContext(input_shapes=input_shapes)
+        input_shapes = input_shapes or ctx.input_shapes
+        original = model
+        current = onnx.ModelProto()
+        current.CopyFrom(model)
+        if tolerances is None:
+            tolerances = DEFAULT_TOLERANCES if self.exact else ()
+        reference = None
+        if (validate or validate_each) and feeds is None:
+            from graphslim.feeds import random_feeds
+
+            feeds = random_feeds(original, count=1, seed=ctx.seed, shapes=input_shapes)
+        checked_in = _checks(original)
+        stats = StageStats.of(current, input_shapes)
+        initial = stats
+        records: list[PassRecord] = []
+        done: list[str] = []
+        for i, p in enumerate(self.passes):
+            if progress:
+                progress(p.name, i, len(self.passes))
+            t0 = time.perf_counter()
+            try:
+                result: PassResult = p(current, ctx)
+            except GraphslimError as exc:
+                raise type(exc)(f"{p.name}: {exc}" + _after(done)) from exc
+            except Exception as exc:
+                raise PassFailedError(
+                    f"pass '{p.name}' failed{_after(done)}: {type(exc).__name__}: {exc}"
+                ) from exc
+            seconds = time.perf_counter() - t0
+            current = result.model
+            if result.modified:
+                _tidy(current)
+                ctx.cache.clear()
+                if checked_in:
+                    _check_or_fail(current, p.name, done)
+                after = StageStats.of(current, input_shapes)
+            else:
+                after = stats
+            rec = PassRecord(
+                name=p.name,
+                numerics=p.numerics,
+                options=options_dict(p.options),
+                seconds=seconds,
+                modified=result.modified,
+                before=stats,
+                after=after,
+                counters=dict(result.counters),
+                skipped=list(result.skipped),
+                notes=list(result.notes),
+            )
+            if validate_each and feeds:
+                if reference is None:
+                    reference = reference_outputs(original, feeds)
+                rec.validation = _compare_or_fail(
+                    original, current, feeds, tolerances, reference, p.name, done
+                )
+            records.append(rec)
+            done.append(p.name)
+            stats = after
+            log.info("%s: modified=%s %.2fs", p.name, result.modified, seconds)
+        validation = None
+        if validate and feeds:
+            last = records[-1].validation if records else None
+            validation = last or _compare_or_fail(
+                original, current, feeds, tolerances, reference, "pipeline", done
+            )
+        return PipelineResult(current, records, initial, validation)
+
+
+def _after(done: list[str]) -> str:
+    return f" (after passes [{', '.join(done)}])" if done else ""
+
+
+def _tidy(model: onnx.ModelProto) -> None:
+    g = model.graph
+    G.toposort(g)
+    G.remove_dead_nodes(g)
+    G.remove_unused_initializers(g)
+    G.remove_stale_value_info(g)
+
+
+def _checks(model: onnx.ModelProto) -> bool:
+    try:
+        onnx.checker.check_model(model if model.ByteSize() < 2**31 - 1 else _light(model))
+        return True
+    except Exception as exc:
+        log.warning("the input model does not pass the ONNX checker (%s); not checking passes", exc)
+        return False
+
+
+def _light(model: onnx.ModelProto) -> onnx.ModelProto:
+    from graphslim.metrics import weightless_copy
+
+    return weightless_copy(model)
+
+
+def _check_or_fail(model: onnx.ModelProto, name: str, done: list[str]) -> None:
+    try:
+        onnx.checker.check_model(model if model.ByteSize() < 2**31 - 1 else _light(model))
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PassFailedError(
+            f"pass '{name}' produced a model the ONNX checker rejects{_after(done)}: {first}"
+        ) from exc
+
+
+def _compare_or_fail(original, current, feeds, tolerances, reference, name, done) -> Comparison:
+    try:
+        return compare(original, current, feeds, tolerances, reference=reference)
+    except GraphslimError as exc:
+        raise PassFailedError(
+            f"validation after '{name}' could not run{_after(done)}: {exc}"
+        ) from exc

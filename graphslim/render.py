@@ -1,0 +1,172 @@
+"""Rich renderables for the CLI: tables built from results (library code never prints)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rich.table import Table
+
+from graphslim.bench import Timing
+from graphslim.pipeline import PipelineResult
+from graphslim.summary import ModelSummary
+from graphslim.validate import Comparison
+
+
+def human(n: float | int | None, unit: str = "") -> str:
+    if n is None:
+        return "?"
+    for factor, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= factor:
+            return f"{n / factor:.2f}{suffix}{unit}"
+    return f"{n:g}{unit}" if isinstance(n, float) else f"{n}{unit}"
+
+
+def _arrow(a, b, unit: str = "") -> str:
+    if a == b:
+        return human(a, unit)
+    return f"{human(a, unit)} -> {human(b, unit)}"
+
+
+def summary_tables(s: ModelSummary) -> list[Table]:
+    head = Table(title=f"{s.path or 'model'}", show_header=False, title_justify="left")
+    head.add_column("what", style="bold")
+    head.add_column("value")
+    head.add_row("file size", human(s.file_bytes, "B"))
+    head.add_row("IR / opset / producer", f"{s.ir_version} / {s.opset} / {s.producer or '-'}")
+    head.add_row("nodes", str(s.nodes))
+    head.add_row(
+        "parameters", f"{human(s.params)} ({human(s.initializer_bytes, 'B')} of initializers)"
+    )
+    macs = human(s.macs) if s.macs is not None else f"{human(s.macs_known)} + unknown"
+    head.add_row("MACs (Conv/ConvTranspose/Gemm/MatMul)", macs)
+    if s.unknown_macs:
+        head.add_row(
+            "MACs unknown for",
+            ", ".join(s.unknown_macs[:5]) + (" ..." if len(s.unknown_macs) > 5 else ""),
+        )
+    io = Table(title="inputs / outputs", title_justify="left")
+    for col in ("", "name", "dtype", "shape"):
+        io.add_column(col)
+    for kind, rows in (("in", s.inputs), ("out", s.outputs)):
+        for r in rows:
+            io.add_row(kind, r["name"], r["dtype"], str(r["shape"]))
+    kinds = Table(title="MACs by op", title_justify="left")
+    kinds.add_column("op")
+    kinds.add_column("MACs", justify="right")
+    kinds.add_column("share", justify="right")
+    total = s.macs_known or 1
+    for k, v in s.macs_by_kind.items():
+        kinds.add_row(k, human(v), f"{100 * v / total:.1f}%")
+    top = Table(title=f"top {len(s.top_nodes)} nodes by MACs", title_justify="left")
+    for col in ("node", "op", "kind", "MACs", "share", "output"):
+        top.add_column(col, justify="right" if col in ("MACs", "share") else "left")
+    for n in s.top_nodes:
+        top.add_row(
+            n["name"],
+            n["op"],
+            n["kind"],
+            human(n["macs"]),
+            f"{100 * n['share']:.1f}%",
+            str(n["output_shape"]),
+        )
+    hist = Table(title="op histogram", title_justify="left")
+    hist.add_column("op")
+    hist.add_column("count", justify="right")
+    for op, c in s.op_histogram.items():
+        hist.add_row(op, str(c))
+    return [head, io, kinds, top, hist]
+
+
+def pipeline_table(result: PipelineResult) -> Table:
+    t = Table(title="passes", title_justify="left")
+    for col in (
+        "pass",
+        "kind",
+        "modified",
+        "seconds",
+        "nodes",
+        "params",
+        "MACs",
+        "counters",
+        "skipped",
+        "max-rel",
+    ):
+        t.add_column(col, justify="right" if col in ("seconds", "skipped", "max-rel") else "left")
+    for r in result.records:
+        counters = ", ".join(f"{k}={_fmt(v)}" for k, v in r.counters.items() if v)
+        err = f"{r.validation.worst('max-rel'):.2e}" if r.validation else "-"
+        t.add_row(
+            r.name,
+            r.numerics,
+            "yes" if r.modified else "no",
+            f"{r.seconds:.2f}",
+            _arrow(r.before.nodes, r.after.nodes),
+            _arrow(r.before.params, r.after.params),
+            _arrow(r.before.macs, r.after.macs),
+            counters or "-",
+            str(len(r.skipped)),
+            err,
+        )
+    return t
+
+
+def skipped_table(result: PipelineResult, limit: int = 20) -> Table | None:
+    rows = [(r.name, n, why) for r in result.records for n, why in r.skipped]
+    if not rows:
+        return None
+    t = Table(title=f"declined ({len(rows)})", title_justify="left")
+    for col in ("pass", "node", "reason"):
+        t.add_column(col)
+    for row in rows[:limit]:
+        t.add_row(*row)
+    if len(rows) > limit:
+        t.add_row("...", f"{len(rows) - limit} more", "see the JSON report")
+    return t
+
+
+def comparison_table(c: Comparison, title: str = "validation") -> Table:
+    verdict = "[green]PASS[/]" if c.passed else "[red]FAIL[/]"
+    tol = ", ".join(c.tolerances) or "none (measured only)"
+    t = Table(
+        title=f"{title}: {verdict} on {c.feeds} feed(s); tolerance {tol}", title_justify="left"
+    )
+    for col in ("output", "shape", "max-abs", "max-rel", "mean-abs", "p99-abs", "cosine", "result"):
+        t.add_column(col, justify="left" if col in ("output", "shape", "result") else "right")
+    for o in c.outputs:
+        st = o.stats
+        t.add_row(
+            o.name,
+            str(o.shape),
+            *(
+                f"{st[k]:.3e}" if k in st else "-"
+                for k in ("max-abs", "max-rel", "mean-abs", "p99-abs")
+            ),
+            f"{st['cosine']:.6f}" if "cosine" in st else "-",
+            "ok" if o.passed else "[red]" + "; ".join(o.failures) + "[/]",
+        )
+    return t
+
+
+def bench_table(timings: Sequence[Timing]) -> Table:
+    t = Table(
+        title=f"onnxruntime CPU latency ({timings[0].runs} runs each, alternating, "
+        f"{timings[0].threads} threads)",
+        title_justify="left",
+    )
+    for col in ("model", "median ms", "p90 ms", "mean ms", "min ms", "ratio"):
+        t.add_column(col, justify="left" if col == "model" else "right")
+    for x in timings:
+        ratio = f"{x.ratio:.3f}x" if x.ratio is not None else "-"
+        t.add_row(
+            x.label,
+            f"{x.median_ms:.3f}",
+            f"{x.p90_ms:.3f}",
+            f"{x.mean_ms:.3f}",
+            f"{x.min_ms:.3f}",
+            ratio,
+        )
+    return t
+
+
+def _fmt(v) -> str:
+    return f"{v:.2e}" if isinstance(v, float) else str(v)

@@ -1,0 +1,108 @@
+"""onnxruntime sessions for validation, shape probing, calibration and latency.
+
+Models under protobuf's 2 GB limit go to onnxruntime as bytes; larger ones are written with
+external data into a private temporary folder that lives as long as the session.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+
+from graphslim.errors import RuntimeFailure
+from graphslim.model_io import serialize_for_runtime
+
+OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
+
+
+class Session:
+    """An onnxruntime CPU session over an in-memory model."""
+
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        *,
+        threads: int | None = None,
+        optimization: str = "basic",
+        label: str = "model",
+    ) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[optimization]
+        if threads:
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+        self._tmp = tempfile.TemporaryDirectory(prefix="graphslim-ort-")
+        self.label = label
+        try:
+            source = serialize_for_runtime(model, self._tmp.name)
+            self.session = ort.InferenceSession(
+                source, sess_options=opts, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:
+            self._tmp.cleanup()
+            raise RuntimeFailure(f"onnxruntime cannot load {label}: {_first_line(exc)}") from exc
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.threads = threads or os.cpu_count() or 1
+
+    def run(
+        self, feed: dict[str, np.ndarray], output_names: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        names = list(output_names) if output_names else self.output_names
+        unknown = [k for k in feed if k not in self.input_names]
+        if unknown:
+            raise RuntimeFailure(
+                f"{self.label}: feed has {unknown[0]!r}, which is not a model input "
+                f"(inputs: {', '.join(self.input_names)})"
+            )
+        try:
+            values = self.session.run(names, {k: feed[k] for k in self.input_names if k in feed})
+        except Exception as exc:
+            raise RuntimeFailure(
+                f"onnxruntime failed to run {self.label}: {_first_line(exc)}"
+            ) from exc
+        return dict(zip(names, values))
+
+    def close(self) -> None:
+        self.session = None
+        self._tmp.cleanup()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def run_model(
+    model: onnx.ModelProto,
+    feeds: Sequence[dict[str, np.ndarray]],
+    output_names: Sequence[str] | None = None,
+    *,
+    optimization: str = "basic",
+    label: str = "model",
+) -> list[dict[str, np.ndarray]]:
+    """Run ``model`` once per feed; returns one ``{output name: array}`` per feed."""
+    with Session(model, optimization=optimization, label=label) as s:
+        return [s.run(f, output_names) for f in feeds]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    # onnxruntime prefixes messages with "[ONNXRuntimeError] : 1 : FAIL : ..."; keep the meat.
+    if "] : " in text and text.startswith("[ONNXRuntimeError]"):
+        text = text.split(" : ", 3)[-1]
+    lines = text.splitlines()
+    return lines[0] if lines else type(exc).__name__

@@ -1,0 +1,203 @@
+"""Numeric comparison of a candidate model against the original, in onnxruntime.
+
+Both models run on the same feeds; per output, over all feeds together:
+
+* ``max-abs``  = max |c - o|
+* ``max-rel``  = max |c - o| / max |o|   (error relative to the output's magnitude; robust where
+  element-wise relative error explodes on values near zero)
+* ``mean-abs`` = mean |c - o|
+* ``p99-abs``  = 99th percentile of |c - o|
+* ``cosine``   = <c, o> / (|c| |o|)      (1.0 = same direction)
+
+A :class:`Tolerance` bounds one statistic for one output (or all outputs), as in Polygraphy's
+comparator: ``max-rel=1e-4`` or ``boxes:max-abs=0.5``; ``cosine`` is a lower bound, the others
+upper bounds. An output that is missing, has another shape, or has NaN/Inf where the original
+is finite fails whatever the tolerance.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import onnx
+
+from graphslim.errors import OptionsError
+from graphslim.runtime import Session
+
+STATISTICS = ("max-abs", "max-rel", "mean-abs", "p99-abs", "cosine")
+_EPS = 1e-12
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    stat: str
+    value: float
+    output: str | None = None  # None: every output
+
+    def __post_init__(self) -> None:
+        if self.stat not in STATISTICS:
+            raise OptionsError(
+                f"unknown statistic '{self.stat}' (use one of {', '.join(STATISTICS)})"
+            )
+
+    @classmethod
+    def parse(cls, text: str) -> Tolerance:
+        """``[OUTPUT:]STAT=VALUE``, e.g. ``max-rel=1e-4`` or ``output0:cosine=0.999``."""
+        head, sep, value = text.strip().rpartition("=")
+        if not sep or not head:
+            raise OptionsError(
+                f"bad tolerance '{text}': write [OUTPUT:]STAT=VALUE, e.g. max-rel=1e-4"
+            )
+        output, _, stat = head.rpartition(":")
+        try:
+            number = float(value)
+        except ValueError:
+            raise OptionsError(f"bad tolerance '{text}': {value!r} is not a number") from None
+        return cls(stat=stat.strip(), value=number, output=output.strip() or None)
+
+    def applies_to(self, output: str) -> bool:
+        return self.output is None or self.output == output
+
+    def holds(self, stats: dict[str, float]) -> bool:
+        got = stats[self.stat]
+        if self.stat == "cosine":
+            return got >= self.value
+        return got <= self.value
+
+    def __str__(self) -> str:
+        where = f"{self.output}:" if self.output else ""
+        return f"{where}{self.stat}={self.value:g}"
+
+
+DEFAULT_TOLERANCES = (Tolerance("max-rel", 1e-4),)
+
+
+@dataclass
+class OutputComparison:
+    name: str
+    shape: list[int]
+    stats: dict[str, float] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+
+@dataclass
+class Comparison:
+    outputs: list[OutputComparison]
+    feeds: int
+    tolerances: list[str]
+
+    @property
+    def passed(self) -> bool:
+        return all(o.passed for o in self.outputs)
+
+    def worst(self, stat: str = "max-rel") -> float:
+        vals = [o.stats.get(stat, math.nan) for o in self.outputs]
+        vals = [v for v in vals if not math.isnan(v)]
+        if not vals:
+            return math.nan
+        return min(vals) if stat == "cosine" else max(vals)
+
+    def failure_summary(self) -> str:
+        parts = [f"{o.name}: {'; '.join(o.failures)}" for o in self.outputs if o.failures]
+        return " | ".join(parts)
+
+    def to_dict(self) -> dict:
+        return {
+            "passed": self.passed,
+            "feeds": self.feeds,
+            "tolerances": self.tolerances,
+            "outputs": [dict(asdict(o), passed=o.passed) for o in self.outputs],
+        }
+
+
+def reference_outputs(
+    model: onnx.ModelProto, feeds: Sequence[dict[str, np.ndarray]], label: str = "original"
+) -> list[dict[str, np.ndarray]]:
+    with Session(model, label=label) as s:
+        return [s.run(f) for f in feeds]
+
+
+def compare(
+    original: onnx.ModelProto,
+    candidate: onnx.ModelProto,
+    feeds: Sequence[dict[str, np.ndarray]],
+    tolerances: Sequence[Tolerance] = DEFAULT_TOLERANCES,
+    *,
+    reference: list[dict[str, np.ndarray]] | None = None,
+) -> Comparison:
+    """Run both models on ``feeds`` and compare every output of the original."""
+    if not feeds:
+        raise OptionsError("no feeds to compare on")
+    if reference is None:
+        reference = reference_outputs(original, feeds)
+    with Session(candidate, label="candidate") as s:
+        got = [s.run({k: v for k, v in f.items() if k in s.input_names}) for f in feeds]
+    return compare_outputs(reference, got, tolerances)
+
+
+def compare_outputs(
+    reference: list[dict[str, np.ndarray]],
+    candidate: list[dict[str, np.ndarray]],
+    tolerances: Sequence[Tolerance] = DEFAULT_TOLERANCES,
+) -> Comparison:
+    names = list(reference[0])
+    unknown = [t.output for t in tolerances if t.output and t.output not in names]
+    if unknown:
+        raise OptionsError(
+            f"tolerance names output '{unknown[0]}', which the model does not have "
+            f"(outputs: {', '.join(names)})"
+        )
+    results = []
+    for name in names:
+        ref = [r[name] for r in reference]
+        if any(name not in c for c in candidate):
+            results.append(
+                OutputComparison(name, list(np.shape(ref[0])), failures=["missing in candidate"])
+            )
+            continue
+        cand = [c[name] for c in candidate]
+        results.append(_compare_one(name, ref, cand, [t for t in tolerances if t.applies_to(name)]))
+    return Comparison(results, feeds=len(reference), tolerances=[str(t) for t in tolerances])
+
+
+def _compare_one(
+    name: str, ref: list[np.ndarray], cand: list[np.ndarray], tolerances: list[Tolerance]
+) -> OutputComparison:
+    shape = list(np.shape(ref[0]))
+    out = OutputComparison(name, shape)
+    for r, c in zip(ref, cand):
+        if np.shape(r) != np.shape(c):
+            out.failures.append(f"shape {list(np.shape(c))} != original {list(np.shape(r))}")
+            return out
+    o = np.concatenate([np.asarray(r, dtype=np.float64).ravel() for r in ref])
+    c = np.concatenate([np.asarray(x, dtype=np.float64).ravel() for x in cand])
+    bad = ~np.isfinite(c) & np.isfinite(o)
+    if bad.any():
+        out.failures.append(f"{int(bad.sum())} non-finite values where the original is finite")
+    both = np.isfinite(o) & np.isfinite(c)
+    o, c = o[both], c[both]
+    if o.size == 0:
+        out.stats = {s: 0.0 for s in STATISTICS} | {"cosine": 1.0}
+    else:
+        diff = np.abs(c - o)
+        scale = float(np.max(np.abs(o)))
+        norm = float(np.linalg.norm(o) * np.linalg.norm(c))
+        out.stats = {
+            "max-abs": float(diff.max()),
+            "max-rel": float(diff.max() / max(scale, _EPS)),
+            "mean-abs": float(diff.mean()),
+            "p99-abs": float(np.percentile(diff, 99)),
+            "cosine": float(np.dot(o, c) / norm) if norm > 0 else float(np.array_equal(o, c)),
+        }
+    for t in tolerances:
+        if not t.holds(out.stats):
+            rel = ">=" if t.stat == "cosine" else "<="
+            out.failures.append(f"{t.stat} {out.stats[t.stat]:.3g} (want {rel} {t.value:g})")
+    return out

@@ -1,0 +1,104 @@
+"""fix-input-shapes: give symbolic input dimensions fixed values.
+
+``shapes = "images:1,3,640,640"`` sets every dimension of graph input ``images``. Only
+symbolic or unknown dims may change: a static dim given a different value is refused, since
+the graph was exported for it (constants such as Reshape targets would no longer fit;
+re-export instead). Output shapes and ``value_info`` are recomputed by ONNX shape inference.
+The computation is unchanged, so outputs are bit-identical for inputs of the fixed shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnx
+
+from graphslim import graph as G
+from graphslim.contract import Pass, PassContext, PassResult, option
+from graphslim.errors import PreconditionError
+from graphslim.feeds import parse_shape_overrides
+from graphslim.metrics import infer_shapes
+
+
+@dataclass(frozen=True, kw_only=True)
+class FixInputShapesOptions:
+    shapes: str = option(
+        "",
+        help="input shapes, 'name:d0,d1,...' separated by ';' (e.g. images:1,3,640,640)",
+    )
+
+    def validate(self) -> None:
+        if not self.shapes.strip():
+            raise ValueError("give shapes='name:d0,d1,...' (e.g. images:1,3,640,640)")
+        parse_shape_overrides(self.shapes)
+
+
+class FixInputShapes(Pass):
+    name = "fix-input-shapes"
+    summary = "fix symbolic input dimensions (images:1,3,640,640) and re-infer shapes"
+    numerics = "exact"
+    Options = FixInputShapesOptions
+
+    def call(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
+        wanted = parse_shape_overrides(self.options.shapes)
+        inputs = {vi.name: vi for vi in G.real_inputs(model.graph)}
+        changed = 0
+        for name, dims in wanted.items():
+            vi = inputs.get(name)
+            if vi is None:
+                raise PreconditionError(
+                    f"fix-input-shapes: the model has no input '{name}' "
+                    f"(inputs: {', '.join(inputs) or 'none'})"
+                )
+            changed += _fix(vi, dims)
+        if not changed:
+            return PassResult(model, False, {"dims_fixed": 0})
+        _refresh_shapes(model)
+        return PassResult(model, True, {"dims_fixed": changed})
+
+
+def _fix(vi: onnx.ValueInfoProto, dims: tuple[int, ...]) -> int:
+    shape = vi.type.tensor_type.shape
+    have = list(shape.dim)
+    if vi.type.tensor_type.HasField("shape") and len(have) != len(dims):
+        raise PreconditionError(
+            f"fix-input-shapes: input '{vi.name}' has rank {len(have)}, "
+            f"got {len(dims)} dims {list(dims)}"
+        )
+    changed = 0
+    if not vi.type.tensor_type.HasField("shape"):
+        for d in dims:
+            shape.dim.add().dim_value = d
+        return len(dims)
+    for k, (dim, value) in enumerate(zip(have, dims)):
+        if dim.HasField("dim_value"):
+            if dim.dim_value != value:
+                raise PreconditionError(
+                    f"fix-input-shapes: input '{vi.name}' dim {k} is fixed at {dim.dim_value} "
+                    f"in the graph, not {value}; re-export the model for that size"
+                )
+            continue
+        dim.Clear()
+        dim.dim_value = value
+        changed += 1
+    return changed
+
+
+def _refresh_shapes(model: onnx.ModelProto) -> None:
+    g = model.graph
+    del g.value_info[:]
+    shapes = infer_shapes(model)
+    for out in g.output:
+        s = shapes.get(out.name)
+        if s is None or not out.type.HasField("tensor_type"):
+            continue
+        dims = out.type.tensor_type.shape.dim
+        if len(dims) not in (0, len(s)):
+            continue
+        if len(dims) == 0:
+            for _ in s:
+                dims.add()
+        for dim, value in zip(dims, s):
+            if isinstance(value, int) and not dim.HasField("dim_value"):
+                dim.Clear()
+                dim.dim_value = value
