@@ -138,7 +138,9 @@ def run(
     fed = _feeds(
         feeds, m, count=count, seed=seed, shapes=shapes, preprocess=preprocess, limit=limit
     )
-    ctx = PassContext(seed=seed, input_shapes=shapes)
+    # Real feeds the user gave also serve the passes' own checks (simplify); random ones
+    # are made per pass from the seed.
+    ctx = PassContext(seed=seed, input_shapes=shapes, feeds=fed if feeds else None)
     with err.status("running passes") as status:
         result = pipe.run(
             m,
@@ -340,9 +342,9 @@ def zoo_list() -> None:
         t.add_row(
             e.id,
             e.kind,
-            e.requirement if hasattr(e, "requirement") else "",
+            e.requirement if e.source == "pypi" else f"structure (seed {e.seed})",
             "yes" if zoo.is_cached(e) else "no",
-            e.description,
+            e.description.split(". ")[0][:70],
         )
     out.print(t)
 

@@ -109,7 +109,8 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
 
 
 def _dim(dim: onnx.TensorShapeProto.Dimension) -> Dim:
-    if dim.HasField("dim_value"):
+    # Paddle exports write -1 for a dynamic dim: treat it as unknown.
+    if dim.HasField("dim_value") and dim.dim_value >= 0:
         return int(dim.dim_value)
     if dim.HasField("dim_param") and dim.dim_param:
         return dim.dim_param
