@@ -33,46 +33,63 @@ _EPS = 1e-12
 
 @dataclass(frozen=True)
 class Tolerance:
+    """``stat <= value`` (``cosine >= value``) for one output or all; ``alternatives`` are
+    more ``(stat, value)`` bounds of which any one holding is enough, like Polygraphy's
+    ``atol`` OR ``rtol``: ``max-rel=1e-4|max-abs=1e-6`` passes an output whose values are all
+    near zero (where any relative measure is noise) as well as one within 1e-4 relative."""
+
     stat: str
     value: float
     output: str | None = None  # None: every output
+    alternatives: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
-        if self.stat not in STATISTICS:
-            raise OptionsError(
-                f"unknown statistic '{self.stat}' (use one of {', '.join(STATISTICS)})"
-            )
+        for stat in [self.stat] + [a[0] for a in self.alternatives]:
+            if stat not in STATISTICS:
+                raise OptionsError(
+                    f"unknown statistic '{stat}' (use one of {', '.join(STATISTICS)})"
+                )
 
     @classmethod
     def parse(cls, text: str) -> Tolerance:
-        """``[OUTPUT:]STAT=VALUE``, e.g. ``max-rel=1e-4`` or ``output0:cosine=0.999``."""
-        head, sep, value = text.strip().rpartition("=")
-        if not sep or not head:
-            raise OptionsError(
-                f"bad tolerance '{text}': write [OUTPUT:]STAT=VALUE, e.g. max-rel=1e-4"
-            )
-        output, _, stat = head.rpartition(":")
-        try:
-            number = float(value)
-        except ValueError:
-            raise OptionsError(f"bad tolerance '{text}': {value!r} is not a number") from None
-        return cls(stat=stat.strip(), value=number, output=output.strip() or None)
+        """``[OUTPUT:]STAT=VALUE[|STAT=VALUE...]``, e.g. ``max-rel=1e-4``,
+        ``output0:cosine=0.999`` or ``max-rel=1e-4|max-abs=1e-6``."""
+        output, bounds = None, []
+        for k, part in enumerate(text.strip().split("|")):
+            head, sep, value = part.strip().rpartition("=")
+            if not sep or not head:
+                raise OptionsError(
+                    f"bad tolerance '{text}': write [OUTPUT:]STAT=VALUE, e.g. max-rel=1e-4"
+                )
+            where, _, stat = head.rpartition(":")
+            if where and k > 0:
+                raise OptionsError(f"bad tolerance '{text}': name the output once, at the start")
+            output = output or where.strip() or None
+            try:
+                bounds.append((stat.strip(), float(value)))
+            except ValueError:
+                raise OptionsError(f"bad tolerance '{text}': {value!r} is not a number") from None
+        (stat, number), *rest = bounds
+        return cls(stat=stat, value=number, output=output, alternatives=tuple(rest))
 
     def applies_to(self, output: str) -> bool:
         return self.output is None or self.output == output
 
     def holds(self, stats: dict[str, float]) -> bool:
-        got = stats[self.stat]
-        if self.stat == "cosine":
-            return got >= self.value
-        return got <= self.value
+        return any(
+            stats[stat] >= value if stat == "cosine" else stats[stat] <= value
+            for stat, value in ((self.stat, self.value), *self.alternatives)
+        )
 
     def __str__(self) -> str:
         where = f"{self.output}:" if self.output else ""
-        return f"{where}{self.stat}={self.value:g}"
+        bounds = "|".join(f"{s}={v:g}" for s, v in ((self.stat, self.value), *self.alternatives))
+        return f"{where}{bounds}"
 
 
-DEFAULT_TOLERANCES = (Tolerance("max-rel", 1e-4),)
+# Exact passes: within 1e-4 of the output's magnitude, or within 1e-6 absolute for outputs
+# whose values are all near zero (a sigmoid map of an empty scene).
+DEFAULT_TOLERANCES = (Tolerance("max-rel", 1e-4, alternatives=(("max-abs", 1e-6),)),)
 
 
 @dataclass
@@ -198,6 +215,6 @@ def _compare_one(
         }
     for t in tolerances:
         if not t.holds(out.stats):
-            rel = ">=" if t.stat == "cosine" else "<="
-            out.failures.append(f"{t.stat} {out.stats[t.stat]:.3g} (want {rel} {t.value:g})")
+            got = ", ".join(f"{s} {out.stats[s]:.3g}" for s, _ in ((t.stat, t.value), *t.alternatives))
+            out.failures.append(f"{got} (want {t})")
     return out
