@@ -24,8 +24,10 @@ zoo_app = typer.Typer(
 )
 app.add_typer(zoo_app, name="zoo")
 
-out = Console()
-err = Console(stderr=True)
+# Piped output (CI logs, files) gets a wide page instead of rich's 80-column default, so
+# tables stay readable; a terminal keeps its own width.
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 FeedsOpt = Annotated[
     str | None,
