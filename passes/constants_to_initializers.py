@@ -38,23 +38,26 @@ class ConstantsToInitializers(Pass):
                 continue
             value = G.constant_node_value(node)
             if value is None:
-                skipped.append((node.name or node.output[0], "Constant without a value attribute"))
+                kinds = ", ".join(a.name for a in node.attribute) or "no value attribute"
+                skipped.append(
+                    (node.name or node.output[0], f"Constant with {kinds}: not converted")
+                )
                 keep.append(node)
                 continue
             tensor = _tensor(node, value)
             tensor.name = node.output[0]
             new_inits.append(tensor)
-        nested = sum(
-            1
-            for node in g.node
-            for sub in G.subgraphs(node)
-            for n in sub.node
-            if n.op_type == "Constant"
-        )
-        if nested:
-            skipped.append(
-                ("<subgraphs>", f"{nested} Constant nodes inside subgraphs left as nodes")
-            )
+        for node in g.node:
+            # Named per node that owns the subgraphs, counted at any depth (If in a Loop...).
+            nested = sum(_constants_in(sub) for sub in G.subgraphs(node))
+            if nested:
+                skipped.append(
+                    (
+                        node.name or node.output[0],
+                        f"{nested} Constant node(s) inside its {node.op_type} subgraphs left as "
+                        "nodes (only top-level Constants become initializers)",
+                    )
+                )
         if not new_inits:
             return PassResult(model, False, {"constants_converted": 0}, skipped)
         del g.node[:]
@@ -67,6 +70,13 @@ class ConstantsToInitializers(Pass):
                     onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
                 )
         return PassResult(model, True, {"constants_converted": len(new_inits)}, skipped)
+
+
+def _constants_in(graph: onnx.GraphProto) -> int:
+    return sum(
+        (n.op_type == "Constant") + sum(_constants_in(sub) for sub in G.subgraphs(n))
+        for n in graph.node
+    )
 
 
 def _tensor(node: onnx.NodeProto, value) -> onnx.TensorProto:

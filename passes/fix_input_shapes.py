@@ -16,7 +16,7 @@ import onnx
 from graphslim import graph as G
 from graphslim.contract import Pass, PassContext, PassResult, option
 from graphslim.errors import PreconditionError
-from graphslim.feeds import parse_shape_overrides
+from graphslim.feeds import FeedError, parse_shape_overrides
 from graphslim.metrics import infer_shapes
 
 
@@ -30,7 +30,10 @@ class FixInputShapesOptions:
     def validate(self) -> None:
         if not self.shapes.strip():
             raise ValueError("give shapes='name:d0,d1,...' (e.g. images:1,3,640,640)")
-        parse_shape_overrides(self.shapes)
+        try:
+            parse_shape_overrides(self.shapes)
+        except FeedError as exc:  # a bad option value: reported as OptionsError by make_options
+            raise ValueError(str(exc)) from None
 
 
 class FixInputShapes(Pass):
@@ -42,7 +45,6 @@ class FixInputShapes(Pass):
     def call(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
         wanted = parse_shape_overrides(self.options.shapes)
         inputs = {vi.name: vi for vi in G.real_inputs(model.graph)}
-        changed = 0
         for name, dims in wanted.items():
             vi = inputs.get(name)
             if vi is None:
@@ -50,33 +52,41 @@ class FixInputShapes(Pass):
                     f"fix-input-shapes: the model has no input '{name}' "
                     f"(inputs: {', '.join(inputs) or 'none'})"
                 )
-            changed += _fix(vi, dims)
+            _check(vi, dims)
+        # Every input checked before any is touched: a refused model is left as it was.
+        changed = sum(_fix(inputs[name], dims) for name, dims in wanted.items())
         if not changed:
             return PassResult(model, False, {"dims_fixed": 0})
         _refresh_shapes(model)
         return PassResult(model, True, {"dims_fixed": changed})
 
 
-def _fix(vi: onnx.ValueInfoProto, dims: tuple[int, ...]) -> int:
-    shape = vi.type.tensor_type.shape
-    have = list(shape.dim)
-    if vi.type.tensor_type.HasField("shape") and len(have) != len(dims):
+def _check(vi: onnx.ValueInfoProto, dims: tuple[int, ...]) -> None:
+    if not vi.type.tensor_type.HasField("shape"):
+        return
+    have = list(vi.type.tensor_type.shape.dim)
+    if len(have) != len(dims):
         raise PreconditionError(
             f"fix-input-shapes: input '{vi.name}' has rank {len(have)}, "
             f"got {len(dims)} dims {list(dims)}"
         )
-    changed = 0
+    for k, (dim, value) in enumerate(zip(have, dims)):
+        if dim.HasField("dim_value") and dim.dim_value != value:
+            raise PreconditionError(
+                f"fix-input-shapes: input '{vi.name}' dim {k} is fixed at {dim.dim_value} "
+                f"in the graph, not {value}; re-export the model for that size"
+            )
+
+
+def _fix(vi: onnx.ValueInfoProto, dims: tuple[int, ...]) -> int:
+    shape = vi.type.tensor_type.shape
     if not vi.type.tensor_type.HasField("shape"):
         for d in dims:
             shape.dim.add().dim_value = d
         return len(dims)
-    for k, (dim, value) in enumerate(zip(have, dims)):
+    changed = 0
+    for dim, value in zip(shape.dim, dims):
         if dim.HasField("dim_value"):
-            if dim.dim_value != value:
-                raise PreconditionError(
-                    f"fix-input-shapes: input '{vi.name}' dim {k} is fixed at {dim.dim_value} "
-                    f"in the graph, not {value}; re-export the model for that size"
-                )
             continue
         dim.Clear()
         dim.dim_value = value

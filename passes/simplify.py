@@ -72,7 +72,7 @@ class Simplify(Pass):
                 "check_max_rel": err,
             }
             if _graph_bytes(simplified) == _graph_bytes(model):
-                # onnxsim only annotated shapes (value_info): not a change worth a new model.
+                # onnxsim only annotated shapes (value_info) or reordered nodes: no change.
                 return PassResult(model, False, counters, notes=notes)
             return PassResult(simplified, True, counters, notes=notes)
         return _keep(model, "; ".join(reasons))
@@ -118,11 +118,16 @@ def _try(model, feeds, optimize: bool, skip_fuse_bn: bool, tolerance: float):
     return simplified, label, cmp.worst("max-rel")
 
 
-def _graph_bytes(model: onnx.ModelProto) -> bytes:
+def _graph_bytes(model: onnx.ModelProto) -> tuple[bytes, list[bytes]]:
+    """The graph without value_info, its nodes as a sorted list: onnxsim may reorder nodes
+    without changing anything else (seen: the Constant nodes of Paddle-style models), and a new
+    order alone is no simplification."""
     g = onnx.GraphProto()
     g.CopyFrom(model.graph)
     del g.value_info[:]
-    return g.SerializeToString(deterministic=True)
+    nodes = sorted(n.SerializeToString(deterministic=True) for n in g.node)
+    del g.node[:]
+    return g.SerializeToString(deterministic=True), nodes
 
 
 def _keep(model: onnx.ModelProto, why: str) -> PassResult:
