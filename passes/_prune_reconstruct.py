@@ -1,0 +1,181 @@
+"""prune-channels ``reconstruct``: least-squares refit of the Convs that lost input channels.
+
+For a Conv ``y = W * x + b`` whose input lost channels, with ``Y`` its output in the
+*unpruned* model and ``X'`` its (pruned) input in the pruned model, both on the same feeds,
+choose the remaining weights ``W'`` to minimize ``|| im2col(X') W'^T + b - Y ||^2`` over
+sampled output positions (AIMET's channel-pruning reconstruction). With ``P`` the sampled
+patches and ``T = Y - b`` the targets: ``W' = (P^T P + l I)^-1 P^T T`` (``l`` a tiny ridge
+term for rank-deficient patches). The refit is kept only where it lowers the error.
+
+Layers are refit in topological *waves*: a wave holds layers none of which feeds another,
+and each wave sees inputs computed with the previous waves already refit (one-shot refitting
+compounds: each layer fits inputs that upstream refits then change). The solve is pulled
+towards the current weights, ``W' = (P^T P + l I)^-1 (P^T T + l W)``, so a layer with few
+informative patches stays near where it was instead of fitting noise with huge weights.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+from numpy.lib.stride_tricks import sliding_window_view
+from onnx import numpy_helper
+
+from graphslim import graph as G
+from graphslim.channels import ChannelGraph
+from graphslim.contract import PassContext
+from graphslim.runtime import Session
+
+log = logging.getLogger(__name__)
+
+
+def _feeds(model: onnx.ModelProto, ctx: PassContext):
+    if ctx.feeds:
+        return list(ctx.feeds)
+    from graphslim.feeds import random_feeds
+
+    log.warning(
+        "prune-channels reconstruct: no calibration feeds; refitting on random inputs, "
+        "which rarely helps real data (pass --feeds IMAGES)"
+    )
+    return random_feeds(model, count=4, seed=ctx.seed, shapes=ctx.input_shapes)
+
+
+def _run_with(model: onnx.ModelProto, names: list[str], feeds) -> list[dict[str, np.ndarray]]:
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    outs = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in outs)
+    with Session(probe, label="reconstruction probe") as s:
+        return [s.run(f, names) for f in feeds]
+
+
+def capture(model: onnx.ModelProto, cg: ChannelGraph, removed: set[int], ctx: PassContext) -> dict:
+    """Before pruning: pick the Convs to refit and record their original outputs."""
+    layers = []
+    for node in model.graph.node:
+        if node.op_type != "Conv" or G.attr(node, "group", 1) != 1:
+            continue
+        if G.attr(node, "auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
+            continue
+        keep_in = cg.kept_positions(node.input[0], removed)
+        if keep_in is None:
+            continue
+        keep_out = cg.kept_positions(node.output[0], removed)
+        layers.append({"node": node, "keep_out": keep_out})
+    if not layers:
+        return {"layers": [], "feeds": []}
+    feeds = _feeds(model, ctx)
+    outs = _run_with(model, [layer["node"].output[0] for layer in layers], feeds)
+    for layer in layers:
+        y = np.concatenate([o[layer["node"].output[0]] for o in outs]).astype(np.float64)
+        if layer["keep_out"] is not None:
+            y = y[:, layer["keep_out"]]
+        layer["target"] = y
+    return {"layers": layers, "feeds": feeds}
+
+
+def refit(
+    model: onnx.ModelProto, reference: dict, ctx: PassContext, max_samples: int
+) -> list[dict]:
+    """After pruning: refit each captured Conv; returns per-layer relative errors."""
+    layers = reference["layers"]
+    if not layers:
+        return []
+    inits = G.initializers(model.graph)
+    details = []
+    for wave in _waves(model, layers):
+        xs = _run_with(model, [layer["node"].input[0] for layer in wave], reference["feeds"])
+        for layer in wave:
+            details.append(_refit_one(layer, xs, inits, ctx, max_samples))
+    return details
+
+
+def _waves(model: onnx.ModelProto, layers: list[dict]) -> list[list[dict]]:
+    """Split layers (in graph order) into runs where no layer depends on another's output."""
+    import networkx as nx
+
+    g = nx.DiGraph()
+    made_by = G.producers(model.graph)
+    for node in model.graph.node:
+        for name in node.input:
+            if name in made_by:
+                g.add_edge(made_by[name].output[0], node.output[0])
+    waves: list[list[dict]] = []
+    current: list[dict] = []
+    outputs: set[str] = set()
+    for layer in layers:
+        node = layer["node"]
+        src = made_by.get(node.input[0])
+        ancestors = nx.ancestors(g, src.output[0]) | {src.output[0]} if src is not None else set()
+        if ancestors & outputs:
+            waves.append(current)
+            current, outputs = [], set()
+        current.append(layer)
+        outputs.add(node.output[0])
+    if current:
+        waves.append(current)
+    return waves
+
+
+def _refit_one(layer: dict, xs, inits, ctx: PassContext, max_samples: int) -> dict:
+    node = layer["node"]
+    x = np.concatenate([o[node.input[0]] for o in xs]).astype(np.float64)
+    w_t = inits[node.input[1]]
+    w = numpy_helper.to_array(w_t).astype(np.float64)
+    b = _bias(node, inits, w.shape[0])
+    patches, rows = _sample_patches(
+        x, node, w.shape[2:], layer["target"].shape[2:], max_samples, ctx.rng
+    )
+    target = _sample_targets(layer["target"], rows) - b
+    flat = w.reshape(w.shape[0], -1)
+    before = _rel(patches @ flat.T, target)
+    gram = patches.T @ patches
+    ridge = 1e-3 * np.trace(gram) / max(gram.shape[0], 1) + 1e-12
+    rhs = patches.T @ target + ridge * flat.T
+    new = np.linalg.solve(gram + ridge * np.eye(gram.shape[0]), rhs).T
+    after = _rel(patches @ new.T, target)
+    if after < before:
+        w_t.CopyFrom(numpy_helper.from_array(new.reshape(w.shape).astype(_dtype(w_t)), w_t.name))
+    return {"node": node.name or node.output[0], "before": before, "after": min(after, before)}
+
+
+def _bias(node, inits, cout: int) -> np.ndarray:
+    if len(node.input) > 2 and node.input[2]:
+        return numpy_helper.to_array(inits[node.input[2]]).astype(np.float64)
+    return np.zeros(cout)
+
+
+def _sample_patches(x, node, kernel, out_hw, max_samples, rng):
+    """Rows of im2col(x) at sampled output positions: ([S, C*kh*kw], (n, i, j) indices)."""
+    nd = len(kernel)
+    pads = G.attr(node, "pads", [0] * 2 * nd)
+    strides = G.attr(node, "strides", [1] * nd)
+    dil = G.attr(node, "dilations", [1] * nd)
+    width = [(p0, p1) for p0, p1 in zip(pads[:nd], pads[nd:])]
+    xp = np.pad(x, [(0, 0), (0, 0)] + width)
+    span = tuple(d * (k - 1) + 1 for d, k in zip(dil, kernel))
+    win = sliding_window_view(xp, span, axis=tuple(range(2, 2 + nd)))
+    sl = (slice(None), slice(None)) + tuple(slice(0, o * s, s) for o, s in zip(out_hw, strides))
+    sl += tuple(slice(None, None, d) for d in dil)
+    win = win[sl]  # [N, C, *out, *kernel]
+    n = x.shape[0]
+    total = n * int(np.prod(out_hw))
+    idx = rng.choice(total, size=min(max_samples, total), replace=False)
+    pos = np.unravel_index(idx, (n,) + tuple(out_hw))
+    picked = win[(pos[0], slice(None)) + tuple(pos[1:])]  # [S, C, *kernel]
+    return picked.reshape(len(idx), -1), pos
+
+
+def _sample_targets(y, pos) -> np.ndarray:
+    return y[(pos[0], slice(None)) + tuple(pos[1:])]
+
+
+def _rel(pred: np.ndarray, target: np.ndarray) -> float:
+    return float(np.linalg.norm(pred - target) / (np.linalg.norm(target) + 1e-12))
+
+
+def _dtype(t: onnx.TensorProto) -> np.dtype:
+    return onnx.helper.tensor_dtype_to_np_dtype(t.data_type)

@@ -1,0 +1,279 @@
+"""prune-channels helpers: which classes to remove (importance, selection, dead channels)
+and what the result will cost (MAC estimate). No graph editing here."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from graphslim import graph as G
+from graphslim.channels import ChannelGraph, ChannelGroup
+from graphslim.contract import PassContext
+from graphslim.metrics import COMPUTE_OPS, _cost
+
+
+def _nodes_by_name(cg: ChannelGraph) -> dict[str, onnx.NodeProto]:
+    return {(n.name or n.output[0]): n for n in cg.model.graph.node}
+
+
+def source_rows(cg: ChannelGraph, node: onnx.NodeProto) -> np.ndarray:
+    """The source's filters as rows [out_channels, fan_in] (float64)."""
+    w = numpy_helper.to_array(G.initializers(cg.model.graph)[node.input[1]]).astype(np.float64)
+    if node.op_type == "ConvTranspose":
+        w = np.moveaxis(w, 1, 0)
+    elif node.op_type in ("Gemm", "MatMul") and not G.attr(node, "transB", 0):
+        w = w.T
+    return w.reshape(w.shape[0], -1)
+
+
+def _source_bias(cg: ChannelGraph, node: onnx.NodeProto) -> np.ndarray | None:
+    if len(node.input) > 2 and node.input[2]:
+        b = numpy_helper.to_array(G.initializers(cg.model.graph)[node.input[2]])
+        return np.broadcast_to(b.reshape(-1), (cg.sources[node.name or node.output[0]].channels,))
+    return None
+
+
+# ---------------------------------------------------------------- importance
+
+
+def _filter_scores(cg, node, kind: str, ctx: PassContext, acts) -> np.ndarray:
+    rows = source_rows(cg, node)
+    if kind == "l2":
+        return np.sqrt(np.mean(rows**2, axis=1))
+    if kind == "bn-scale":
+        gamma = _following_bn_gamma(cg, node)
+        if gamma is not None:
+            return np.abs(gamma)
+    if kind == "activation":
+        return acts[node.output[0]]
+    return np.mean(np.abs(rows), axis=1)
+
+
+def _following_bn_gamma(cg: ChannelGraph, node: onnx.NodeProto) -> np.ndarray | None:
+    readers = cg.readers(node.output[0])
+    if len(readers) == 1 and readers[0].op_type == "BatchNormalization":
+        return cg.const(readers[0].input[1]).astype(np.float64)
+    return None
+
+
+def _activation_means(cg: ChannelGraph, groups, ctx: PassContext) -> dict[str, np.ndarray]:
+    from graphslim.feeds import random_feeds
+    from graphslim.runtime import Session
+
+    names = sorted({cg.sources[s].tensor for g in groups for s in g.sources})
+    feeds = ctx.feeds or random_feeds(cg.model, count=2, seed=ctx.seed, shapes=ctx.input_shapes)
+    probe = onnx.ModelProto()
+    probe.CopyFrom(cg.model)
+    outs = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in outs)
+    sums: dict[str, np.ndarray] = {}
+    with Session(probe, label="activation probe") as s:
+        for f in feeds:
+            got = s.run(f, names)
+            for n in names:
+                axis = cg.slots[n].axis
+                a = np.abs(np.moveaxis(got[n].astype(np.float64), axis, 0)).reshape(
+                    got[n].shape[axis], -1
+                )
+                sums[n] = sums.get(n, 0) + a.mean(axis=1)
+    return {n: v / len(feeds) for n, v in sums.items()}
+
+
+def importance_by_class(
+    cg: ChannelGraph, groups: list[ChannelGroup], kind: str, ctx: PassContext
+) -> dict[int, float]:
+    """Class root -> importance: sum over its atoms of the source's normalized score."""
+    nodes = _nodes_by_name(cg)
+    acts = _activation_means(cg, groups, ctx) if kind == "activation" and groups else {}
+    score: dict[int, float] = defaultdict(float)
+    for grp in groups:
+        for name in grp.sources:
+            node = nodes[name]
+            s = _filter_scores(cg, node, kind, ctx, acts)
+            s = s / (s.mean() + 1e-12)
+            for o, atom in enumerate(cg.slots[node.output[0]].atoms):
+                score[cg.uf[atom]] += float(s[o])
+    return score
+
+
+# ---------------------------------------------------------------- selection
+
+
+def _kept(n: int, ratio: float, round_to: int, min_channels: int) -> int:
+    keep = n - math.floor(ratio * n + 1e-9)
+    if n > round_to:
+        keep = math.ceil(keep / round_to) * round_to
+    return max(min(n, keep), min(n, min_channels), 1)
+
+
+def select(
+    groups: list[ChannelGroup],
+    scores: dict[int, float],
+    ratios: dict[int, float],
+    scope: str,
+    round_to: int,
+    min_channels: int,
+    dead: set[int],
+) -> set[int]:
+    """Classes to remove. ``dead`` classes are removed anyway and count as removed."""
+    removed: set[int] = set()
+    if scope == "global":
+        pool = []
+        for g in groups:
+            live = [c for c in g.classes if c not in dead]
+            mean = np.mean([scores[c] for c in live]) if live else 1.0
+            pool.extend((scores[c] / (mean + 1e-12), g.id, c) for c in live)
+        pool.sort()
+        budget = round(sum(ratios.values()) / max(len(ratios), 1) * len(pool))
+        chosen: dict[int, list[int]] = defaultdict(list)
+        for _, gid, c in pool[:budget]:
+            chosen[gid].append(c)
+        per_group = {g.id: len(chosen[g.id]) / max(len(g.classes), 1) for g in groups}
+    else:
+        per_group = ratios
+    for g in groups:
+        live = sorted((c for c in g.classes if c not in dead), key=lambda c: scores[c])
+        keep = _kept(len(g.classes), per_group[g.id], round_to, min_channels)
+        keep = min(keep, len(live)) if live else 0
+        if not live:
+            keep = 0
+        n_remove = len(live) - max(keep, 1 if live else 0)
+        removed.update(live[: max(n_remove, 0)])
+    return removed
+
+
+# ---------------------------------------------------------------- dead channels
+
+_ZERO_KEEPING = {
+    "Relu", "LeakyRelu", "PRelu", "Tanh", "Elu", "Selu", "Celu", "HardSwish", "Mish", "Gelu",
+    "Erf", "Softsign", "Identity", "Dropout", "Cast", "Abs", "Neg", "Sqrt", "Sign", "Round",
+    "Floor", "Ceil", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Resize",
+    "Upsample", "Transpose", "Squeeze", "Unsqueeze", "Reshape", "Flatten", "Concat", "Split",
+    "Slice", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceL2", "ReduceL1",
+    "Sin",
+}  # fmt: skip
+
+
+def dead_classes(cg: ChannelGraph, groups: list[ChannelGroup]) -> set[int]:
+    """Classes whose removal is exact: every source filter and bias is zero, and every
+    Conv/Gemm/MatMul that reads a position of the class reads zeros there."""
+    nodes = _nodes_by_name(cg)
+    dead_atoms: set[int] = set()
+    for grp in groups:
+        for name in grp.sources:
+            node = nodes[name]
+            rows = source_rows(cg, node)
+            bias = _source_bias(cg, node)
+            zero = ~np.any(rows != 0, axis=1)
+            if bias is not None:
+                zero &= bias == 0
+            atoms = cg.slots[node.output[0]].atoms
+            dead_atoms.update(atoms[o] for o in np.flatnonzero(zero))
+    if not dead_atoms:
+        return set()
+    zero_at = _propagate_zeros(cg, dead_atoms)
+    candidates = {cg.uf[a] for a in dead_atoms}
+    # Every source atom of a candidate class must be dead.
+    for atom, _ in cg.atom_source.items():
+        if cg.uf[atom] in candidates and atom not in dead_atoms:
+            candidates.discard(cg.uf[atom])
+    for node in cg.model.graph.node:
+        if node.op_type not in COMPUTE_OPS:
+            continue
+        s = cg.slot(node.input[0])
+        if s is None:
+            continue
+        zeros = zero_at.get(node.input[0], set())
+        for pos, atom in enumerate(s.atoms):
+            if cg.uf[atom] in candidates and pos not in zeros:
+                candidates.discard(cg.uf[atom])
+    prunable = {c for g in groups for c in g.classes}
+    return candidates & prunable
+
+
+def _propagate_zeros(cg: ChannelGraph, dead_atoms: set[int]) -> dict[str, set[int]]:
+    """Tensor -> positions on its channel slot that are exactly zero."""
+    zero: dict[str, set[int]] = {}
+    for node in cg.model.graph.node:
+        op = node.op_type
+        out = cg.slot(node.output[0]) if node.output else None
+        if out is None:
+            continue
+        name = node.name or node.output[0]
+        if name in cg.sources:
+            zero[node.output[0]] = {i for i, a in enumerate(out.atoms) if a in dead_atoms}
+            continue
+        ins = [(n, cg.slot(n)) for n in node.input if n]
+        if op in _ZERO_KEEPING:
+            # Positional ops map 0 to 0: an output position is zero when its class is zero in
+            # every input that carries it (Concat along a spatial axis joins its inputs).
+            z, nz = set(), set()
+            for n, s in ins:
+                if s is not None:
+                    zs = zero.get(n, set())
+                    for i, a in enumerate(s.atoms):
+                        (z if i in zs else nz).add(cg.uf[a])
+            for o in node.output:
+                so = cg.slot(o)
+                if so is not None:
+                    zero[o] = {i for i, a in enumerate(so.atoms) if cg.uf[a] in z - nz}
+        elif op in ("Mul", "Div", "Add", "Sub", "Sum", "Max", "Min"):
+            zero[node.output[0]] = _binary_zeros(cg, node, zero, out)
+        elif op == "BatchNormalization":
+            z = zero.get(node.input[0], set())
+            gamma, beta, mean, var = (cg.const(n).astype(np.float64) for n in node.input[1:5])
+            shift = beta - mean * gamma / np.sqrt(var + G.attr(node, "epsilon", 1e-5))
+            zero[node.output[0]] = {i for i in z if shift[i] == 0}
+    return zero
+
+
+def _binary_zeros(cg: ChannelGraph, node, zero, out) -> set[int]:
+    r = cg.rank(node.output[0])
+    n = len(out.atoms)
+    per_input = []
+    for name in node.input[: 1 if node.op_type == "Div" else None]:
+        s = cg.slot(name)
+        if s is not None:
+            per_input.append(zero.get(name, set()))
+            continue
+        value = cg.const(name)
+        if value is None:
+            per_input.append(set())
+            continue
+        axis = out.axis - (r - value.ndim)
+        if axis < 0 or value.shape[axis] == 1:
+            per_input.append(set(range(n)) if not np.any(value) else set())
+        else:
+            v = np.moveaxis(value, axis, 0).reshape(value.shape[axis], -1)
+            per_input.append({i for i in range(n) if not np.any(v[i])})
+    if node.op_type in ("Mul", "Div"):
+        return set().union(*per_input) if per_input else set()
+    result = set(range(n))
+    for z in per_input:
+        result &= z
+    return result
+
+
+# ---------------------------------------------------------------- cost
+
+
+def estimate_macs(cg: ChannelGraph, removed: set[int]) -> int:
+    """MACs after removing ``removed``: each compute node scales by the kept fraction of its
+    input and output channel slots (exact for Conv/Gemm/MatMul; depthwise in == out)."""
+    total = 0
+    for node in cg.model.graph.node:
+        if node.op_type not in COMPUTE_OPS:
+            continue
+        macs = _cost(node, cg.shapes).macs or 0
+        f = 1.0
+        depthwise = node.op_type == "Conv" and G.attr(node, "group", 1) > 1
+        for t in (node.output[0],) if depthwise else (node.input[0], node.output[0]):
+            s = cg.slot(t)
+            if s is not None and s.atoms:
+                f *= sum(1 for a in s.atoms if cg.uf[a] not in removed) / len(s.atoms)
+        total += int(macs * f)
+    return total
