@@ -1,210 +1,26 @@
-"""Channel analysis: which channels of which tensors must be pruned together.
-
-A channel *slot* is ``(tensor, axis)``: the axis of a tensor that carries channels. Every
-position on a slot is labelled with an *atom*; atoms that must go together are joined in a
-union-find (networkx's ``UnionFind``), and a joined set is a *channel class*:
-
-* a source (Conv with group 1, ConvTranspose, Gemm, MatMul with a constant weight) makes one
-  fresh atom per output channel; its weight rows (and bias) belong to them;
-* channel-preserving ops (BatchNormalization, activations, pooling, Resize, Pad, ...) pass the
-  atoms through; a Transpose moves them to another axis;
-* element-wise ops with two channel-carrying operands (residual Add, SE Mul) join the
-  atoms position by position; per-channel constant operands are sliced with them;
-* Concat on the channel axis concatenates atom lists (index offsets), Split/Slice cut them;
-  Flatten/Reshape into a Gemm repeats each atom once per spatial position (index expansion);
-* a depthwise Conv ties input and output channels; two Convs sharing one weight tensor tie
-  their channels.
-
-A class is *frozen* (never pruned) when one of its atoms reaches a graph output, an op with
-no rule, a layout change the rules cannot map (a detection head's box reshape, a channel
-shuffle), or is mixed with a tensor whose channels are unknown; the reason is kept. A
-*group* is the set of classes whose sources are linked by joins: all members of a group
-vote on importance, and the same indices go from every member.
-
-Each rule also knows how to *apply* a pruning: given the kept positions of every slot, it
-slices weights, per-channel parameters and constants, and updates shape-carrying inputs
-(Split sizes, Slice bounds, Reshape targets, Resize sizes).
-"""
+"""Per-op channel rules: how each op moves, joins or freezes channel atoms (``RULES``) and
+how it is edited once classes are removed (``APPLY``). One function per op family, in the
+spirit of Torch-Pruning's per-op handlers; see :mod:`graphslim.channels` for the model."""
 
 from __future__ import annotations
 
-import logging
 import math
-from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
-from networkx.utils import UnionFind
-from onnx import numpy_helper
 
 from graphslim import graph as G
-from graphslim.metrics import COMPUTE_OPS, infer_shapes
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from graphslim.channels import ChannelGraph
+    from graphslim.channels.editor import Editor
 
 INT_MAX = 2**62
 
 
-@dataclass
-class Slot:
-    axis: int
-    atoms: list[int]
-
-
-@dataclass
-class Source:
-    """A node whose output channels can be removed, with how to slice its weights."""
-
-    node: str
-    op_type: str
-    tensor: str
-    channels: int
-
-
-@dataclass
-class ChannelGroup:
-    id: int
-    sources: list[str]
-    classes: list[int]  # class roots, in order of first appearance
-    frozen: str | None = None  # reason, when frozen
-    macs: int = 0  # MACs of the sources (and their consumers' share) touching this group
-
-    @property
-    def channels(self) -> int:
-        return len(self.classes)
-
-
-@dataclass
-class ChannelGraph:
-    model: onnx.ModelProto
-    shapes: dict[str, tuple]
-    slots: dict[str, Slot] = field(default_factory=dict)
-    uf: UnionFind = field(default_factory=UnionFind)
-    atom_source: dict[int, tuple[str, int]] = field(default_factory=dict)
-    sources: dict[str, Source] = field(default_factory=dict)
-    frozen: dict[int, str] = field(default_factory=dict)
-    groups: list[ChannelGroup] = field(default_factory=list)
-    next_atom: int = 0
-
-    # ------------------------------------------------------------------ building blocks
-    def new_atoms(self, n: int) -> list[int]:
-        atoms = list(range(self.next_atom, self.next_atom + n))
-        self.next_atom += n
-        for a in atoms:
-            self.uf[a]  # register
-        return atoms
-
-    def slot(self, tensor: str) -> Slot | None:
-        return self.slots.get(tensor)
-
-    def set_slot(self, tensor: str, axis: int, atoms: list[int]) -> None:
-        if tensor:
-            self.slots[tensor] = Slot(axis, list(atoms))
-
-    def join(self, a: list[int], b: list[int]) -> None:
-        for x, y in zip(a, b):
-            self.uf.union(x, y)
-
-    def freeze(self, atoms: list[int], reason: str) -> None:
-        for a in atoms:
-            self.frozen.setdefault(a, reason)
-
-    def freeze_inputs(self, node: onnx.NodeProto, reason: str) -> None:
-        for name in node.input:
-            s = self.slot(name)
-            if s is not None:
-                self.freeze(s.atoms, reason)
-
-    def shape(self, tensor: str) -> tuple | None:
-        s = self.shapes.get(tensor)
-        if s is None or not all(isinstance(d, int) and d >= 0 for d in s):
-            return None
-        return s
-
-    def rank(self, tensor: str) -> int | None:
-        s = self.shapes.get(tensor)
-        return len(s) if s is not None else None
-
-    def const(self, tensor: str) -> np.ndarray | None:
-        if not tensor:
-            return None
-        t = self._inits.get(tensor)
-        if t is not None:
-            return numpy_helper.to_array(t)
-        node = self._made_by.get(tensor)
-        if node is not None and node.op_type == "Constant":
-            return G.constant_node_value(node)
-        return None
-
-    def is_init(self, tensor: str) -> bool:
-        return tensor in self._inits
-
-    def readers(self, tensor: str) -> list[onnx.NodeProto]:
-        return self._readers.get(tensor, [])
-
-    def class_of(self, atom: int) -> int:
-        return self.uf[atom]
-
-    def _index(self) -> None:
-        g = self.model.graph
-        self._inits = G.initializers(g)
-        self._made_by = G.producers(g)
-        self._readers = G.consumers(g)
-
-    # ------------------------------------------------------------------ results
-    def frozen_reason(self, cls: int) -> str | None:
-        return self._class_frozen.get(cls)
-
-    def finish(self) -> None:
-        """Group classes by linked sources; mark frozen classes and groups."""
-        self._class_frozen: dict[int, str] = {}
-        for a, why in self.frozen.items():
-            self._class_frozen.setdefault(self.uf[a], why)
-        link = UnionFind()
-        cls_sources: dict[int, list[str]] = defaultdict(list)
-        for atom, (src, _) in self.atom_source.items():
-            cls = self.uf[atom]
-            link[src]
-            if cls_sources[cls] and cls_sources[cls][-1] != src:
-                link.union(cls_sources[cls][-1], src)
-            if src not in cls_sources[cls]:
-                cls_sources[cls].append(src)
-        by_root: dict[str, ChannelGroup] = {}
-        seen: set[int] = set()
-        for name, src in self.sources.items():
-            root = link[name]
-            grp = by_root.get(root)
-            if grp is None:
-                grp = ChannelGroup(id=len(by_root), sources=[], classes=[])
-                by_root[root] = grp
-            grp.sources.append(name)
-            for atom in self.slots[src.tensor].atoms:
-                cls = self.uf[atom]
-                if cls not in seen:
-                    seen.add(cls)
-                    grp.classes.append(cls)
-        for grp in by_root.values():
-            reasons = [self._class_frozen[c] for c in grp.classes if c in self._class_frozen]
-            if reasons:
-                grp.frozen = reasons[0]
-        self.groups = list(by_root.values())
-
-    def kept_positions(self, tensor: str, removed: set[int]) -> np.ndarray | None:
-        """Indices kept on ``tensor``'s channel axis, or None when nothing changes."""
-        s = self.slots.get(tensor)
-        if s is None:
-            return None
-        keep = [i for i, a in enumerate(s.atoms) if self.uf[a] not in removed]
-        if len(keep) == len(s.atoms):
-            return None
-        return np.asarray(keep, dtype=np.int64)
-
-
-# ====================================================================== rules
-
-Rule = Callable[[onnx.NodeProto, ChannelGraph], None]
+Rule = Callable[[onnx.NodeProto, "ChannelGraph"], None]
 RULES: dict[str, Rule] = {}
 APPLY: dict[str, Callable[[onnx.NodeProto, ChannelGraph, Editor], None]] = {}
 
@@ -227,12 +43,12 @@ def applies(*ops: str):
     return deco
 
 
-def _name(node: onnx.NodeProto) -> str:
+def node_name(node: onnx.NodeProto) -> str:
     return node.name or node.output[0]
 
 
-def _no_rule(node: onnx.NodeProto, cg: ChannelGraph) -> None:
-    cg.freeze_inputs(node, f"{node.op_type} ({_name(node)}) has no channel rule")
+def no_rule(node: onnx.NodeProto, cg: ChannelGraph) -> None:
+    cg.freeze_inputs(node, f"{node.op_type} ({node_name(node)}) has no channel rule")
 
 
 PASS_THROUGH = (
@@ -250,7 +66,7 @@ def _pass_through(node, cg):
     if s is None:
         return
     if node.op_type == "Clip" and any(cg.const(n) is None for n in node.input[1:] if n):
-        cg.freeze(s.atoms, f"Clip ({_name(node)}) with computed bounds")
+        cg.freeze(s.atoms, f"Clip ({node_name(node)}) with computed bounds")
         return
     cg.set_slot(node.output[0], s.axis, s.atoms)
 
@@ -261,7 +77,7 @@ def _norm(node, cg):
     if s is None:
         return
     if s.axis != 1 or any(not cg.is_init(n) for n in node.input[1:] if n):
-        cg.freeze(s.atoms, f"{node.op_type} ({_name(node)}) parameters are not initializers")
+        cg.freeze(s.atoms, f"{node.op_type} ({node_name(node)}) parameters are not initializers")
         return
     cg.set_slot(node.output[0], 1, s.atoms)
 
@@ -281,7 +97,7 @@ def _prelu(node, cg):
         return
     slope = cg.const(node.input[1])
     if slope is None:
-        cg.freeze(s.atoms, f"PRelu ({_name(node)}) slope is not constant")
+        cg.freeze(s.atoms, f"PRelu ({node_name(node)}) slope is not constant")
         return
     cg.set_slot(node.output[0], s.axis, s.atoms)
 
@@ -300,7 +116,7 @@ def _resize(node, cg):
         return
     for k in range(1, len(node.input)):
         if node.input[k] and cg.const(node.input[k]) is None:
-            cg.freeze(s.atoms, f"{node.op_type} ({_name(node)}) with computed scales/sizes")
+            cg.freeze(s.atoms, f"{node.op_type} ({node_name(node)}) with computed scales/sizes")
             return
     cg.set_slot(node.output[0], s.axis, s.atoms)
 
@@ -322,13 +138,13 @@ def _pad(node, cg):
     pads = cg.const(node.input[1]) if len(node.input) > 1 else G.attr(node, "pads")
     axes = cg.const(node.input[3]) if len(node.input) > 3 and node.input[3] else None
     if pads is None:
-        cg.freeze(s.atoms, f"Pad ({_name(node)}) with computed pads")
+        cg.freeze(s.atoms, f"Pad ({node_name(node)}) with computed pads")
         return
     pads = np.asarray(pads).reshape(2, -1)
     r = cg.rank(node.input[0])
     axes = list(range(r)) if axes is None else [int(a) % r for a in axes]
     if s.axis in axes and np.any(pads[:, axes.index(s.axis)] != 0):
-        cg.freeze(s.atoms, f"Pad ({_name(node)}) pads the channel axis")
+        cg.freeze(s.atoms, f"Pad ({node_name(node)}) pads the channel axis")
         return
     cg.set_slot(node.output[0], s.axis, s.atoms)
 
@@ -352,7 +168,7 @@ def _reduce(node, cg):
         return
     axes = _reduce_axes(node, cg) if cg.rank(node.input[0]) else None
     if axes is None or s.axis in axes:
-        cg.freeze(s.atoms, f"{node.op_type} ({_name(node)}) reduces over channels")
+        cg.freeze(s.atoms, f"{node.op_type} ({node_name(node)}) reduces over channels")
         return
     keepdims = G.attr(node, "keepdims", 1)
     axis = s.axis if keepdims else s.axis - sum(1 for a in axes if a < s.axis)
@@ -367,7 +183,7 @@ def _softmax(node, cg):
     r = cg.rank(node.input[0])
     axis = G.attr(node, "axis", -1) % r if r else None
     if axis is None or axis == s.axis:
-        cg.freeze(s.atoms, f"{node.op_type} ({_name(node)}) normalizes over channels")
+        cg.freeze(s.atoms, f"{node.op_type} ({node_name(node)}) normalizes over channels")
         return
     cg.set_slot(node.output[0], s.axis, s.atoms)
 
@@ -392,7 +208,7 @@ def _unsqueeze(node, cg):
         axes = cg.const(node.input[1])
     out_rank = cg.rank(node.output[0])
     if axes is None or out_rank is None:
-        cg.freeze(s.atoms, f"Unsqueeze ({_name(node)}) with computed axes")
+        cg.freeze(s.atoms, f"Unsqueeze ({node_name(node)}) with computed axes")
         return
     axes = sorted(int(a) % out_rank for a in axes)
     axis = s.axis
@@ -412,14 +228,14 @@ def _squeeze(node, cg):
     if axes is None and len(node.input) > 1 and node.input[1]:
         axes = cg.const(node.input[1])
     if shape is None:
-        cg.freeze(s.atoms, f"Squeeze ({_name(node)}) on a tensor of unknown rank")
+        cg.freeze(s.atoms, f"Squeeze ({node_name(node)}) on a tensor of unknown rank")
         return
     r = len(shape)
     axes = (
         [i for i, d in enumerate(shape) if d == 1] if axes is None else [int(a) % r for a in axes]
     )
     if s.axis in axes:
-        cg.freeze(s.atoms, f"Squeeze ({_name(node)}) removes the channel axis")
+        cg.freeze(s.atoms, f"Squeeze ({node_name(node)}) removes the channel axis")
         return
     cg.set_slot(node.output[0], s.axis - sum(1 for a in axes if a < s.axis), s.atoms)
 
@@ -433,7 +249,7 @@ def _shape_only(node, cg):
 def _concat(node, cg):
     r = cg.rank(node.output[0])
     if r is None:
-        return _no_rule(node, cg)
+        return no_rule(node, cg)
     axis = G.attr(node, "axis") % r
     slots = [cg.slot(n) for n in node.input]
     if all(s is None for s in slots):
@@ -450,7 +266,7 @@ def _concat(node, cg):
             if shape is None:
                 return _freeze_all(node, cg, slots, "concatenates a tensor of unknown channels")
             fresh = cg.new_atoms(shape[axis])
-            cg.freeze(fresh, f"Concat ({_name(node)}) input {name} has no prunable channels")
+            cg.freeze(fresh, f"Concat ({node_name(node)}) input {name} has no prunable channels")
             atoms.extend(fresh)
         cg.set_slot(node.output[0], axis, atoms)
         return
@@ -466,7 +282,7 @@ def _concat(node, cg):
 def _freeze_all(node, cg, slots, why: str) -> None:
     for s in slots:
         if s is not None:
-            cg.freeze(s.atoms, f"{node.op_type} ({_name(node)}) {why}")
+            cg.freeze(s.atoms, f"{node.op_type} ({node_name(node)}) {why}")
 
 
 def _split_sizes(node, cg, total: int) -> list[int] | None:
@@ -495,7 +311,7 @@ def _split(node, cg):
         return
     sizes = _split_sizes(node, cg, len(s.atoms))
     if sizes is None or sum(sizes) != len(s.atoms):
-        cg.freeze(s.atoms, f"Split ({_name(node)}) with computed sizes")
+        cg.freeze(s.atoms, f"Split ({node_name(node)}) with computed sizes")
         return
     start = 0
     for out, n in zip(node.output, sizes):
@@ -533,14 +349,14 @@ def _slice(node, cg):
         return
     starts, ends, axes, steps = _slice_args(node, cg)
     if starts is None:
-        cg.freeze(s.atoms, f"Slice ({_name(node)}) with computed bounds")
+        cg.freeze(s.atoms, f"Slice ({node_name(node)}) with computed bounds")
         return
     if s.axis not in axes:
         cg.set_slot(node.output[0], s.axis, s.atoms)
         return
     k = axes.index(s.axis)
     if steps[k] != 1:
-        cg.freeze(s.atoms, f"Slice ({_name(node)}) steps over channels")
+        cg.freeze(s.atoms, f"Slice ({node_name(node)}) steps over channels")
         return
     lo, hi, _ = slice(int(starts[k]), int(min(ends[k], INT_MAX)), 1).indices(len(s.atoms))
     cg.set_slot(node.output[0], s.axis, s.atoms[lo:hi])
@@ -601,7 +417,7 @@ def _flatten(node, cg):
     axis = G.attr(node, "axis", 1) % len(shape) if shape else None
     # Supported: channels are the first flattened axis ([N, C, H, W] -> [N, C*H*W]).
     if axis is None or s.axis < axis or math.prod(shape[axis : s.axis]) != 1:
-        cg.freeze(s.atoms, f"Flatten ({_name(node)}) merges channels with other axes")
+        cg.freeze(s.atoms, f"Flatten ({node_name(node)}) merges channels with other axes")
         return
     cg.set_slot(node.output[0], 1, _expand(s.atoms, math.prod(shape[s.axis + 1 :])))
 
@@ -613,13 +429,13 @@ def _reshape(node, cg):
         return
     src, dst = cg.shape(node.input[0]), cg.shape(node.output[0])
     if src is None or dst is None:
-        cg.freeze(s.atoms, f"Reshape ({_name(node)}) between unknown shapes")
+        cg.freeze(s.atoms, f"Reshape ({node_name(node)}) between unknown shapes")
         return
     c = s.axis
     if cg.const(node.input[1]) is None:
         cg.freeze(
             s.atoms,
-            f"Reshape ({_name(node)}) with a computed shape; run simplify with fixed input shapes",
+            f"Reshape ({node_name(node)}) with a computed shape; run simplify with fixed input shapes",
         )
         return
     if len(dst) > c and tuple(dst[: c + 1]) == tuple(src[: c + 1]):
@@ -628,7 +444,7 @@ def _reshape(node, cg):
     if len(dst) == c + 1 and tuple(dst[:c]) == tuple(src[:c]) and dst[c] == math.prod(src[c:]):
         cg.set_slot(node.output[0], c, _expand(s.atoms, math.prod(src[c + 1 :])))
         return
-    cg.freeze(s.atoms, f"Reshape ({_name(node)}) changes the channel layout {src} -> {dst}")
+    cg.freeze(s.atoms, f"Reshape ({node_name(node)}) changes the channel layout {src} -> {dst}")
 
 
 @applies("Reshape")
@@ -648,7 +464,7 @@ def _reshape_apply(node, cg, ed):
 def _elementwise(node, cg):
     r = cg.rank(node.output[0])
     if r is None:
-        return _no_rule(node, cg)
+        return no_rule(node, cg)
     slots = []
     for name in node.input:
         s = cg.slot(name)
@@ -700,18 +516,18 @@ def _conv(node, cg):
     x = cg.slot(node.input[0])
     w = cg.const(node.input[1]) if cg.is_init(node.input[1]) else None
     if w is None:
-        cg.freeze_inputs(node, f"Conv ({_name(node)}) weight is not an initializer")
+        cg.freeze_inputs(node, f"Conv ({node_name(node)}) weight is not an initializer")
         return _frozen_output(
             node, cg, "weight is not an initializer (run constants-to-initializers)"
         )
     if any(n and not cg.is_init(n) for n in node.input[2:]):
-        cg.freeze_inputs(node, f"Conv ({_name(node)}) bias is not an initializer")
+        cg.freeze_inputs(node, f"Conv ({node_name(node)}) bias is not an initializer")
         return _frozen_output(node, cg, "bias is not an initializer")
     group = G.attr(node, "group", 1)
     cout, cin_g = w.shape[0], w.shape[1]
     if group == 1:
         if x is not None and x.axis != 1:
-            cg.freeze(x.atoms, f"Conv ({_name(node)}) input channels are not on axis 1")
+            cg.freeze(x.atoms, f"Conv ({node_name(node)}) input channels are not on axis 1")
         _source(node, cg, cout)
         _tie_shared_weight(node, cg)
         return
@@ -725,7 +541,7 @@ def _conv(node, cg):
                 cg.uf.union(a, x.atoms[o // mult])
             cg.set_slot(node.output[0], 1, out)
         return
-    reason = f"grouped Conv ({_name(node)}, group={group}) is not pruned"
+    reason = f"grouped Conv ({node_name(node)}, group={group}) is not pruned"
     cg.freeze_inputs(node, reason)
     _frozen_output(node, cg, reason, cout)
 
@@ -735,16 +551,18 @@ def _frozen_output(node, cg, reason: str, channels: int | None = None) -> None:
     n = channels if channels is not None else (shape[1] if shape and len(shape) > 1 else None)
     if n is not None:
         atoms = cg.new_atoms(n)
-        cg.freeze(atoms, f"{node.op_type} ({_name(node)}): {reason}")
+        cg.freeze(atoms, f"{node.op_type} ({node_name(node)}): {reason}")
         cg.set_slot(node.output[0], 1, atoms)
 
 
 def _source(node, cg, channels: int, axis: int = 1) -> None:
     atoms = cg.new_atoms(channels)
     for o, a in enumerate(atoms):
-        cg.atom_source[a] = (_name(node), o)
+        cg.atom_source[a] = (node_name(node), o)
     cg.set_slot(node.output[0], axis, atoms)
-    cg.sources[_name(node)] = Source(_name(node), node.op_type, node.output[0], channels)
+    from graphslim.channels import Source
+
+    cg.sources[node_name(node)] = Source(node_name(node), node.op_type, node.output[0], channels)
 
 
 def _tie_shared_weight(node, cg) -> None:
@@ -757,7 +575,9 @@ def _tie_shared_weight(node, cg) -> None:
         if a is not None and b is not None:
             cg.join(a.atoms, b.atoms)
         elif a is not None or b is not None:
-            cg.freeze((a or b).atoms, f"{_name(node)} shares its weight with {_name(other)}")
+            cg.freeze(
+                (a or b).atoms, f"{node_name(node)} shares its weight with {node_name(other)}"
+            )
         break
 
 
@@ -788,7 +608,7 @@ def _conv_transpose(node, cg):
     x = cg.slot(node.input[0])
     if w is None or G.attr(node, "group", 1) != 1 or (x is not None and x.axis != 1):
         reason = "weight is not an initializer or group != 1"
-        cg.freeze_inputs(node, f"ConvTranspose ({_name(node)}): {reason}")
+        cg.freeze_inputs(node, f"ConvTranspose ({node_name(node)}): {reason}")
         return _frozen_output(node, cg, reason)
     _source(node, cg, w.shape[1])
 
@@ -812,7 +632,7 @@ def _gemm(node, cg):
     ok = ok and all(cg.is_init(n) for n in node.input[2:] if n)
     if not ok:
         reason = "weight is not an initializer or transA=1"
-        cg.freeze_inputs(node, f"Gemm ({_name(node)}): {reason}")
+        cg.freeze_inputs(node, f"Gemm ({node_name(node)}): {reason}")
         return _frozen_output(node, cg, reason)
     n = w.shape[0] if G.attr(node, "transB", 0) else w.shape[1]
     _source(node, cg, n)
@@ -838,7 +658,7 @@ def _matmul(node, cg):
     w = cg.const(node.input[1]) if cg.is_init(node.input[1]) else None
     r = cg.rank(node.input[0])
     if w is None or w.ndim != 2 or r is None or (x is not None and x.axis != r - 1):
-        cg.freeze_inputs(node, f"MatMul ({_name(node)}) is not x @ constant on the last axis")
+        cg.freeze_inputs(node, f"MatMul ({node_name(node)}) is not x @ constant on the last axis")
         return
     _source(node, cg, w.shape[1], axis=r - 1)
 
@@ -850,158 +670,3 @@ def _matmul_apply(node, cg, ed):
         ed.slice_input(node, 1, 1, keep_out)
     if keep_in is not None:
         ed.slice_input(node, 1, 0, keep_in)
-
-
-# ====================================================================== analysis
-
-
-def analyze(model: onnx.ModelProto, input_shapes: dict | None = None) -> ChannelGraph:
-    """Build the channel graph of ``model`` (not modified)."""
-    from graphslim.metrics import _runtime_shapes
-
-    shapes = infer_shapes(model, input_shapes)
-    g = model.graph
-    wanted = {n for node in g.node for n in list(node.input) + list(node.output) if n}
-    missing = [n for n in wanted if n in shapes and shapes[n] is not None and None in shapes[n]]
-    missing += [n for n in wanted if n not in shapes]
-    if missing:
-        shapes.update(_runtime_shapes(model, missing, input_shapes))
-    cg = ChannelGraph(model, shapes)
-    cg._index()
-    for node in g.node:
-        if node.domain not in ("", "ai.onnx"):
-            _no_rule(node, cg)
-            continue
-        if any(True for _ in G.subgraphs(node)):
-            cg.freeze_inputs(node, f"{node.op_type} ({_name(node)}) has subgraphs")
-            for sub in G.subgraphs(node):
-                for name in G.outer_scope_reads(sub):
-                    s = cg.slot(name)
-                    if s is not None:
-                        cg.freeze(s.atoms, f"read inside the subgraph of {_name(node)}")
-            continue
-        RULES.get(node.op_type, _no_rule)(node, cg)
-    for out in g.output:
-        s = cg.slot(out.name)
-        if s is not None:
-            cg.freeze(s.atoms, f"reaches graph output '{out.name}'")
-    cg.finish()
-    _group_macs(cg)
-    return cg
-
-
-def _group_macs(cg: ChannelGraph) -> None:
-    """MACs of compute nodes whose input or output channels belong to each group."""
-    from graphslim.metrics import _cost
-
-    owner: dict[int, ChannelGroup] = {c: grp for grp in cg.groups for c in grp.classes}
-    for node in cg.model.graph.node:
-        if node.op_type not in COMPUTE_OPS:
-            continue
-        cost = _cost(node, cg.shapes).macs or 0
-        touched = set()
-        for t in (node.input[0], node.output[0]):
-            s = cg.slot(t)
-            if s is not None:
-                for a in s.atoms:
-                    grp = owner.get(cg.uf[a])
-                    if grp is not None:
-                        touched.add(grp.id)
-        for gid in touched:
-            cg.groups[gid].macs += cost // len(touched)
-
-
-# ====================================================================== apply
-
-
-class Editor:
-    """Applies a chosen set of removed classes to the model, rule by rule.
-
-    Weight slices are collected first and written at the end: an initializer read by one
-    node (or by several that need the very same slices, like two convs sharing a weight) is
-    edited in place and keeps its name; one whose readers need different slices gets a
-    private copy per distinct slicing (``<name>_pruned``, ``_1``, ...).
-    """
-
-    def __init__(self, cg: ChannelGraph, removed: set[int]) -> None:
-        self.cg = cg
-        self.removed = removed
-        self.model = cg.model
-        self.opset = G.opset_version(cg.model)
-        self._ops: dict[tuple[int, int], tuple[onnx.NodeProto, list]] = {}
-        self._inits = G.initializers(cg.model.graph)
-        self._taken = G.all_names(cg.model.graph)
-
-    def keep(self, tensor: str) -> np.ndarray | None:
-        return self.cg.kept_positions(tensor, self.removed)
-
-    def removed_count(self, tensor: str) -> int:
-        s = self.cg.slots.get(tensor)
-        return 0 if s is None else sum(1 for a in s.atoms if self.cg.uf[a] in self.removed)
-
-    def slice_input(self, node: onnx.NodeProto, k: int, axis: int, keep: np.ndarray) -> None:
-        """Keep ``keep`` along ``axis`` of the initializer feeding input ``k`` of ``node``."""
-        entry = self._ops.setdefault((id(node), k), (node, []))
-        entry[1].append((axis, tuple(int(i) for i in keep)))
-
-    def slice_broadcast(self, node, k: int, out_rank: int, out_axis: int, keep) -> None:
-        """Slice a constant operand that broadcasts against a channel slot of ``out_rank``."""
-        value = self.cg.const(node.input[k])
-        axis = out_axis - (out_rank - value.ndim)
-        if axis < 0 or value.shape[axis] == 1:
-            return
-        self.set_input(node, k, np.take(value, keep, axis=axis))
-
-    def set_input(self, node: onnx.NodeProto, k: int, value: np.ndarray) -> None:
-        """Give input ``k`` of ``node`` a new constant (small: shapes, sizes, per-channel
-        operands): edited in place when only this node reads it, else a private copy."""
-        name = node.input[k]
-        t = self._inits.get(name) if name else None
-        dtype = _dtype(t) if t is not None else np.asarray(value).dtype
-        array = np.asarray(value, dtype=dtype)
-        if t is not None and self._uses(name) == 1:
-            t.CopyFrom(numpy_helper.from_array(array, name))
-            return
-        stem = name.split("/")[-1] if name else f"in{k}"
-        new = G.unique_name(self._taken, f"{_name(node)}/{stem}")
-        self.model.graph.initializer.append(numpy_helper.from_array(array, new))
-        self._inits[new] = self.model.graph.initializer[-1]
-        node.input[k] = new
-
-    def _uses(self, name: str) -> int:
-        return sum(1 for n in self.model.graph.node for i in n.input if i == name)
-
-    def apply(self) -> None:
-        for node in list(self.model.graph.node):
-            fn = APPLY.get(node.op_type)
-            if fn is not None:
-                fn(node, self.cg, self)
-        self._write_slices()
-        del self.model.graph.value_info[:]
-
-    def _write_slices(self) -> None:
-        by_name: dict[str, list[tuple[onnx.NodeProto, int, tuple]]] = defaultdict(list)
-        for (_, k), (node, ops) in self._ops.items():
-            by_name[node.input[k]].append((node, k, tuple(ops)))
-        for name, uses in by_name.items():
-            t = self._inits[name]
-            base = numpy_helper.to_array(t)
-            signatures = list(dict.fromkeys(ops for _, _, ops in uses))
-            in_place = len(signatures) == 1 and self._uses(name) == len(uses)
-            for sig in signatures:
-                value = base
-                for axis, keep in sig:
-                    value = np.take(value, np.asarray(keep, np.int64), axis=axis)
-                value = np.ascontiguousarray(value)
-                if in_place:
-                    t.CopyFrom(numpy_helper.from_array(value, name))
-                    continue
-                new = G.unique_name(self._taken, f"{name}_pruned")
-                self.model.graph.initializer.append(numpy_helper.from_array(value, new))
-                for node, k, ops in uses:
-                    if ops == sig:
-                        node.input[k] = new
-
-
-def _dtype(t: onnx.TensorProto) -> np.dtype:
-    return onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
