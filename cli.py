@@ -88,12 +88,34 @@ def _feeds(source, model, *, count, seed, shapes, preprocess, limit=None):
     )
 
 
+def _check_json_path(path: Path | None, *models: Path | None) -> None:
+    """Refuse, before any work, a --json path that would overwrite a model or cannot be written."""
+    if path is None:
+        return
+    from graphslim.errors import ModelSaveError
+    from graphslim.model_io import _same_file
+
+    for m in models:
+        if m is not None and _same_file(path, m):
+            raise ModelSaveError(f"{path}: --json would overwrite {m}; choose another report path")
+    if path.is_dir():
+        raise ModelSaveError(
+            f"{path}: --json path is a folder; give a file name such as report.json"
+        )
+    if not path.parent.is_dir():
+        raise ModelSaveError(f"{path}: folder {path.parent} does not exist; create it first")
+
+
 def _write_json(path: Path | None, data: dict) -> None:
     if path is None:
         return
+    from graphslim.errors import ModelSaveError
     from graphslim.model_io import _atomic_write_bytes
 
-    _atomic_write_bytes(path, (json.dumps(data, indent=2, default=str) + "\n").encode())
+    try:
+        _atomic_write_bytes(path, (json.dumps(data, indent=2, default=str) + "\n").encode())
+    except OSError as exc:
+        raise ModelSaveError(f"{path}: could not write the report: {exc.strerror or exc}") from exc
     err.print(f"wrote {path}")
 
 
@@ -134,6 +156,7 @@ def run(
             "give exactly one of -P/--pipeline 'a,b{k=v}' or -p/--pipeline-file FILE"
         )
     _refuse_overwrite(model, output)
+    _check_json_path(json_path, model, output)
     pipe = Pipeline.parse(pipeline) if pipeline is not None else Pipeline.from_toml(pipeline_file)
     m = load_model(model)
     shapes = _shapes(input_shape)
@@ -269,6 +292,7 @@ def validate(
     from graphslim.render import comparison_table
     from graphslim.validate import DEFAULT_TOLERANCES, compare
 
+    _check_json_path(json_path, original, candidate)
     a, b = load_model(original), load_model(candidate)
     fed = _feeds(
         feeds,
@@ -312,6 +336,7 @@ def bench(
 
     if runs < 1 or warmup < 0:
         raise OptionsError("--runs must be >= 1 and --warmup >= 0")
+    _check_json_path(json_path, model, model2)
     models = [(str(model), load_model(model))]
     if model2 is not None:
         models.append((str(model2), load_model(model2)))

@@ -32,6 +32,7 @@ import numpy as np
 import onnx
 
 from graphslim.errors import OptionsError
+from graphslim.model_io import model_nbytes
 
 Numerics = Literal["exact", "lossy"]
 _KEBAB = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
@@ -79,6 +80,8 @@ class PassResult:
     counters: dict[str, int | float] = field(default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # Optional per-node records (JSON-able dicts), e.g. the rank and MACs of each rewritten layer.
+    details: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Pass:
@@ -124,8 +127,9 @@ class Pass:
 
 
 def _small(model: onnx.ModelProto) -> bool:
-    # The modified-flag check serializes the model twice; skip it for big models.
-    return model.ByteSize() < 256 * 2**20
+    # The modified-flag check serializes the model twice; skip it for big models. (Not
+    # ByteSize(): protobuf raises on it for models over 2 GB.)
+    return model_nbytes(model) < 256 * 2**20
 
 
 def options_dict(options: Any) -> dict[str, Any]:

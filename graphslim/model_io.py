@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import tempfile
 from pathlib import Path
 
 import onnx
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, EncodeError
 
 from graphslim.errors import ModelLoadError, ModelSaveError
 
@@ -74,12 +75,33 @@ def model_nbytes(model: onnx.ModelProto) -> int:
     """Approximate serialized size: the sum of tensor payloads plus the graph itself."""
     total = 0
     for t in model.graph.initializer:
-        total += len(t.raw_data) if t.raw_data else _typed_payload(t)
+        total += _payload(t)
     for n in model.graph.node:
         for a in n.attribute:
             if a.type == onnx.AttributeProto.TENSOR:
-                total += len(a.t.raw_data) if a.t.raw_data else _typed_payload(a.t)
+                total += _payload(a.t)
     return total + 1_000_000
+
+
+_PACKED_4BIT = {
+    getattr(onnx.TensorProto, n)
+    for n in ("INT4", "UINT4", "FLOAT4E2M1")
+    if hasattr(onnx.TensorProto, n)
+}
+
+
+def _payload(t: onnx.TensorProto) -> int:
+    # Size raw_data from dims and dtype: reading ``t.raw_data`` copies the whole payload into
+    # a new bytes object (seconds and gigabytes for a multi-GB weight).
+    if not t.HasField("raw_data"):
+        return _typed_payload(t)
+    n = math.prod(t.dims)
+    if t.data_type in _PACKED_4BIT:
+        return (n + 1) // 2
+    try:
+        return n * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+    except (KeyError, TypeError, ValueError):
+        return len(t.raw_data)
 
 
 def _typed_payload(t: onnx.TensorProto) -> int:
@@ -90,6 +112,16 @@ def _typed_payload(t: onnx.TensorProto) -> int:
 
 def needs_external_data(model: onnx.ModelProto) -> bool:
     return model_nbytes(model) >= EXTERNAL_DATA_THRESHOLD
+
+
+def fits_protobuf(model: onnx.ModelProto) -> bool:
+    """True when ``model`` can be serialized in one piece (``ByteSize`` itself raises over 2 GB)."""
+    if model_nbytes(model) - 1_000_000 > PROTOBUF_LIMIT:  # the tensors alone are too big
+        return False
+    try:
+        return model.ByteSize() <= PROTOBUF_LIMIT
+    except EncodeError:
+        return False
 
 
 def save_model(
@@ -140,10 +172,13 @@ def _save_single(model: onnx.ModelProto, out: Path) -> None:
 
 def _save_external(model: onnx.ModelProto, out: Path) -> None:
     # Write model + data into a private temp folder beside the target, then move the data file
-    # first and the model file last, so a reader never sees a model without its data.
+    # first and the model file last, so a reader never sees a model without its data. If the
+    # model cannot be moved, the old data file is put back: the old model keeps working.
     data_name = out.name + ".data"
+    data_dest = out.parent / data_name
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".graphslim-") as tmp:
         tmp_model = Path(tmp) / out.name
+        tmp_data = Path(tmp) / data_name
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
         onnx.save_model(
@@ -154,8 +189,50 @@ def _save_external(model: onnx.ModelProto, out: Path) -> None:
             location=data_name,
             size_threshold=1024,
         )
-        os.replace(Path(tmp) / data_name, out.parent / data_name)
-        os.replace(tmp_model, out)
+        mode = _new_file_mode()
+        os.chmod(tmp_model, mode)
+        if not tmp_data.exists():  # every tensor was under the threshold: nothing external
+            os.replace(tmp_model, out)
+            return
+        os.chmod(tmp_data, mode)
+        backup = Path(tmp) / (data_name + ".old")
+        had_data = _keep_aside(data_dest, backup)
+        os.replace(tmp_data, data_dest)
+        try:
+            os.replace(tmp_model, out)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                if had_data:
+                    os.replace(backup, data_dest)
+                else:
+                    os.unlink(data_dest)
+            raise
+
+
+def _keep_aside(path: Path, backup: Path) -> bool:
+    """Hard-link ``path`` to ``backup`` (same folder tree, so no copy); False if no ``path``."""
+    if not path.exists():
+        return False
+    try:
+        os.link(path, backup)
+    except OSError:  # a file system without hard links: copy instead
+        import shutil
+
+        shutil.copy2(path, backup)
+    return True
+
+
+def _new_file_mode() -> int:
+    # mkstemp and TemporaryDirectory create private (0600) files; a saved model gets the mode
+    # any new file would get (0666 minus the umask), like a plain open() would give it.
+    try:  # Linux: read the umask without changing it (os.umask races with other threads)
+        with open("/proc/self/status") as f:
+            line = next(x for x in f if x.startswith("Umask:"))
+        mask = int(line.split()[1], 8)
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0)
+        os.umask(mask)
+    return 0o666 & ~mask
 
 
 def _atomic_write_bytes(out: Path, data: bytes) -> None:
@@ -165,6 +242,7 @@ def _atomic_write_bytes(out: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _new_file_mode())
         os.replace(tmp, out)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -17,6 +17,7 @@ the ONNX checker; the final model is always compared with the original.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -31,6 +32,7 @@ from graphslim import graph as G
 from graphslim.contract import Pass, PassContext, PassResult, options_dict
 from graphslim.errors import GraphslimError, PassFailedError, PipelineError
 from graphslim.metrics import ModelStats, model_stats
+from graphslim.model_io import fits_protobuf
 from graphslim.registry import Registry, default_registry
 from graphslim.validate import DEFAULT_TOLERANCES, Comparison, Tolerance, compare, reference_outputs
 
@@ -75,6 +77,9 @@ def parse_inline(text: str) -> list[PassSpec]:
     return specs
 
 
+_OPTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+
+
 def _parse_options(owner: str, body: str) -> dict[str, Any]:
     opts: dict[str, str] = {}
     last = None
@@ -84,6 +89,8 @@ def _parse_options(owner: str, body: str) -> dict[str, Any]:
             last = key.strip()
             if not last:
                 raise PipelineError(f"pipeline: {owner}{{{body}}} has an option with no name")
+            if not _OPTION_NAME.match(last):
+                raise PipelineError(f"pipeline: {owner}{{{body}}}: '{last}' is not an option name")
             opts[last] = value.strip()
         elif last is not None:
             opts[last] += "," + piece.strip()
@@ -111,6 +118,8 @@ def _split_top(text: str, sep: str) -> list[str]:
             depth += 1
         elif ch in "}]":
             depth -= 1
+            if depth < 0:  # a closing bracket before its opening one: "a{x=1}{y=2}", "a}"
+                break
         elif ch == sep and depth == 0:
             parts.append("".join(cur))
             cur = []
@@ -143,6 +152,10 @@ def parse_toml(path: str | Path) -> list[PassSpec]:
         raise PipelineError(f"{p}: no [[pass]] tables; see `graphslim passes` for pass names")
     specs = []
     for i, t in enumerate(tables, 1):
+        if not isinstance(t, dict):
+            raise PipelineError(
+                f"{p}: [[pass]] number {i} is not a table; write [[pass]] name = ..."
+            )
         if "name" not in t:
             raise PipelineError(f"{p}: [[pass]] number {i} has no 'name'")
         opts = {k: v for k, v in t.items() if k != "name"}
@@ -199,6 +212,7 @@ class PassRecord:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     validation: Comparison | None = None
+    details: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {
@@ -212,6 +226,7 @@ class PassRecord:
             "counters": self.counters,
             "skipped": [{"node": n, "reason": r} for n, r in self.skipped],
             "notes": self.notes,
+            "details": _jsonable(self.details),
             "validation": self.validation.to_dict() if self.validation else None,
         }
 
@@ -322,7 +337,8 @@ class Pipeline:
             try:
                 result: PassResult = p(current, ctx)
             except GraphslimError as exc:
-                raise type(exc)(f"{p.name}: {exc}" + _after(done)) from exc
+                named = str(exc) if str(exc).startswith(f"{p.name}:") else f"{p.name}: {exc}"
+                raise type(exc)(named + _after(done)) from exc
             except Exception as exc:
                 raise PassFailedError(
                     f"pass '{p.name}' failed{_after(done)}: {type(exc).__name__}: {exc}"
@@ -330,7 +346,7 @@ class Pipeline:
             seconds = time.perf_counter() - t0
             current = result.model
             if result.modified:
-                _tidy(current)
+                _tidy(current, p.name, done)
                 ctx.cache.clear()
                 if checked_in:
                     _check_or_fail(current, p.name, done)
@@ -348,6 +364,7 @@ class Pipeline:
                 counters=dict(result.counters),
                 skipped=list(result.skipped),
                 notes=list(result.notes),
+                details=list(result.details),
             )
             if validate_each and feeds:
                 if reference is None:
@@ -372,9 +389,14 @@ def _after(done: list[str]) -> str:
     return f" (after passes [{', '.join(done)}])" if done else ""
 
 
-def _tidy(model: onnx.ModelProto) -> None:
+def _tidy(model: onnx.ModelProto, name: str, done: list[str]) -> None:
     g = model.graph
-    G.toposort(g)
+    try:
+        G.toposort(g)
+    except ValueError as exc:  # a cycle: no order fixes that
+        raise PassFailedError(
+            f"pass '{name}' produced an invalid graph{_after(done)}: {exc}"
+        ) from exc
     G.remove_dead_nodes(g)
     G.remove_unused_initializers(g)
     G.remove_stale_value_info(g)
@@ -382,7 +404,7 @@ def _tidy(model: onnx.ModelProto) -> None:
 
 def _checks(model: onnx.ModelProto) -> bool:
     try:
-        onnx.checker.check_model(model if model.ByteSize() < 2**31 - 1 else _light(model))
+        onnx.checker.check_model(model if fits_protobuf(model) else _light(model))
         return True
     except Exception as exc:
         log.warning("the input model does not pass the ONNX checker (%s); not checking passes", exc)
@@ -390,14 +412,30 @@ def _checks(model: onnx.ModelProto) -> bool:
 
 
 def _light(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy the checker can take when the model is over protobuf's 2 GB: big tensors lose
+    their data, and their dims too (the checker rejects a tensor whose data does not fill its
+    shape); the structure it checks (names, order, ops, attributes, opsets) is unchanged."""
     from graphslim.metrics import weightless_copy
 
-    return weightless_copy(model)
+    light = weightless_copy(model)
+    tensors = list(light.graph.initializer) + [
+        a.t for n in light.graph.node for a in n.attribute if a.type == onnx.AttributeProto.TENSOR
+    ]
+    for t in tensors:
+        if t.data_type != onnx.TensorProto.STRING and not _has_data(t):
+            del t.dims[:]
+            t.dims.append(0)
+    return light
+
+
+def _has_data(t: onnx.TensorProto) -> bool:
+    fields = ("float_data", "int32_data", "int64_data", "double_data", "uint64_data")
+    return t.HasField("raw_data") or any(len(getattr(t, f)) for f in fields)
 
 
 def _check_or_fail(model: onnx.ModelProto, name: str, done: list[str]) -> None:
     try:
-        onnx.checker.check_model(model if model.ByteSize() < 2**31 - 1 else _light(model))
+        onnx.checker.check_model(model if fits_protobuf(model) else _light(model))
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PassFailedError(

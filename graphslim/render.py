@@ -170,3 +170,37 @@ def bench_table(timings: Sequence[Timing]) -> Table:
 
 def _fmt(v) -> str:
     return f"{v:.2e}" if isinstance(v, float) else str(v)
+
+
+def analysis_tables(rep: dict, limit: int = 40) -> list[Table]:
+    """Tables for ``graphslim analyze``: prunable groups, then frozen ones with reasons."""
+    head = Table(show_header=False, title="channel analysis", title_justify="left")
+    head.add_column("what", style="bold")
+    head.add_column("value")
+    head.add_row(
+        "groups",
+        f"{len(rep['groups'])} ({rep['groups_prunable']} prunable, {rep['groups_frozen']} frozen)",
+    )
+    head.add_row("prunable share of conv/GEMM MACs", f"{100 * rep['prunable_macs_share']:.1f}%")
+    tables = [head]
+    for frozen in (False, True):
+        rows = [g for g in rep["groups"] if bool(g["frozen"]) == frozen]
+        rows.sort(key=lambda g: -g["macs"])
+        t = Table(
+            title=("frozen groups" if frozen else "prunable groups") + f" ({len(rows)})",
+            title_justify="left",
+        )
+        for col in ("group", "sources", "channels", "MACs share") + (("reason",) if frozen else ()):
+            t.add_column(col, justify="right" if col in ("channels", "MACs share") else "left")
+        for g in rows[:limit]:
+            srcs = ", ".join(g["sources"][:3]) + (
+                f" +{len(g['sources']) - 3}" if len(g["sources"]) > 3 else ""
+            )
+            cells = [str(g["id"]), srcs, str(g["channels"]), f"{100 * g['macs_share']:.1f}%"]
+            t.add_row(*cells, *([g["frozen"]] if frozen else []))
+        if len(rows) > limit:
+            t.add_row(
+                "...", f"{len(rows) - limit} more (see --json)", "", "", *([""] if frozen else [])
+            )
+        tables.append(t)
+    return tables

@@ -104,5 +104,8 @@ def _first_line(exc: BaseException) -> str:
     # onnxruntime prefixes messages with "[ONNXRuntimeError] : 1 : FAIL : ..."; keep the meat.
     if "] : " in text and text.startswith("[ONNXRuntimeError]"):
         text = text.split(" : ", 3)[-1]
-    lines = text.splitlines()
-    return lines[0] if lines else type(exc).__name__
+    # Keep the detail lines ("index: 2 Got: 32 Expected: 64"), joined into one line.
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) > 5:
+        lines = lines[:5] + ["..."]
+    return "; ".join(lines) if lines else type(exc).__name__

@@ -1,0 +1,399 @@
+"""Tests for the command line (cli.py). Error handling lives in ``cli.main``, so every command
+goes through it: in-process (``sys.argv`` set, ``main()`` called) for speed, and through the
+installed ``graphslim`` script where the exact stderr and the exit code of a real process
+matter. The input model must be byte-identical after every command."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+from PIL import Image
+
+import cli
+from graphslim.errors import ModelLoadError
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "fixtures"
+TINY_YOLO = FIXTURES / "tiny_yolo.onnx"
+GRAPHSLIM = Path(sys.executable).parent / "graphslim"
+PIPELINE = "constants-to-initializers,simplify,fold-bn,cleanup"
+BUILT_IN = {"cleanup", "constants-to-initializers", "fix-input-shapes", "fold-bn", "simplify"}
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(autouse=True)
+def fixtures_untouched():
+    """No command may change a committed fixture."""
+    before = {p.name: digest(p) for p in FIXTURES.glob("*.onnx")}
+    yield
+    assert {p.name: digest(p) for p in FIXTURES.glob("*.onnx")} == before
+
+
+@pytest.fixture
+def model(tmp_path) -> Path:
+    """A private copy of tiny_yolo; checked byte-identical at the end of the test."""
+    path = tmp_path / "in" / "tiny_yolo.onnx"
+    path.parent.mkdir()
+    path.write_bytes(TINY_YOLO.read_bytes())
+    before = digest(path)
+    yield path
+    assert digest(path) == before, "the input model was modified"
+
+
+@pytest.fixture
+def perturbed(tmp_path, model) -> Path:
+    """tiny_yolo with one weight scaled by 1.5."""
+    m = onnx.load_model(model)
+    w = next(t for t in m.graph.initializer if t.name.endswith("conv.weight"))
+    w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w) * np.float32(1.5), w.name))
+    path = tmp_path / "perturbed.onnx"
+    onnx.save_model(m, path)
+    return path
+
+
+def main(monkeypatch, capsys, *args) -> tuple[int, str, str]:
+    """Run ``graphslim ARGS`` in-process through cli.main; returns (exit code, out, err)."""
+    monkeypatch.setattr(sys, "argv", ["graphslim", *map(str, args)])
+    monkeypatch.setattr(cli.out, "width", 200)  # tables wide enough to read
+    monkeypatch.setattr(cli.err, "width", 200)
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    captured = capsys.readouterr()
+    code = exc.value.code
+    return (0 if code is None else code), captured.out, captured.err
+
+
+def script(*args, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run the installed ``graphslim`` script."""
+    env = dict(os.environ, COLUMNS="200")
+    return subprocess.run(
+        [str(GRAPHSLIM), *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd or REPO,
+        timeout=120,
+    )
+
+
+def one_error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    assert "Traceback" not in stderr
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+# ----------------------------------------------------------------------------- run
+
+
+def test_run_end_to_end_through_the_script(tmp_path, model):
+    out, report = tmp_path / "slim.onnx", tmp_path / "report.json"
+    proc = script("run", model, "-P", PIPELINE, "-o", out, "--json", report)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    # the pass table, one row per pass, in order
+    assert "passes" in proc.stdout
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("│")]
+    names = [r.split("│")[1].strip() for r in rows]
+    assert [n for n in names if n in BUILT_IN] == PIPELINE.split(",")
+    assert "final validation against the input: PASS" in proc.stdout
+    assert f"wrote {out}" in proc.stdout
+    slim = onnx.load_model(out)
+    onnx.checker.check_model(slim)
+    assert len(slim.graph.node) < len(onnx.load_model(model).graph.node)
+    data = json.loads(report.read_text())
+    assert [p["name"] for p in data["passes"]] == PIPELINE.split(",")
+    assert data["input"] == str(model) and data["output"] == str(out)
+    assert data["validation"]["passed"] is True
+    assert data["final"]["nodes"] == len(slim.graph.node)
+    assert data["initial"]["macs"] == data["final"]["macs"] > 0
+    for p in data["passes"]:
+        assert {"seconds", "before", "after", "counters", "skipped", "modified"} <= set(p)
+
+
+def test_run_with_a_pipeline_file(monkeypatch, capsys, tmp_path, model):
+    toml = tmp_path / "pipeline.toml"
+    toml.write_text('[[pass]]\nname = "simplify"\n\n[[pass]]\nname = "cleanup"\n')
+    out = tmp_path / "slim.onnx"
+    code, stdout, _ = main(monkeypatch, capsys, "run", model, "-p", toml, "-o", out)
+    assert code == 0
+    assert "simplify" in stdout and "cleanup" in stdout
+    assert out.exists()
+
+
+def test_run_with_validate_each(monkeypatch, capsys, tmp_path, model):
+    out, report = tmp_path / "slim.onnx", tmp_path / "r.json"
+    code, stdout, _ = main(
+        monkeypatch, capsys, "run", model, "-P", "simplify,fold-bn", "-o", out,
+        "--validate-each", "--json", report,
+    )  # fmt: skip
+    assert code == 0
+    data = json.loads(report.read_text())
+    assert all(p["validation"]["passed"] for p in data["passes"])
+    # the per-pass error column is filled in, not "-"
+    rows = [line for line in stdout.splitlines() if line.startswith("│ simplify")]
+    assert rows and rows[0].rstrip().rstrip("│").strip().split()[-1] != "-"
+
+
+def test_run_failing_validation_writes_nothing_unless_asked(monkeypatch, capsys, tmp_path, model):
+    out = tmp_path / "slim.onnx"
+    args = ("run", model, "-P", "cleanup", "-o", out, "--tol", "cosine=1.5")  # cannot hold
+    code, stdout, stderr = main(monkeypatch, capsys, *args)
+    assert code == 1
+    assert "FAIL" in stdout
+    assert "validation failed" in stderr and "nothing written" in stderr
+    assert not out.exists()
+    code, _, _ = main(monkeypatch, capsys, *args, "--write-anyway")
+    assert code == 0 and out.exists()
+
+
+def test_run_refuses_to_overwrite_its_input(monkeypatch, capsys, tmp_path, model):
+    link = tmp_path / "link.onnx"
+    link.symlink_to(model)
+    monkeypatch.chdir(tmp_path)
+    for target in (model, link, Path("in") / ".." / "in" / model.name):
+        code, stdout, stderr = main(
+            monkeypatch, capsys, "run", model, "-P", "cleanup", "-o", target
+        )
+        assert code == 2
+        assert "output path is the input model" in stderr
+    # the fixture itself, through the script
+    proc = script("run", TINY_YOLO, "-P", "cleanup", "-o", "fixtures/../fixtures/tiny_yolo.onnx")
+    assert proc.returncode == 2
+    assert "output path is the input model" in one_error_line(proc.stderr)
+
+
+def test_json_report_never_overwrites_a_model(monkeypatch, capsys, tmp_path, model, perturbed):
+    out = tmp_path / "slim.onnx"
+    cases = [
+        (("run", model, "-P", "cleanup", "-o", out, "--json", model), "would overwrite"),
+        (("run", model, "-P", "cleanup", "-o", out, "--json", out), "would overwrite"),
+        (("validate", model, perturbed, "--json", perturbed), "would overwrite"),
+        (("bench", model, "--runs", "1", "--json", model), "would overwrite"),
+    ]
+    perturbed_bytes = perturbed.read_bytes()
+    for args, message in cases:
+        code, stdout, stderr = main(monkeypatch, capsys, *args)
+        assert code == 2, stderr
+        assert message in one_error_line(stderr)
+        assert stdout == ""  # refused before any work
+    assert perturbed.read_bytes() == perturbed_bytes
+    assert not out.exists()
+
+
+def test_json_report_in_a_missing_folder(monkeypatch, capsys, tmp_path, model):
+    report = tmp_path / "no" / "r.json"
+    code, _, stderr = main(monkeypatch, capsys, "validate", model, model, "--json", report)
+    assert code == 2
+    assert "does not exist" in one_error_line(stderr)
+    code, _, stderr = main(monkeypatch, capsys, "validate", model, model, "--json", tmp_path)
+    assert code == 2 and "is a folder" in stderr
+
+
+def test_run_needs_exactly_one_pipeline(monkeypatch, capsys, tmp_path, model):
+    code, _, stderr = main(monkeypatch, capsys, "run", model, "-o", tmp_path / "x.onnx")
+    assert code == 2 and "give exactly one of -P" in stderr
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def _error_cases(tmp_path: Path, model: Path) -> dict[str, tuple[list, str]]:
+    text = tmp_path / "notes.onnx"
+    text.write_text("not a model\n")
+    truncated = tmp_path / "truncated.onnx"
+    data = model.read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    typo = tmp_path / "typo.toml"
+    typo.write_text('[[pass]]\nname = "fold-bn"\n\n[[pass]]\nname = "cleanpu"\n')
+    out = tmp_path / "out.onnx"
+    return {
+        "missing file": (["inspect", tmp_path / "nope.onnx"], "nope.onnx: no such file"),
+        "non-ONNX file": (["inspect", text], "notes.onnx: not a valid ONNX model"),
+        "truncated ONNX": (["run", truncated, "-P", "cleanup", "-o", out], "is the file truncated"),
+        "unknown pass": (
+            ["run", model, "-P", "simplify,fold-nb", "-o", out],
+            "unknown pass 'fold-nb'; did you mean 'fold-bn'?",
+        ),
+        "bad option value": (
+            ["run", model, "-P", "fix-input-shapes{shapes=5}", "-o", out],
+            "fix-input-shapes: bad value 5 for option 'shapes'",
+        ),
+        "pipeline file typo": (
+            ["run", model, "-p", typo, "-o", out],
+            "unknown pass 'cleanpu'; did you mean 'cleanup'?",
+        ),
+        "bad tolerance": (["validate", model, model, "--tol", "maxrel=1"], "unknown statistic"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing file",
+        "non-ONNX file",
+        "truncated ONNX",
+        "unknown pass",
+        "bad option value",
+        "pipeline file typo",
+        "bad tolerance",
+    ],
+)
+def test_user_errors_exit_2_with_one_line(tmp_path, model, case):
+    args, expected = _error_cases(tmp_path, model)[case]
+    proc = script(*args)
+    assert proc.returncode == 2, proc.stderr
+    line = one_error_line(proc.stderr)
+    assert expected in line
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    proc = script("--debug", "inspect", tmp_path / "nope.onnx")
+    assert proc.returncode != 0
+    assert "Traceback" in proc.stderr
+    assert "ModelLoadError" in proc.stderr and "no such file" in proc.stderr
+
+
+def test_in_process_errors_match_the_script(monkeypatch, capsys, tmp_path, model):
+    code, stdout, stderr = main(monkeypatch, capsys, "inspect", tmp_path / "nope.onnx")
+    assert code == 2 and stdout == ""
+    assert one_error_line(stderr).endswith("nope.onnx: no such file")
+    # --debug: main lets the exception through (the interpreter prints its traceback)
+    monkeypatch.setattr(sys, "argv", ["graphslim", "--debug", "inspect", str(tmp_path / "x")])
+    with pytest.raises(ModelLoadError, match="no such file"):
+        cli.main()
+
+
+# ----------------------------------------------------------------------------- passes / inspect
+
+
+def test_passes_table_and_json(monkeypatch, capsys):
+    code, stdout, _ = main(monkeypatch, capsys, "passes")
+    assert code == 0
+    for name in BUILT_IN:
+        assert name in stdout
+    code, stdout, _ = main(monkeypatch, capsys, "passes", "--json")
+    assert code == 0
+    rows = json.loads(stdout)
+    by_name = {r["name"]: r for r in rows}
+    assert BUILT_IN <= set(by_name)
+    assert by_name["fold-bn"]["after"] == ["constants-to-initializers"]
+    shapes = by_name["fix-input-shapes"]["options"][0]
+    assert shapes["name"] == "shapes" and shapes["type"] == "str" and shapes["help"]
+    assert all(r["numerics"] in ("exact", "lossy") and r["summary"] for r in rows)
+
+
+def test_inspect_json(monkeypatch, capsys, model):
+    code, stdout, _ = main(monkeypatch, capsys, "inspect", model, "--json")
+    assert code == 0
+    s = json.loads(stdout)
+    assert s["macs"] > 0 and s["params"] > 0
+    assert s["nodes"] == len(onnx.load_model(model).graph.node)
+    assert s["top_nodes"] and s["top_nodes"][0]["op"] == "Conv"
+    assert s["top_nodes"][0]["macs"] >= s["top_nodes"][-1]["macs"]
+    assert sum(s["op_histogram"].values()) == s["nodes"]
+    assert s["inputs"][0]["name"] == "images" and s["inputs"][0]["shape"] == [1, 3, 64, 64]
+
+
+def test_inspect_tables(monkeypatch, capsys, model):
+    code, stdout, _ = main(monkeypatch, capsys, "inspect", model, "--top", "3")
+    assert code == 0
+    for title in ("inputs / outputs", "MACs by op", "top 3 nodes by MACs", "op histogram"):
+        assert title in stdout
+
+
+# ----------------------------------------------------------------------------- validate
+
+
+def test_validate_a_model_against_itself(monkeypatch, capsys, model, tmp_path):
+    report = tmp_path / "v.json"
+    code, stdout, _ = main(monkeypatch, capsys, "validate", model, model, "--json", report)
+    assert code == 0
+    assert "validation: PASS on 4 feed(s)" in stdout
+    assert json.loads(report.read_text())["passed"] is True
+
+
+def test_validate_a_perturbed_copy_fails(monkeypatch, capsys, model, perturbed):
+    code, stdout, stderr = main(monkeypatch, capsys, "validate", model, perturbed)
+    assert code == 1
+    assert "validation: FAIL" in stdout
+    assert "output0" in stdout and "want max-rel=0.0001|max-abs=1e-06" in stdout
+    assert one_error_line(stderr).startswith("error: validation failed: output0: max-rel")
+
+
+def test_validate_with_tolerances(monkeypatch, capsys, model, perturbed):
+    code, stdout, _ = main(monkeypatch, capsys, "validate", model, perturbed, "--tol", "cosine=0.5")
+    assert code == 0 and "tolerance cosine=0.5" in stdout
+    code, _, stderr = main(
+        monkeypatch, capsys, "validate", model, perturbed, "--tol", "output0:max-abs=1e-9"
+    )
+    assert code == 1 and "want output0:max-abs=1e-09" in stderr
+    code, _, stderr = main(
+        monkeypatch, capsys, "validate", model, perturbed, "--tol", "boxes:max-abs=1"
+    )
+    assert code == 2 and "tolerance names output 'boxes'" in stderr
+
+
+def test_validate_with_npz_feeds(monkeypatch, capsys, model, perturbed, tmp_path):
+    rng = np.random.default_rng(0)
+    feeds = tmp_path / "feeds.npz"
+    np.savez(feeds, images=rng.random((3, 1, 3, 64, 64), dtype=np.float32))  # 3 samples
+    code, stdout, _ = main(monkeypatch, capsys, "validate", model, model, "--feeds", feeds)
+    assert code == 0 and "PASS on 3 feed(s)" in stdout
+    code, stdout, _ = main(
+        monkeypatch, capsys, "validate", model, perturbed, "--feeds", feeds, "--limit", "2"
+    )
+    assert code == 1 and "FAIL on 2 feed(s)" in stdout
+
+
+def test_validate_with_an_image_folder(monkeypatch, capsys, model, perturbed, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(1)
+    for k, (w, h) in enumerate([(80, 60), (50, 100)]):
+        pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(images / f"img{k}.png")
+    code, stdout, _ = main(
+        monkeypatch, capsys, "validate", model, model, "--feeds", images, "--preprocess", "yolo"
+    )
+    assert code == 0 and "PASS on 2 feed(s)" in stdout
+    code, stdout, _ = main(
+        monkeypatch, capsys, "validate", model, perturbed, "--feeds", images, "--preprocess", "yolo"
+    )
+    assert code == 1 and "FAIL on 2 feed(s)" in stdout
+
+
+# ----------------------------------------------------------------------------- bench
+
+
+def test_bench_two_models(monkeypatch, capsys, model, perturbed, tmp_path):
+    report = tmp_path / "bench.json"
+    code, stdout, _ = main(
+        monkeypatch, capsys, "bench", model, perturbed, "--runs", "3", "--warmup", "1",
+        "--threads", "1", "--json", report,
+    )  # fmt: skip
+    assert code == 0
+    assert "ratio" in stdout and "1.000x" in stdout
+    assert "3 runs each, alternating, 1 threads" in stdout
+    timings = json.loads(report.read_text())["timings"]
+    assert [t["runs"] for t in timings] == [3, 3]
+    assert timings[0]["ratio"] == 1.0 and all(t["median_ms"] > 0 for t in timings)
+
+
+def test_bench_rejects_bad_counts(monkeypatch, capsys, model):
+    code, _, stderr = main(monkeypatch, capsys, "bench", model, "--runs", "0")
+    assert code == 2 and "--runs must be >= 1" in stderr
