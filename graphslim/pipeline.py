@@ -320,11 +320,9 @@ class Pipeline:
         current.CopyFrom(model)
         if tolerances is None:
             tolerances = DEFAULT_TOLERANCES if self.exact else ()
-        reference = None
-        if (validate or validate_each) and feeds is None:
-            from graphslim.feeds import random_feeds
-
-            feeds = random_feeds(original, count=1, seed=ctx.seed, shapes=input_shapes)
+        check = _Checker(original, feeds, tolerances, ctx.seed, input_shapes)
+        if validate or validate_each:
+            check.feeds_for(original)  # an input the feeds cannot be made for fails up front
         checked_in = _checks(original)
         stats = StageStats.of(current, input_shapes)
         initial = stats
@@ -366,23 +364,46 @@ class Pipeline:
                 notes=list(result.notes),
                 details=list(result.details),
             )
-            if validate_each and feeds:
-                if reference is None:
-                    reference = reference_outputs(original, feeds)
-                rec.validation = _compare_or_fail(
-                    original, current, feeds, tolerances, reference, p.name, done
-                )
+            if validate_each:
+                rec.validation = check(current, p.name, done)
             records.append(rec)
             done.append(p.name)
             stats = after
             log.info("%s: modified=%s %.2fs", p.name, result.modified, seconds)
         validation = None
-        if validate and feeds:
+        if validate:
             last = records[-1].validation if records else None
-            validation = last or _compare_or_fail(
-                original, current, feeds, tolerances, reference, "pipeline", done
-            )
+            validation = last or check(current, "pipeline", done)
         return PipelineResult(current, records, initial, validation)
+
+
+class _Checker:
+    """Compares candidates with the original on the caller's feeds, or on seeded random
+    feeds made from the *candidate's* input signature: after fix-input-shapes{images:2,...}
+    the candidate wants batch 2, which the original (batch 'N') accepts too. The original's
+    outputs are computed once per distinct feed shape."""
+
+    def __init__(self, original, feeds, tolerances, seed: int, shapes) -> None:
+        self.original, self.feeds, self.tolerances = original, feeds, tolerances
+        self.seed, self.shapes = seed, shapes
+        self._reference: dict[tuple, tuple[list, list]] = {}
+
+    def feeds_for(self, model: onnx.ModelProto):
+        if self.feeds is not None:
+            return self.feeds
+        from graphslim.feeds import random_feeds
+
+        return random_feeds(model, count=1, seed=self.seed, shapes=self.shapes)
+
+    def __call__(self, candidate: onnx.ModelProto, name: str, done: list[str]) -> Comparison:
+        feeds = self.feeds_for(candidate)
+        key = tuple((k, v.shape) for f in feeds for k, v in sorted(f.items()))
+        if key not in self._reference:
+            self._reference[key] = (feeds, reference_outputs(self.original, feeds))
+        feeds, reference = self._reference[key]
+        return _compare_or_fail(
+            self.original, candidate, feeds, self.tolerances, reference, name, done
+        )
 
 
 def _after(done: list[str]) -> str:
