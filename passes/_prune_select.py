@@ -86,10 +86,15 @@ def _activation_means(cg: ChannelGraph, groups, ctx: PassContext) -> dict[str, n
 def importance_by_class(
     cg: ChannelGraph, groups: list[ChannelGroup], kind: str, ctx: PassContext
 ) -> dict[int, float]:
-    """Class root -> importance: sum over its atoms of the source's normalized score."""
+    """Class root -> importance: mean over its atoms of the source's normalized score.
+
+    The mean, not the sum: a class with more source atoms (the half of a C2f split that the
+    bottlenecks' residual Adds join to two more convs) must not outrank the others just by
+    having more voters, which would prune the other half away entirely."""
     nodes = _nodes_by_name(cg)
     acts = _activation_means(cg, groups, ctx) if kind == "activation" and groups else {}
     score: dict[int, float] = defaultdict(float)
+    votes: dict[int, int] = defaultdict(int)
     for grp in groups:
         for name in grp.sources:
             node = nodes[name]
@@ -97,7 +102,8 @@ def importance_by_class(
             s = s / (s.mean() + 1e-12)
             for o, atom in enumerate(cg.slots[node.output[0]].atoms):
                 score[cg.uf[atom]] += float(s[o])
-    return score
+                votes[cg.uf[atom]] += 1
+    return {c: v / votes[c] for c, v in score.items()}
 
 
 # ---------------------------------------------------------------- selection
@@ -143,6 +149,30 @@ def select(
             keep = 0
         n_remove = len(live) - max(keep, 1 if live else 0)
         removed.update(live[: max(n_remove, 0)])
+    return removed
+
+
+def keep_nonempty(
+    cg: ChannelGraph,
+    groups: list[ChannelGroup],
+    removed: set[int],
+    scores: dict[int, float],
+    min_channels: int,
+) -> set[int]:
+    """``removed`` less the classes that must stay: each group keeps ``min_channels`` (at
+    least 1) even when more of it is dead, and no channel slot loses all of its positions (a
+    group-level choice can empty one half of a C2f split: zero-channel convs and Split
+    pieces, which most runtimes refuse). The best-scored classes are spared first."""
+    removed = set(removed)
+    best_first = lambda cs: sorted(cs, key=lambda c: (-scores.get(c, 0.0), c))  # noqa: E731
+    for g in groups:
+        gone = [c for c in g.classes if c in removed]
+        short = min(len(g.classes), max(1, min_channels)) - (len(g.classes) - len(gone))
+        removed.difference_update(best_first(gone)[: max(short, 0)])
+    for slot in cg.slots.values():
+        classes = {cg.uf[a] for a in slot.atoms}
+        if classes and classes <= removed:
+            removed.discard(best_first(classes)[0])
     return removed
 
 

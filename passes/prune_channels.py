@@ -8,16 +8,18 @@ are left alone with their reason. Then:
 1. Exactly-zero channels go first, whatever the ratio: a class whose every source filter and
    bias are zero, and which is still zero where a Conv/Gemm reads it (the ops between map
    0 to 0), contributes nothing; removing it keeps the outputs (``dead_channels_removed``).
-2. Importance per class: the sum over its sources of the source's per-filter score divided
+2. Importance per class: the mean over its sources of the source's per-filter score divided
    by that source's mean score (every member votes equally):
    ``l1`` = mean |W[o]|, ``l2`` = sqrt(mean W[o]^2), ``bn-scale`` = |gamma[o]| of the
    BatchNormalization right after the source (l1 where there is none), ``activation`` =
    mean |y[o]| of the source's output on the context's feeds (seeded random feeds if none).
 3. Selection: ``uniform`` removes ``ratio`` of each group's classes; ``global`` ranks the
    classes of all groups together (importances normalized per group) and removes the lowest
-   ``ratio`` share of all prunable classes. Kept counts are rounded up to ``round_to`` and
-   never fall below ``min_channels``. ``target_macs`` searches the ratio (bisection) whose
-   estimated MACs reach that fraction of the original.
+   ``ratio`` share of all prunable classes; a group matched by ``overrides`` keeps its own
+   ratio in either scope. Kept counts are rounded up to ``round_to`` and never fall below
+   ``min_channels`` (dead classes included); no tensor loses all of its channels (one half
+   of a C2f split could, by a group-level choice). ``target_macs`` searches the ratio
+   (bisection) whose estimated MACs reach that fraction of the original.
 4. The same indices are removed from every member of a group: weights, biases, BatchNorm
    parameters, per-channel constants, and the input side of every consumer; Split sizes,
    Slice bounds, Reshape targets and Resize sizes follow.
@@ -38,7 +40,14 @@ import onnx
 
 from graphslim.channels import ChannelGraph, ChannelGroup, Editor, analyze
 from graphslim.contract import Pass, PassContext, PassResult, option
-from passes._prune_select import dead_classes, estimate_macs, importance_by_class, select
+from graphslim.metrics import COMPUTE_OPS
+from passes._prune_select import (
+    dead_classes,
+    estimate_macs,
+    importance_by_class,
+    keep_nonempty,
+    select,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +83,10 @@ class PruneChannelsOptions:
         if self.round_to < 1 or self.min_channels < 1:
             raise ValueError("round_to and min_channels must be >= 1")
         for pattern in list(self.exclude) + list(self.overrides):
-            re.compile(pattern)
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"bad regex {pattern!r}: {exc}") from None
         for value in self.overrides.values():
             if not 0.0 <= value <= 0.95:
                 raise ValueError("override ratios must be in [0, 0.95]")
@@ -101,26 +113,35 @@ class PruneChannels(Pass):
                 skipped.append((head, "excluded by pattern"))
             else:
                 prunable.append(grp)
+        skipped.extend(_frozen_compute(cg))
         dead = dead_classes(cg, prunable) if o.remove_dead else set()
         scores = importance_by_class(cg, prunable, o.importance, ctx)
         macs0 = estimate_macs(cg, set())
 
+        # A group matched by an override keeps its own ratio, whatever the scope; the global
+        # ranking shares the base ratio among the others.
+        pinned = {g.id: r for g in prunable if (r := _override(g, o.overrides)) is not None}
+        free = [g for g in prunable if g.id not in pinned]
+        fixed = [g for g in prunable if g.id in pinned]
+
         def choose(ratio: float) -> set[int]:
-            ratios = {g.id: _group_ratio(g, ratio, o.overrides) for g in prunable}
-            return select(prunable, scores, ratios, o.scope, o.round_to, o.min_channels, dead)
+            picked = select(
+                free, scores, {g.id: ratio for g in free}, o.scope, o.round_to, o.min_channels, dead
+            ) | select(fixed, scores, pinned, "uniform", o.round_to, o.min_channels, dead)
+            return keep_nonempty(cg, prunable, picked | dead, scores, o.min_channels)
 
         ratio = o.ratio
         if o.target_macs is not None:
             ratio = _search_ratio(
                 lambda r: estimate_macs(cg, choose(r)) / max(macs0, 1), o.target_macs
             )
-        removed = choose(ratio) | dead
+        removed = choose(ratio)
         counters: dict[str, int | float] = {
             "groups": len(cg.groups),
             "groups_pruned": sum(1 for g in prunable if any(c in removed for c in g.classes)),
             "groups_frozen": sum(1 for g in cg.groups if g.frozen),
             "channels_removed": sum(_removed_positions(cg, g, removed) for g in prunable),
-            "dead_channels_removed": len(dead),
+            "dead_channels_removed": len(dead & removed),
             "ratio_used": round(ratio, 4),
         }
         if not removed:
@@ -131,7 +152,7 @@ class PruneChannels(Pass):
 
             reference = capture(model, cg, removed, ctx)
         Editor(cg, removed).apply()
-        counters["macs_estimate_ratio"] = round(estimate_macs(cg, removed) / max(macs0, 1), 4)
+        counters["macs_estimate_ratio"] = estimate_macs(cg, removed) / max(macs0, 1)
         notes = []
         if reference is not None:
             from passes._prune_reconstruct import refit
@@ -145,11 +166,11 @@ class PruneChannels(Pass):
         return PassResult(model, True, counters, skipped, notes)
 
 
-def _group_ratio(grp: ChannelGroup, ratio: float, overrides: dict[str, float]) -> float:
+def _override(grp: ChannelGroup, overrides: dict[str, float]) -> float | None:
     for pattern, value in overrides.items():
         if any(re.search(pattern, s) for s in grp.sources):
             return value
-    return ratio
+    return None
 
 
 def _search_ratio(macs_at, target: float) -> float:
@@ -174,3 +195,18 @@ def _removed_positions(cg: ChannelGraph, grp: ChannelGroup, removed: set[int]) -
         src = cg.sources[name]
         total += sum(1 for a in cg.slots[src.tensor].atoms if cg.uf[a] in removed)
     return total
+
+
+def _frozen_compute(cg: ChannelGraph) -> list[tuple[str, str]]:
+    """Compute nodes that are not sources at all (a Constant-node weight, a grouped Conv):
+    their own output channels are frozen, and no group would report why."""
+    out = []
+    for node in cg.model.graph.node:
+        name = node.name or node.output[0]
+        s = cg.slot(node.output[0]) if node.op_type in COMPUTE_OPS else None
+        if name in cg.sources or s is None or not s.atoms:
+            continue
+        why = cg.frozen.get(s.atoms[0])
+        if why is not None and why.startswith(f"{node.op_type} ({name})"):
+            out.append((name, f"frozen: {why}"))
+    return out

@@ -43,7 +43,6 @@ from graphslim.metrics import COMPUTE_OPS, infer_shapes
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class Slot:
     axis: int
@@ -204,13 +203,14 @@ class ChannelGraph:
 
 def analyze(model: onnx.ModelProto, input_shapes: dict | None = None) -> ChannelGraph:
     """Build the channel graph of ``model`` (not modified)."""
-    from graphslim.metrics import _runtime_shapes
+    from graphslim.metrics import _runtime_shapes, _static
 
+    input_shapes = input_shapes or _batch_one(model)
     shapes = infer_shapes(model, input_shapes)
     g = model.graph
     wanted = {n for node in g.node for n in list(node.input) + list(node.output) if n}
-    missing = [n for n in wanted if n in shapes and shapes[n] is not None and None in shapes[n]]
-    missing += [n for n in wanted if n not in shapes]
+    # Symbolic dims count as unknown too: MACs and the Reshape rule need ints.
+    missing = sorted(n for n in wanted if not _static(shapes.get(n)))
     if missing:
         shapes.update(_runtime_shapes(model, missing, input_shapes))
     cg = ChannelGraph(model, shapes)
@@ -235,6 +235,20 @@ def analyze(model: onnx.ModelProto, input_shapes: dict | None = None) -> Channel
     cg.finish()
     _group_macs(cg)
     return cg
+
+
+def _batch_one(model: onnx.ModelProto) -> dict | None:
+    """Input shapes with a symbolic batch ("N") set to 1, so that shape inference gives ints;
+    None when the inputs are static or have other unknown dims (left to onnxruntime)."""
+    from graphslim.feeds import FeedError, input_specs, resolve_shapes
+
+    specs = input_specs(model)
+    if all(s.is_static for s in specs):
+        return None
+    try:
+        return resolve_shapes(specs)
+    except FeedError:
+        return None
 
 
 def _group_macs(cg: ChannelGraph) -> None:
@@ -263,3 +277,35 @@ from graphslim.channels.editor import Editor  # noqa: E402
 from graphslim.channels.rules import RULES, no_rule, node_name  # noqa: E402
 
 __all__ = ["ChannelGraph", "ChannelGroup", "Editor", "Slot", "Source", "analyze"]
+
+
+def report(cg: ChannelGraph) -> dict:
+    """A JSON-able account of the analysis: groups, frozen groups with reasons, prunable share.
+
+    MACs shares are of the compute nodes whose channels a group touches (a node touching two
+    groups counts half for each), so ``prunable_macs_share`` is the part of the model's
+    convolution/GEMM work that pruning can reduce.
+    """
+    from graphslim.metrics import node_costs
+
+    total = sum(c.macs or 0 for c in node_costs(cg.model))
+    groups = []
+    for grp in cg.groups:
+        groups.append(
+            {
+                "id": grp.id,
+                "sources": grp.sources,
+                "channels": grp.channels,
+                "macs": grp.macs,
+                "macs_share": grp.macs / total if total else 0.0,
+                "frozen": grp.frozen,
+            }
+        )
+    prunable = sum(g["macs"] for g in groups if not g["frozen"])
+    return {
+        "groups": groups,
+        "total_macs": total,
+        "prunable_macs_share": prunable / total if total else 0.0,
+        "groups_prunable": sum(1 for g in groups if not g["frozen"]),
+        "groups_frozen": sum(1 for g in groups if g["frozen"]),
+    }
