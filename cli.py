@@ -275,6 +275,27 @@ def inspect(
 
 
 @app.command()
+def analyze(
+    model: Annotated[Path, typer.Argument(help="ONNX model")],
+    json_out: Annotated[bool, typer.Option("--json", help="print JSON instead of tables")] = False,
+    limit: Annotated[int, typer.Option(help="rows per table")] = 40,
+    input_shape: ShapeOpt = None,
+) -> None:
+    """Channel groups for pruning: members, channels, MACs share; frozen groups with reasons."""
+    from graphslim.channels import analyze as analyze_channels
+    from graphslim.channels import report
+    from graphslim.model_io import load_model
+    from graphslim.render import analysis_tables
+
+    rep = report(analyze_channels(load_model(model), _shapes(input_shape)))
+    if json_out:
+        out.print_json(json.dumps(rep))
+        return
+    for t in analysis_tables(rep, limit):
+        out.print(t)
+
+
+@app.command()
 def validate(
     original: Annotated[Path, typer.Argument(help="reference ONNX model")],
     candidate: Annotated[Path, typer.Argument(help="ONNX model to check against it")],

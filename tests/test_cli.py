@@ -397,3 +397,45 @@ def test_bench_two_models(monkeypatch, capsys, model, perturbed, tmp_path):
 def test_bench_rejects_bad_counts(monkeypatch, capsys, model):
     code, _, stderr = main(monkeypatch, capsys, "bench", model, "--runs", "0")
     assert code == 2 and "--runs must be >= 1" in stderr
+
+
+def test_analyze_json_and_tables(monkeypatch, capsys, model):
+    code, stdout, _ = main(monkeypatch, capsys, "analyze", model, "--json")
+    assert code == 0
+    rep = json.loads(stdout)
+    assert rep["groups_prunable"] > 0 and rep["groups_frozen"] > 0
+    frozen = [g for g in rep["groups"] if g["frozen"]]
+    # tiny_yolo's detect head: the DFL box reshape and the graph output freeze their groups.
+    assert any("Reshape" in g["frozen"] for g in frozen)
+    assert any("graph output" in g["frozen"] for g in frozen)
+    assert 0.9 < rep["prunable_macs_share"] <= 1.0
+    code, stdout, _ = main(monkeypatch, capsys, "analyze", model, "--limit", "3")
+    assert code == 0
+    assert (
+        "prunable groups" in stdout and "frozen groups" in stdout and "more (see --json)" in stdout
+    )
+
+
+def test_run_prune_channels_with_measured_error(monkeypatch, capsys, tmp_path, model):
+    out, report = tmp_path / "pruned.onnx", tmp_path / "r.json"
+    code, stdout, _ = main(
+        monkeypatch,
+        capsys,
+        "run",
+        model,
+        "-P",
+        "fold-bn,prune-channels{ratio=0.5}",
+        "-o",
+        out,
+        "--json",
+        report,
+    )
+    assert code == 0, stdout
+    data = json.loads(report.read_text())
+    prune = data["passes"][-1]
+    assert prune["name"] == "prune-channels" and prune["modified"]
+    assert prune["after"]["macs"] < 0.5 * prune["before"]["macs"]
+    # A lossy pipeline: the error is measured and reported, judged only against given tolerances.
+    assert data["validation"]["tolerances"] == [] and data["validation"]["passed"]
+    assert 0 < data["validation"]["outputs"][0]["stats"]["max-rel"]
+    assert onnx.load_model(out).graph.output[0].type == onnx.load_model(model).graph.output[0].type
