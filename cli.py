@@ -134,6 +134,14 @@ def run(
         bool, typer.Option("--validate-each", help="compare with the original after every pass")
     ] = False,
     feeds: FeedsOpt = None,
+    calib: Annotated[
+        str | None,
+        typer.Option(
+            "--calib",
+            help="calibration data for passes that measure (prune importance/reconstruct, "
+            "simplify's check): .npy/.npz or image folder; keep it apart from --feeds",
+        ),
+    ] = None,
     preprocess: PreprocessOpt = None,
     count: Annotated[int, typer.Option(help="random feeds to validate on")] = 2,
     limit: Annotated[int | None, typer.Option(help="at most this many images / samples")] = None,
@@ -163,9 +171,14 @@ def run(
     fed = _feeds(
         feeds, m, count=count, seed=seed, shapes=shapes, preprocess=preprocess, limit=limit
     )
-    # Real feeds the user gave also serve the passes' own checks (simplify); random ones
-    # are made per pass from the seed.
-    ctx = PassContext(seed=seed, input_shapes=shapes, feeds=fed if feeds else None)
+    # Calibration data for the passes is its own set (--calib), never the evaluation feeds;
+    # without it, passes that measure make seeded random inputs and say so.
+    calib_feeds = None
+    if calib is not None:
+        calib_feeds = _feeds(
+            calib, m, count=count, seed=seed, shapes=shapes, preprocess=preprocess, limit=limit
+        )
+    ctx = PassContext(seed=seed, input_shapes=shapes, feeds=calib_feeds)
     with err.status("running passes") as status:
         result = pipe.run(
             m,

@@ -439,3 +439,41 @@ def test_run_prune_channels_with_measured_error(monkeypatch, capsys, tmp_path, m
     assert data["validation"]["tolerances"] == [] and data["validation"]["passed"]
     assert 0 < data["validation"]["outputs"][0]["stats"]["max-rel"]
     assert onnx.load_model(out).graph.output[0].type == onnx.load_model(model).graph.output[0].type
+
+
+def test_run_calibration_set_is_separate_from_feeds(monkeypatch, capsys, tmp_path, model):
+    calib, evaluation = tmp_path / "calib", tmp_path / "eval"
+    rng = np.random.default_rng(7)
+    for folder, n in ((calib, 4), (evaluation, 2)):
+        folder.mkdir()
+        for k in range(n):
+            pixels = rng.integers(0, 256, (48 + 8 * k, 64, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(folder / f"img{k}.png")
+    report = tmp_path / "r.json"
+    code, stdout, _ = main(
+        monkeypatch,
+        capsys,
+        "run",
+        model,
+        "-P",
+        "fold-bn,prune-channels{ratio=0.3,reconstruct=true,importance=activation}",
+        "-o",
+        tmp_path / "out.onnx",
+        "--calib",
+        calib,
+        "--feeds",
+        evaluation,
+        "--preprocess",
+        "yolo",
+        "--json",
+        report,
+    )
+    assert code == 0, stdout
+    data = json.loads(report.read_text())
+    assert data["validation"]["feeds"] == 2  # evaluated on --feeds only
+    prune = data["passes"][-1]
+    assert prune["counters"]["layers_reconstructed"] > 0
+    errors = [n for n in prune["notes"] if n.startswith("reconstruct ")]
+    assert errors and all(
+        float(n.split()[-1]) <= float(n.split()[-3]) for n in errors
+    )  # "rel error BEFORE -> AFTER"
