@@ -1,0 +1,299 @@
+"""quantize-int8: QDQ placement, per-channel scales, exclusion, target types, calibration
+sources, auto-exclusion on an outlier-range graph, preconditions, pipeline use."""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from graphslim.contract import PassContext
+from graphslim.errors import OptionsError, PreconditionError
+from graphslim.feeds import random_feeds
+from graphslim.pipeline import Pipeline
+from graphslim.runtime import run_model
+from passes import _quant_sensitivity as S
+from passes.quantize_int8 import QuantizeInt8
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def _quantize(model, ctx=None, **opts) -> tuple[onnx.ModelProto, object]:
+    opts.setdefault("calibration", "random")
+    opts.setdefault("calibration_size", 2)
+    r = QuantizeInt8(**opts)(copy.deepcopy(model), ctx or PassContext())
+    return r.model, r
+
+
+def _dq_of(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    return {n.output[0]: n for n in model.graph.node if n.op_type == "DequantizeLinear"}
+
+
+def _init(model: onnx.ModelProto, name: str) -> np.ndarray:
+    return next(numpy_helper.to_array(t) for t in model.graph.initializer if t.name == name)
+
+
+def _weight_dq(model: onnx.ModelProto, node: onnx.NodeProto) -> onnx.NodeProto | None:
+    """The DequantizeLinear feeding ``node``'s weight (input 1), if any."""
+    return _dq_of(model).get(node.input[1])
+
+
+def _nodes(model: onnx.ModelProto, op: str) -> list[onnx.NodeProto]:
+    return [n for n in model.graph.node if n.op_type == op]
+
+
+@pytest.mark.parametrize("fixture", ["residual_add", "tiny_yolo", "flatten_gemm"])
+def test_fixture_quantized_runs_with_same_interface(harness, fixture):
+    model = harness.fixture(fixture)
+    q, r = _quantize(model)
+    assert r.modified is True
+    onnx.checker.check_model(q)
+    assert [i.name for i in q.graph.input] == [i.name for i in model.graph.input]
+    assert [o.name for o in q.graph.output] == [o.name for o in model.graph.output]
+    assert {p.key: p.value for p in q.metadata_props} == {
+        p.key: p.value for p in model.metadata_props
+    }
+    feeds = random_feeds(model, count=1, seed=3)
+    ref, got = run_model(model, feeds)[0], run_model(q, feeds)[0]
+    assert {k: v.shape for k, v in got.items()} == {k: v.shape for k, v in ref.items()}
+    assert all(np.isfinite(v).all() for v in got.values())
+    assert r.counters["nodes_quantized"] > 0
+    assert r.counters["quantize_linear"] > 0 and r.counters["dequantize_linear"] > 0
+
+
+@pytest.mark.parametrize(("fixture", "op"), [("tiny_yolo", "Conv"), ("flatten_gemm", "Gemm")])
+def test_qdq_feeds_conv_and_gemm(harness, fixture, op):
+    q, _ = _quantize(harness.fixture(fixture))
+    dq = _dq_of(q)
+    nodes = _nodes(q, op)
+    assert nodes
+    for n in nodes:
+        assert n.input[0] in dq, f"{n.name}: activation not dequantized"
+        w = dq.get(n.input[1])
+        assert w is not None, f"{n.name}: weight not dequantized"
+        assert _init(q, w.input[0]).dtype == np.int8
+        # the activation's DQ reads a QuantizeLinear output
+        src = dq[n.input[0]].input[0]
+        assert any(m.op_type == "QuantizeLinear" and src in m.output for m in q.graph.node)
+
+
+def test_per_channel_vs_per_tensor_weight_scales(harness):
+    model = harness.fixture("residual_add")
+    per_channel, _ = _quantize(model, per_channel=True)
+    per_tensor, _ = _quantize(model, per_channel=False)
+    for q, channelwise in ((per_channel, True), (per_tensor, False)):
+        for conv in _nodes(q, "Conv"):
+            w_dq = _weight_dq(q, conv)
+            c_out = _init(q, w_dq.input[0]).shape[0]
+            scale = _init(q, w_dq.input[1])
+            assert scale.size == (c_out if channelwise else 1), conv.name
+
+
+def test_exclude_by_name_regex_and_op_type(harness):
+    model = harness.fixture("tiny_yolo")
+    convs = [n.name for n in _nodes(model, "Conv")]
+    by_name = convs[0]
+    q, r = _quantize(model, exclude=(by_name, "re:/model\\.1/.*", "op:Gemm", "MaxPool"))
+    names = {n.name: n for n in q.graph.node}
+    assert _weight_dq(q, names[by_name]) is None
+    regexed = [n for n in _nodes(q, "Conv") if n.name.startswith("/model.1/")]
+    assert regexed and all(_weight_dq(q, n) is None for n in regexed)
+    others = [n for n in _nodes(q, "Conv") if n.name != by_name and n not in regexed]
+    assert others and all(_weight_dq(q, n) is not None for n in others)
+    assert r.counters["excluded_user"] >= 1 + len(regexed) + len(_nodes(q, "MaxPool"))
+    # "op:Gemm" matched nothing in this model: recorded, not silently dropped
+    assert any(node == "exclude:op:Gemm" for node, _ in r.skipped)
+    # bare op type, explicit op type, bare regex
+    q2, _ = _quantize(model, exclude=("Conv",))
+    assert all(_weight_dq(q2, n) is None for n in _nodes(q2, "Conv"))
+    q2, _ = _quantize(model, exclude=("op:Conv",))
+    assert all(_weight_dq(q2, n) is None for n in _nodes(q2, "Conv"))
+    q3, _ = _quantize(model, exclude=("/model\\.0/.*",))
+    zero = [n for n in _nodes(q3, "Conv") if n.name.startswith("/model.0/")]
+    assert zero and all(_weight_dq(q3, n) is None for n in zero)
+
+
+def test_bad_exclude_regex_is_an_options_error(harness):
+    with pytest.raises(OptionsError, match="not a regex"):
+        _quantize(harness.fixture("residual_add"), exclude=("re:([",))
+
+
+def _zero_point_types(q: onnx.ModelProto) -> tuple[set, set, set]:
+    """(activation zp dtypes, weight zp dtypes, activation zp values)."""
+    inits = {t.name for t in q.graph.initializer}
+    act, wt, act_values = set(), set(), set()
+    for n in q.graph.node:
+        if n.op_type != "DequantizeLinear" or len(n.input) < 3:
+            continue
+        zp = _init(q, n.input[2])
+        if n.input[0] in inits:
+            if zp.dtype != np.int32:  # int32 = a bias (scale = activation x weight scale)
+                wt.add(zp.dtype)
+        else:
+            act.add(zp.dtype)
+            act_values.update(int(v) for v in zp.ravel())
+    return act, wt, act_values
+
+
+@pytest.mark.parametrize(
+    ("target", "act", "symmetric"),
+    [("cpu-x86", np.uint8, False), ("cpu-arm", np.int8, False), ("tensorrt", np.int8, True)],
+)
+def test_targets_give_documented_types(harness, target, act, symmetric):
+    q, r = _quantize(harness.fixture("residual_add"), target=target)
+    acts, weights, values = _zero_point_types(q)
+    assert acts == {np.dtype(act)}
+    assert weights == {np.dtype(np.int8)}
+    if symmetric:
+        assert values == {0}
+    assert any(f"target {target}" in n for n in r.notes)
+
+
+def test_explicit_types_override_the_target(harness):
+    q, _ = _quantize(harness.fixture("residual_add"), target="cpu-x86", activation_type="int8")
+    acts, weights, _ = _zero_point_types(q)
+    assert acts == {np.dtype(np.int8)} and weights == {np.dtype(np.int8)}
+
+
+def test_random_calibration_warns_and_notes(harness, caplog):
+    with caplog.at_level(logging.WARNING, logger="passes.quantize_int8"):
+        _, r = _quantize(harness.fixture("residual_add"))
+    assert any("NOT meaningful" in rec.getMessage() for rec in caplog.records)
+    assert any("NOT meaningful" in n for n in r.notes)
+
+
+def test_context_feeds_calibrate_when_no_source_given(harness):
+    model = harness.fixture("residual_add")
+    feeds = random_feeds(model, count=3, seed=1)
+    _, r = _quantize(model, PassContext(feeds=feeds), calibration="", calibration_size=8)
+    assert r.counters["calibration_samples"] == 3
+    assert not any("NOT meaningful" in n for n in r.notes)
+
+
+def test_npz_and_image_folder_calibration(harness, tmp_path):
+    from PIL import Image
+
+    model = harness.fixture("tiny_yolo")
+    feeds = random_feeds(model, count=2, seed=1)
+    np.savez(tmp_path / "cal.npz", images=np.stack([f["images"] for f in feeds]))
+    _, r = _quantize(model, calibration=str(tmp_path / "cal.npz"), calibration_size=4)
+    assert r.counters["calibration_samples"] == 2
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    _, r = _quantize(model, calibration=str(folder), preprocess="yolo", calibration_size=4)
+    assert r.counters["calibration_samples"] == 3
+
+
+def test_missing_calibration_is_a_precondition_error(harness):
+    with pytest.raises(PreconditionError, match="calibration"):
+        _quantize(harness.fixture("residual_add"), calibration="")
+
+
+def _dynamic_model(harness) -> onnx.ModelProto:
+    w = np.random.default_rng(0).normal(size=(4, 3, 3, 3)).astype(np.float32)
+    return harness.model(
+        [helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, "H", "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, "H", "W"])],
+        {"w": w},
+    )
+
+
+def test_dynamic_spatial_dims_need_input_shapes(harness):
+    model = _dynamic_model(harness)
+    with pytest.raises(PreconditionError, match="input_shapes"):
+        _quantize(model)
+    q, r = _quantize(model, PassContext(input_shapes={"x": (1, 3, 16, 16)}))
+    assert r.modified and _nodes(q, "DequantizeLinear")
+
+
+def _outlier_model(harness) -> onnx.ModelProto:
+    """Two Convs, one with outputs ~1e4x the other, concatenated, then mixed by a Conv whose
+    weights on the outlier channels are ~1e-4: the Concat's shared scale erases the small
+    branch, which carries half of the final output."""
+    rng = np.random.default_rng(0)
+    wa = rng.normal(size=(4, 3, 3, 3)).astype(np.float32)
+    wb = (rng.normal(size=(4, 3, 3, 3)) * 1e4).astype(np.float32)
+    wc = rng.normal(size=(4, 8, 1, 1)).astype(np.float32)
+    wc[:, 4:] *= 1e-4
+    nodes = [
+        helper.make_node("Conv", ["x", "wa"], ["a"], name="conv_small", pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["x", "wb"], ["b"], name="conv_outlier", pads=[1, 1, 1, 1]),
+        helper.make_node("Concat", ["a", "b"], ["ab"], name="concat", axis=1),
+        helper.make_node("Conv", ["ab", "wc"], ["y"], name="conv_mix"),
+    ]
+    return harness.model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
+        {"wa": wa, "wb": wb, "wc": wc},
+    )
+
+
+def test_auto_exclude_is_never_worse_and_records_its_choices(harness):
+    model = _outlier_model(harness)
+    feeds = random_feeds(model, count=4, seed=2, low=-1.0, high=1.0)
+    ctx = PassContext(feeds=feeds)
+    _, plain = _quantize(model, ctx, calibration="")
+    _, auto = _quantize(model, ctx, calibration="", auto_exclude=True, tolerance=0.01)
+    base = plain.counters["output_error"]
+    assert auto.counters["output_error_no_auto"] == pytest.approx(base)
+    assert auto.counters["output_error"] <= base
+    assert auto.counters["output_error"] < 0.5 * base  # the outlier is found by measurement
+    assert auto.counters["excluded_auto"] >= 1
+    assert auto.details and {"node", "op_type", "drop_db", "kept_float"} <= set(auto.details[0])
+    kept = [n for d in auto.details for n in d["kept_float"]]
+    assert any("auto_exclude kept" in n and all(k in n for k in kept) for n in auto.notes)
+
+
+def test_auto_exclude_within_tolerance_does_nothing(harness):
+    model = harness.fixture("residual_add")
+    _, r = _quantize(model, auto_exclude=True, tolerance=10.0)
+    assert r.counters["excluded_auto"] == 0 and not r.details
+
+
+def test_output_error_is_per_feature_column():
+    # a small-magnitude column (scores) next to a large one (pixels): its error counts fully
+    ref = [{"out": np.array([[[400.0, 0.9], [200.0, 0.1]]], np.float32)}]
+    bad = [{"out": np.array([[[400.0, 0.0], [200.0, 0.0]]], np.float32)}]
+    assert S.output_error(ref, bad) == pytest.approx(1.0)
+    assert S.output_error(ref, ref) == 0.0
+
+
+def test_pipeline_parse_and_record(harness):
+    model = harness.fixture("flatten_gemm")
+    result = Pipeline.parse("quantize-int8{calibration=random,calibration_size=2}").run(model)
+    rec = result.records[0]
+    assert rec.modified and rec.numerics == "lossy"
+    assert "details" in rec.to_dict()
+    assert result.validation is not None and result.validation.outputs
+
+
+def test_byte_stable_for_same_input_and_options(harness):
+    model = harness.fixture("residual_add")
+    a, _ = _quantize(model)
+    b, _ = _quantize(model)
+    assert a.SerializeToString(deterministic=True) == b.SerializeToString(deterministic=True)
+    assert [(o.domain, o.version) for o in a.opset_import] == [("", 17)]
+
+
+def test_second_run_is_a_noop(harness):
+    q, _ = _quantize(harness.fixture("residual_add"))
+    r = harness.check_noop(QuantizeInt8(calibration="random"), q)
+    assert "already" in r.notes[0]
+
+
+def test_bad_options_are_rejected():
+    with pytest.raises(OptionsError):
+        QuantizeInt8(method="kl")
+    with pytest.raises(OptionsError):
+        QuantizeInt8(calibration_size=0)
+    with pytest.raises(OptionsError):
+        QuantizeInt8(target="gpu")
