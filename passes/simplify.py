@@ -62,11 +62,15 @@ class Simplify(Pass):
                 raise PreconditionError(f"cannot check the result: {exc}") from exc
         reasons: list[str] = []
         for optimize, skip_fuse_bn in self._attempts():
-            simplified, why, err = _try(model, feeds, optimize, skip_fuse_bn, self.options.tolerance)
+            simplified, why, err = _try(
+                model, feeds, optimize, skip_fuse_bn, self.options.tolerance
+            )
             if simplified is None:
                 reasons.append(why)
                 continue
-            notes = [f"onnxsim retried with {why}; earlier: {'; '.join(reasons)}"] if reasons else []
+            notes = (
+                [f"onnxsim retried with {why}; earlier: {'; '.join(reasons)}"] if reasons else []
+            )
             counters = {
                 "nodes_removed": len(model.graph.node) - len(simplified.graph.node),
                 "check_max_rel": err,
@@ -93,7 +97,9 @@ def _try(model, feeds, optimize: bool, skip_fuse_bn: bool, tolerance: float):
     match, else (None, why, nan)."""
     import onnxsim  # imported here: it loads a large native library
 
-    label = "optimize=false" if not optimize else "skip_fuse_bn=true" if skip_fuse_bn else "defaults"
+    label = (
+        "optimize=false" if not optimize else "skip_fuse_bn=true" if skip_fuse_bn else "defaults"
+    )
     try:
         simplified, _ = onnxsim.simplify(
             model,

@@ -34,6 +34,10 @@ from graphslim.zoo import (
 CATALOG = load_catalog()
 PYPI_MODELS = [e.id for e in CATALOG.values() if e.source == "pypi" and e.kind == "model"]
 STRUCTURES = [e.id for e in CATALOG.values() if e.source == "structure"]
+# Structures whose filled model is too large to materialize in every test run: yolov8x-640
+# (~273 MB filled, ~1 GB of memory while filling) is there for bench/prune_channels.py's
+# tool-speed measurement and is materialized only there.
+LARGE_STRUCTURES = {"yolov8x-640"}
 MAGIC = {".png": b"\x89PNG\r\n\x1a\n", ".jpg": b"\xff\xd8\xff"}
 
 
@@ -75,7 +79,12 @@ def zoo_cache() -> Path:
 
 def test_catalog_has_the_zoo():
     assert set(PYPI_MODELS) == {"yolox-det", "pplcnet-cls", "ppocr-det", "ppocr-cls"}
-    assert set(STRUCTURES) == {"yolov8n-640", "yolo11n-640", "resnet18-224"}
+    assert set(STRUCTURES) == {
+        "yolov8n-640", "yolov8n-640-raw", "yolov8s-640", "yolov8x-640", "yolo11n-640",
+        "resnet18-224", "resnet50-224", "mobilenetv2-224", "mobilenetv3-224",
+        "efficientnet-b0-224",
+    }  # fmt: skip
+    assert LARGE_STRUCTURES <= set(STRUCTURES)
     assert {"astronaut", "bus", "china"} <= {e.id for e in CATALOG.values() if e.kind == "image"}
 
 
@@ -338,7 +347,7 @@ def test_fill_is_deterministic_scaled_and_runs():
     assert y.shape == (1, 1024) and np.isfinite(y).all()
 
 
-@pytest.mark.parametrize("structure_id", STRUCTURES)
+@pytest.mark.parametrize("structure_id", [i for i in STRUCTURES if i not in LARGE_STRUCTURES])
 def test_structure_fill_then_strip_restores_the_committed_file(structure_id):
     entry = CATALOG[structure_id]
     light = entry.path.read_bytes()
