@@ -112,6 +112,12 @@ class Pass:
             raise TypeError(f"pass {self.name} returned {type(result).__name__}, not PassResult")
         if not isinstance(result.model, onnx.ModelProto):
             raise TypeError(f"pass {self.name} returned a {type(result.model).__name__} model")
+        if result.modified and result.model.ir_version < 4:
+            # Before IR 4 initializers are also graph inputs; passes add and reshape
+            # initializers without caring, so the contract keeps that invariant for all.
+            from graphslim.graph import list_initializers_as_inputs
+
+            list_initializers_as_inputs(result.model.graph)
         if before is not None and not result.modified:
             after = result.model.SerializeToString(deterministic=True)
             if after != before:

@@ -127,6 +127,18 @@ def remove_unused_initializers(graph: onnx.GraphProto) -> int:
     return len(dropped)
 
 
+def list_initializers_as_inputs(g: onnx.GraphProto) -> None:
+    """Before IR 4 every initializer must also be a graph input: list the missing ones and
+    update the declared shape of those whose tensor changed (folded, pruned)."""
+    inputs = {i.name: i for i in g.input}
+    for t in g.initializer:
+        vi = onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+        if t.name not in inputs:
+            g.input.append(vi)
+        elif [d.dim_value for d in inputs[t.name].type.tensor_type.shape.dim] != list(t.dims):
+            inputs[t.name].type.CopyFrom(vi.type)
+
+
 def remove_stale_value_info(graph: onnx.GraphProto) -> int:
     """Drop value_info entries for tensors that no longer exist."""
     present = {o for n in graph.node for o in n.output}

@@ -45,21 +45,7 @@ class FoldBN(Pass):
                 skipped.append((bn.name or bn.output[0], reason))
             else:
                 folded += 1
-        if folded and model.ir_version < 4:
-            _list_initializers_as_inputs(g)
         return PassResult(model, folded > 0, {"bn_folded": folded}, skipped)
-
-
-def _list_initializers_as_inputs(g: onnx.GraphProto) -> None:
-    """Before IR 4 every initializer must also be a graph input: list the new ones (folded
-    copies, new biases) and update the shape of those edited in place."""
-    inputs = {i.name: i for i in g.input}
-    for t in g.initializer:
-        vi = onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
-        if t.name not in inputs:
-            g.input.append(vi)
-        elif [d.dim_value for d in inputs[t.name].type.tensor_type.shape.dim] != list(t.dims):
-            inputs[t.name].type.CopyFrom(vi.type)
 
 
 def _fold(g: onnx.GraphProto, bn: onnx.NodeProto) -> str | None:

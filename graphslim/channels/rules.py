@@ -516,10 +516,9 @@ def _conv(node, cg):
     x = cg.slot(node.input[0])
     w = cg.const(node.input[1]) if cg.is_init(node.input[1]) else None
     if w is None:
-        cg.freeze_inputs(node, f"Conv ({node_name(node)}) weight is not an initializer")
-        return _frozen_output(
-            node, cg, "weight is not an initializer (run constants-to-initializers)"
-        )
+        why = _not_initializer(cg, node.input[1])
+        cg.freeze_inputs(node, f"Conv ({node_name(node)}) {why}")
+        return _frozen_output(node, cg, why)
     if any(n and not cg.is_init(n) for n in node.input[2:]):
         cg.freeze_inputs(node, f"Conv ({node_name(node)}) bias is not an initializer")
         return _frozen_output(node, cg, "bias is not an initializer")
@@ -544,6 +543,18 @@ def _conv(node, cg):
     reason = f"grouped Conv ({node_name(node)}, group={group}) is not pruned"
     cg.freeze_inputs(node, reason)
     _frozen_output(node, cg, reason, cout)
+
+
+def _not_initializer(cg, name: str) -> str:
+    """Why a weight cannot be sliced, and what the user can do about it."""
+    made_by = cg._made_by.get(name)
+    if made_by is not None and made_by.op_type == "Constant":
+        return "weight is a Constant node (run constants-to-initializers first)"
+    if made_by is not None and made_by.op_type == "DequantizeLinear":
+        return "weight is quantized (DequantizeLinear): prune the float model, then quantize"
+    if made_by is None:
+        return "weight is a graph input, not an initializer"
+    return f"weight is computed by {made_by.op_type} ({node_name(made_by)}), not an initializer"
 
 
 def _frozen_output(node, cg, reason: str, channels: int | None = None) -> None:
