@@ -61,9 +61,11 @@ def prepare(model: onnx.ModelProto, work: Path) -> tuple[onnx.ModelProto, list[s
     name_nodes(m.graph)
     raw = work / "raw.onnx"
     onnx.save_model(m, str(raw), save_as_external_data=needs_external_data(m))
-    symbolic = _has_sympy()
+    # Symbolic shape inference is skipped: CNN shapes come from ONNX shape inference, and
+    # onnxruntime's symbolic pass writes sym_shape_infer_temp.onnx plus a uuid .data file
+    # into the *working directory* whenever it cannot finish (seen on random test graphs).
     attempts = [
-        dict(skip_symbolic_shape=not symbolic),
+        dict(skip_symbolic_shape=True),
         dict(skip_symbolic_shape=True, skip_optimization=True),
     ]
     errors = []
@@ -98,14 +100,6 @@ def name_nodes(graph: onnx.GraphProto) -> int:
             taken.add(name)
             count += 1
     return count
-
-
-def _has_sympy() -> bool:
-    try:
-        import sympy  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def resolve_exclude(model: onnx.ModelProto, patterns) -> tuple[list[str], list]:

@@ -24,7 +24,7 @@ Targets (``activation_type`` / ``weight_type`` override them):
 Steps, all in a temporary folder: opset < 13 is converted to 13 (per-channel
 DequantizeLinear needs its ``axis``); unnamed nodes get stable names (``{op}_{index}``);
 ``quant_pre_process`` (ONNX shape inference and onnxruntime's basic optimisations, e.g. BN
-folding; symbolic shape inference only where sympy is installed); calibration; quantization.
+folding; no symbolic shape inference: it litters the working directory when it fails); calibration; quantization.
 With ``auto_exclude`` the search keeps in float the node that adds the most measured
 quantization noise (:mod:`passes._quant_sensitivity`: per-channel SQNR of every intermediate
 tensor against FP32 on calibration data), with its input producers when that alone does not help,
