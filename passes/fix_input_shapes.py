@@ -71,11 +71,16 @@ def _check(vi: onnx.ValueInfoProto, dims: tuple[int, ...]) -> None:
             f"got {len(dims)} dims {list(dims)}"
         )
     for k, (dim, value) in enumerate(zip(have, dims)):
-        if dim.HasField("dim_value") and dim.dim_value != value:
+        if _is_fixed(dim) and dim.dim_value != value:
             raise PreconditionError(
                 f"fix-input-shapes: input '{vi.name}' dim {k} is fixed at {dim.dim_value} "
                 f"in the graph, not {value}; re-export the model for that size"
             )
+
+
+def _is_fixed(dim: onnx.TensorShapeProto.Dimension) -> bool:
+    # Paddle exports write -1 for a dynamic dim (as graphslim.feeds reads it): not fixed.
+    return dim.HasField("dim_value") and dim.dim_value >= 0
 
 
 def _fix(vi: onnx.ValueInfoProto, dims: tuple[int, ...]) -> int:
@@ -86,7 +91,7 @@ def _fix(vi: onnx.ValueInfoProto, dims: tuple[int, ...]) -> int:
         return len(dims)
     changed = 0
     for dim, value in zip(shape.dim, dims):
-        if dim.HasField("dim_value"):
+        if _is_fixed(dim):
             continue
         dim.Clear()
         dim.dim_value = value
@@ -97,6 +102,10 @@ def _fix(vi: onnx.ValueInfoProto, dims: tuple[int, ...]) -> int:
 def _refresh_shapes(model: onnx.ModelProto) -> None:
     g = model.graph
     del g.value_info[:]
+    for out in g.output:  # a -1 (Paddle's dynamic) output dim would win over the inferred one
+        for dim in out.type.tensor_type.shape.dim:
+            if dim.HasField("dim_value") and dim.dim_value < 0:
+                dim.Clear()
     shapes = infer_shapes(model)
     for out in g.output:
         s = shapes.get(out.name)
@@ -109,6 +118,6 @@ def _refresh_shapes(model: onnx.ModelProto) -> None:
             for _ in s:
                 dims.add()
         for dim, value in zip(dims, s):
-            if isinstance(value, int) and not dim.HasField("dim_value"):
+            if isinstance(value, int) and not _is_fixed(dim):
                 dim.Clear()
                 dim.dim_value = value

@@ -83,6 +83,9 @@ def test_catalog_has_the_zoo():
         "yolov8n-640", "yolov8n-640-raw", "yolov8s-640", "yolov8x-640", "yolo11n-640",
         "resnet18-224", "resnet50-224", "mobilenetv2-224", "mobilenetv3-224",
         "efficientnet-b0-224",
+        "yolov8n-seg-320", "yolov8n-pose-320", "yolov8n-cls-224", "shufflenetv2-224",
+        "densenet-half-224", "regnet-y-400mf-224", "convnext-tiny-224", "squeezenet1-0-224",
+        "googlenet-224", "lraspp-mobilenetv3-320", "deeplabv3-mobilenetv3-320",
     }  # fmt: skip
     assert LARGE_STRUCTURES <= set(STRUCTURES)
     assert {"astronaut", "bus", "china"} <= {e.id for e in CATALOG.values() if e.kind == "image"}

@@ -120,3 +120,20 @@ def test_pipeline_on_dynamic_batch(harness):
     assert out.validation is not None and out.validation.passed
     assert out.validation.worst("max-abs") == 0.0
     assert _dims(out.model.graph.output[0]) == [2, 10]
+
+
+def test_paddle_minus_one_dims_are_dynamic(harness):
+    """Paddle exports write dim_value -1 for a dynamic dim (ppocr-cls: x [-1,3,48,192]);
+    found by bench/generality.py: it was refused as 'fixed at -1'."""
+    model = harness.model(
+        [helper.make_node("Relu", ["x"], ["y"], name="relu")],
+        [helper.make_tensor_value_info("x", F, [-1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", F, [-1, 3, 8, 8])],
+    )
+    original, result = harness.run(FixInputShapes(shapes="x:2,3,8,8"), model)
+    assert result.modified is True and result.counters == {"dims_fixed": 1}
+    assert _dims(result.model.graph.input[0]) == [2, 3, 8, 8]
+    assert _dims(result.model.graph.output[0]) == [2, 3, 8, 8]
+    harness.compare(original, result.model, shapes={"x": (2, 3, 8, 8)}, exact=True)
+    with pytest.raises(PreconditionError, match="dim 1 is fixed at 3"):
+        harness.run(FixInputShapes(shapes="x:2,4,8,8"), model)
