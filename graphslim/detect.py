@@ -21,7 +21,7 @@ pixels the model uses (map them to the original image with
 :meth:`graphslim.feeds.Letterbox.to_original`).
 
 :func:`nms` is greedy and class-aware: a box suppresses only boxes of its own class whose
-``IoU = area(a & b) / area(a | b)`` exceeds the threshold. :func:`match` pairs candidate
+``IoU = area(a & b) / area(a | b)`` exceeds the threshold. :func:`match_pairs` pairs candidate
 detections with reference detections greedily in descending reference score: a pair needs
 the same class and ``IoU >= iou``, and every candidate box is used at most once.
 """
@@ -201,32 +201,99 @@ def nms(
     return np.asarray(keep, dtype=np.int64)
 
 
-def match(reference: Detections, candidate: Detections, iou: float = 0.5) -> MatchResult:
-    """Greedy one-to-one matching of ``candidate`` to ``reference`` (same class, IoU >= iou),
-    reference detections taken in descending score, each paired with its best free candidate."""
+def match_pairs(
+    reference: Detections, candidate: Detections, iou: float = 0.5
+) -> list[tuple[int, int, float]]:
+    """Greedy one-to-one pairs ``(reference index, candidate index, IoU)`` (same class,
+    IoU >= iou); reference detections taken in descending score, each paired with its best
+    free candidate."""
     if len(reference) == 0 or len(candidate) == 0:
-        return MatchResult(0, len(reference), len(candidate))
+        return []
     ious = box_iou(reference.boxes, candidate.boxes)
     same = reference.classes[:, None] == candidate.classes[None, :]
     ious = np.where(same, ious, -1.0)
     used = np.zeros(len(candidate), dtype=bool)
-    matched = 0
+    pairs = []
     for r in np.argsort(-reference.scores, kind="stable"):
         row = np.where(used, -1.0, ious[r])
         best = int(row.argmax())
         if row[best] >= iou:
             used[best] = True
-            matched += 1
-    return MatchResult(matched, len(reference), len(candidate))
+            pairs.append((int(r), best, float(row[best])))
+    return pairs
+
+
+def match(reference: Detections, candidate: Detections, iou: float = 0.5) -> MatchResult:
+    """How many ``reference`` detections :func:`match_pairs` finds among ``candidate``."""
+    return MatchResult(len(match_pairs(reference, candidate, iou)), len(reference), len(candidate))
+
+
+DECODERS = ("yolov8", "yolox")
+
+
+def guess_decoder(shape: tuple[int, ...] | list[int]) -> str:
+    """The decoder for an output of ``shape``: ``[1, N, 5 + nc]`` (rows longer than wide
+    axis) -> ``yolox``; ``[1, 4 + nc, N]`` -> ``yolov8``. Anchors outnumber attributes in
+    every real head (8400 vs 84, 3549 vs 6), so the longer axis holds the boxes."""
+    dims = [int(d) for d in shape]
+    if len(dims) == 3 and dims[0] == 1:
+        dims = dims[1:]
+    if len(dims) != 2 or min(dims) < 5:
+        raise ValueError(
+            f"cannot tell the detection layout of an output of shape {list(shape)}; expected "
+            "[1, N, 5 + nc] (yolox) or [1, 4 + nc, N] (yolov8)"
+        )
+    return "yolox" if dims[0] > dims[1] else "yolov8"
+
+
+def grid_cells(input_hw: tuple[int, int], strides: tuple[int, ...] = (8, 16, 32)) -> int:
+    """Rows of a YOLOX head over ``input_hw``: ``sum (H/s) * (W/s)``."""
+    return sum((input_hw[0] // s) * (input_hw[1] // s) for s in strides)
+
+
+def looks_raw_yolox(output: np.ndarray, input_hw: tuple[int, int] | None) -> bool:
+    """True when YOLOX rows are raw grid offsets rather than pixels: the row count equals
+    the grid cells at strides 8/16/32 and every centre is within 8 (raw offsets are a cell or
+    two; decoded centres sit on their grid cells, spread over the whole input)."""
+    if input_hw is None:
+        return False
+    rows = _rows(output, "looks_raw_yolox")
+    if rows.shape[0] != grid_cells(input_hw):
+        return False
+    return bool(np.abs(rows[:, :2]).max(initial=0.0) < 8)
+
+
+def decode(
+    output: np.ndarray,
+    decoder: str,
+    conf: float = 0.25,
+    iou: float = 0.45,
+    max_det: int = 300,
+    *,
+    input_hw: tuple[int, int] | None = None,
+    strides: tuple[int, ...] | None = None,
+) -> Detections:
+    """Decode with ``decoder`` (one of :data:`DECODERS`) and run class-aware NMS."""
+    if decoder == "yolox":
+        return decode_yolox(output, conf, iou, max_det, input_hw=input_hw, strides=strides)
+    if decoder == "yolov8":
+        return decode_yolov8(output, conf, iou, max_det)
+    raise ValueError(f"unknown decoder '{decoder}' (use one of {', '.join(DECODERS)})")
 
 
 __all__ = [
+    "DECODERS",
     "Detections",
     "MatchResult",
     "box_iou",
+    "decode",
     "decode_yolov8",
     "decode_yolox",
+    "grid_cells",
+    "guess_decoder",
+    "looks_raw_yolox",
     "match",
+    "match_pairs",
     "nms",
     "xywh_to_xyxy",
     "yolox_grid_decode",

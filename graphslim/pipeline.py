@@ -213,6 +213,8 @@ class PassRecord:
     notes: list[str] = field(default_factory=list)
     validation: Comparison | None = None
     details: list[dict[str, Any]] = field(default_factory=list)
+    task: dict[str, Any] | None = None  # task metrics after this pass (with a gate)
+    rolled_back: bool = False  # the gate undid this pass
 
     def to_dict(self) -> dict:
         return {
@@ -228,6 +230,8 @@ class PassRecord:
             "notes": self.notes,
             "details": _jsonable(self.details),
             "validation": self.validation.to_dict() if self.validation else None,
+            "task": self.task,
+            "rolled_back": self.rolled_back,
         }
 
 
@@ -245,6 +249,7 @@ class PipelineResult:
     records: list[PassRecord]
     initial: StageStats
     validation: Comparison | None
+    task: dict[str, Any] | None = None  # the final model's task metrics (with a gate)
 
     @property
     def final(self) -> StageStats:
@@ -252,7 +257,7 @@ class PipelineResult:
 
     @property
     def modified(self) -> bool:
-        return any(r.modified for r in self.records)
+        return any(r.modified and not r.rolled_back for r in self.records)
 
     def to_dict(self) -> dict:
         return {
@@ -260,6 +265,7 @@ class PipelineResult:
             "final": vars(self.final),
             "passes": [r.to_dict() for r in self.records],
             "validation": self.validation.to_dict() if self.validation else None,
+            "task": self.task,
         }
 
 
@@ -305,6 +311,8 @@ class Pipeline:
         tolerances: Sequence[Tolerance] | None = None,
         input_shapes: dict[str, tuple[int, ...]] | None = None,
         progress=None,
+        gate=None,
+        on_stage=None,
     ) -> PipelineResult:
         """Run every pass in order on a copy of ``model`` (the caller's model is untouched).
 
@@ -312,6 +320,10 @@ class Pipeline:
         default ``max-rel=1e-4`` for an all-exact pipeline; for lossy pipelines the error is
         measured and reported, and judged only against tolerances the caller gives.
         ``progress``: optional callable ``(pass_name, index, total)`` for a progress display.
+        ``gate``: optional :class:`graphslim.tasks.TaskGate`, scored after every pass that
+        modified the model; below its minimum the run stops or that pass is rolled back
+        (``rec.rolled_back``), as the gate's ``on_fail`` says. ``on_stage``: optional callable
+        ``(record, model)`` after each pass (e.g. to time every stage).
         """
         ctx = ctx or PassContext(input_shapes=input_shapes)
         input_shapes = input_shapes or ctx.input_shapes
@@ -331,6 +343,10 @@ class Pipeline:
         for i, p in enumerate(self.passes):
             if progress:
                 progress(p.name, i, len(self.passes))
+            kept = None
+            if gate is not None and gate.on_fail == "rollback":
+                kept = onnx.ModelProto()
+                kept.CopyFrom(current)  # a pass may edit its input in place
             t0 = time.perf_counter()
             try:
                 result: PassResult = p(current, ctx)
@@ -364,17 +380,37 @@ class Pipeline:
                 notes=list(result.notes),
                 details=list(result.details),
             )
+            if gate is not None and result.modified:
+                metrics = gate.measure(original, current)
+                rec.task = metrics.to_dict()
+                if not gate.holds(metrics):
+                    if kept is None:
+                        from graphslim.tasks import TaskGateFailed
+
+                        raise TaskGateFailed(
+                            f"task gate: after '{p.name}'{_after(done)}, "
+                            f"{gate.describe(metrics)}; stopped"
+                        )
+                    current, rec.after, rec.rolled_back = kept, stats, True
+                    rec.notes.append(f"rolled back: {gate.describe(metrics)}")
+                    log.warning("task gate: rolled back '%s' (%s)", p.name, gate.describe(metrics))
             if validate_each:
                 rec.validation = check(current, p.name, done)
+            if on_stage is not None:
+                on_stage(rec, current)
             records.append(rec)
             done.append(p.name)
-            stats = after
+            stats = rec.after
             log.info("%s: modified=%s %.2fs", p.name, result.modified, seconds)
         validation = None
         if validate:
             last = records[-1].validation if records else None
             validation = last or check(current, "pipeline", done)
-        return PipelineResult(current, records, initial, validation)
+        task = None
+        if gate is not None:
+            kept_task = [r.task for r in records if r.task and not r.rolled_back]
+            task = kept_task[-1] if kept_task else gate.measure(original, current).to_dict()
+        return PipelineResult(current, records, initial, validation, task)
 
 
 class _Checker:

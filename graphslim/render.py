@@ -204,3 +204,88 @@ def analysis_tables(rep: dict, limit: int = 40) -> list[Table]:
             )
         tables.append(t)
     return tables
+
+
+def task_table(task: dict, title: str = "task metrics") -> Table:
+    """A :meth:`graphslim.tasks.TaskMetrics.to_dict` as a two-column table."""
+    t = Table(
+        title=f"{title} ({task['task']}, candidate against the original)", title_justify="left"
+    )
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    for k, v in task["metrics"].items():
+        t.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    for k, v in task["details"].items():
+        t.add_row(f"[dim]{k}[/]", f"{v:.4g}" if isinstance(v, float) else str(v))
+    return t
+
+
+def report_tables(report: dict) -> list[Table]:
+    """Tables for ``graphslim report``: models before/after, stages, passes, task metrics."""
+    tables = []
+    models = report.get("models")
+    if models:
+        names = " -> ".join(p["name"] for p in report.get("passes", []))
+        t = Table(
+            title=f"{report.get('input', '?')} -> {report.get('output', '?')}: {names}",
+            title_justify="left",
+        )
+        for col in ("", "before", "after", "ratio"):
+            t.add_column(col, justify="left" if not col else "right")
+        for key, name in (
+            ("params", "params"),
+            ("macs", "MACs"),
+            ("nodes", "nodes"),
+            ("file_bytes", "file size"),
+            ("latency_ms", "latency ms"),
+        ):
+            b, a = models["before"].get(key), models["after"].get(key)
+            if b is None and a is None:
+                continue
+            ratio = f"{a / b:.3f}x" if a is not None and b else "-"
+            unit = "B" if key == "file_bytes" else ""
+            cells = [
+                "-" if v is None else f"{v:.2f}" if key == "latency_ms" else human(v, unit)
+                for v in (b, a)
+            ]
+            t.add_row(name, *cells, ratio)
+        tables.append(t)
+    stages = report.get("stages")
+    if stages:
+        t = Table(title="stages", title_justify="left")
+        for col in (
+            "stage",
+            "MACs",
+            "params",
+            "latency ms",
+            "max-rel",
+            report.get("chart_metric") or "task",
+        ):
+            t.add_column(col, justify="left" if col == "stage" else "right")
+        for s in stages:
+            t.add_row(
+                s["stage"] + (" (rolled back)" if s.get("rolled_back") else ""),
+                human(s["macs"]),
+                human(s["params"]),
+                f"{s['latency_ms']:.2f}" if s.get("latency_ms") is not None else "-",
+                f"{s['max_rel']:.2e}" if s.get("max_rel") is not None else "-",
+                f"{s['task_metric']:.4f}" if s.get("task_metric") is not None else "-",
+            )
+        tables.append(t)
+    t = Table(title="passes", title_justify="left")
+    for col in ("pass", "kind", "options", "seconds", "counters", "skipped", "notes"):
+        t.add_column(col, justify="right" if col in ("seconds", "skipped") else "left")
+    for p in report.get("passes", []):
+        t.add_row(
+            p["name"],
+            p["numerics"],
+            ", ".join(f"{k}={v}" for k, v in p["options"].items()) or "-",
+            f"{p['seconds']:.2f}",
+            ", ".join(f"{k}={_fmt(v)}" for k, v in p["counters"].items() if v) or "-",
+            str(len(p["skipped"])),
+            "; ".join(p.get("notes", []))[:120] or "-",
+        )
+    tables.append(t)
+    if report.get("task"):
+        tables.append(task_table(report["task"], "final task metrics"))
+    return tables
