@@ -1,0 +1,723 @@
+"""Label-free knowledge distillation: the student ONNX graph learns the teacher's outputs.
+
+The teacher (the original model) runs in onnxruntime; the student (the pruned or rewritten
+graph) runs as an :class:`~graphslim.bridge.interpreter.OnnxModule` whose parameters are the
+student's float initializers. Both see the *same* augmented input, so augmentation needs no
+label or box bookkeeping. After training the best epoch's values (by validation agreement,
+the untrained student counting as epoch 0) are written back into the student graph.
+
+Loss, per graph output ``o`` with teacher value ``t`` and student value ``s``:
+
+* ``mse``: ``mean((s - t)^2) / scale_o`` where ``scale_o = mean(t^2)`` over the validation
+  inputs, fixed before training (so box coordinates in pixels and logits weigh alike);
+* ``l1``: ``mean|s - t| / mean|t|`` (same idea);
+* ``kl``: ``T^2 * KL(softmax(t/T) || softmax(s/T))`` over the class axis (1 for 2-D/4-D
+  outputs); an output that already holds probabilities is turned back into log-probabilities
+  first;
+* ``bce``: ``BCE(s, t)`` for per-element probabilities (sigmoid outputs);
+* ``auto`` (default): ``mse`` on every output, plus ``kl`` on outputs that look like
+  probabilities (values in [0, 1] summing to 1 along the class axis).
+
+``recalibrate_bn`` first re-estimates every BatchNormalization's mean and variance on the
+training inputs (pruning leaves the original statistics wrong for the channels that remain);
+the new statistics are written back with the trained values. With labels, a task loss is
+added: cross-entropy on the first 2-D ``[N, C]`` output
+(classifiers). Optimizer: SGD (lr 1e-3, momentum 0.9, weight decay 5e-4) with cosine
+annealing by default, Adam optional. Augmentation runs on the preprocessed batch in torch,
+seeded per sample (``seed, epoch, sample index``), so the result does not depend on how the
+batch is split over processes: horizontal flip, random resized crop, brightness/contrast,
+3x3 blur, small rotation.
+
+The validation *agreement* is the top-1 agreement with the teacher on the first 2-D
+``[N, C]`` output, or else the mean cosine similarity over outputs.
+
+Data-parallel: started under ``torchrun`` (``RANK``/``WORLD_SIZE`` set) the loop joins a
+``gloo`` (CPU) or ``nccl`` (CUDA) process group, wraps the student in
+``DistributedDataParallel`` and gives each process an equal slice of every global batch;
+gradients are averaged, so a step equals one process on the full batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from graphslim.bridge import BridgeError, require_torch
+
+log = logging.getLogger(__name__)
+
+LOSSES = ("auto", "mse", "l1", "kl", "bce")
+AUGMENTATIONS = ("flip", "crop", "color", "blur", "rotate")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FinetuneOptions:
+    """Settings of one fine-tune run (the CLI's options map onto these fields)."""
+
+    epochs: int = 5
+    batch: int = 16
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    optimizer: str = "sgd"  # sgd | adam
+    schedule: str = "cosine"  # cosine | constant
+    loss: str = "auto"
+    loss_per_output: Mapping[str, str] = field(default_factory=dict)
+    temperature: float = 4.0
+    task_weight: float = 1.0
+    augment: tuple[str, ...] = AUGMENTATIONS
+    val_fraction: float = 0.1
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    checkpoint: str | None = None
+    resume: bool = False
+    parity_tolerance: float = 1e-4
+    recalibrate_bn: bool = False  # re-estimate BatchNorm mean/var on the training inputs first
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch < 1:
+            raise BridgeError("fine-tune needs epochs >= 1 and batch >= 1")
+        if self.optimizer not in ("sgd", "adam"):
+            raise BridgeError(f"optimizer '{self.optimizer}' is not one of sgd, adam")
+        if self.schedule not in ("cosine", "constant"):
+            raise BridgeError(f"schedule '{self.schedule}' is not one of cosine, constant")
+        for name in [self.loss, *self.loss_per_output.values()]:
+            if name not in LOSSES:
+                raise BridgeError(f"loss '{name}' is not one of {', '.join(LOSSES)}")
+        bad = [a for a in self.augment if a not in AUGMENTATIONS]
+        if bad:
+            raise BridgeError(
+                f"augmentation '{bad[0]}' is not one of {', '.join(AUGMENTATIONS)} (or none)"
+            )
+        if not 0 <= self.val_fraction < 1:
+            raise BridgeError("val_fraction must be in [0, 1)")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise BridgeError(f"device '{self.device}' is not one of auto, cpu, cuda")
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    loss: float  # mean training loss (nan for epoch 0, the untrained student)
+    val_loss: float  # distillation loss on the validation inputs
+    agreement: float  # validation agreement with the teacher
+    accuracy: float | None  # validation accuracy against labels, when given
+    seconds: float
+
+
+@dataclass
+class FinetuneResult:
+    model: onnx.ModelProto  # the student with the best epoch's values written back
+    history: list[EpochRecord]
+    best_epoch: int
+    parity: dict[str, float]
+    outputs: dict[str, str]  # output name -> loss kind used
+
+    def to_dict(self) -> dict:
+        return {
+            "best_epoch": self.best_epoch,
+            "parity_max_rel": self.parity,
+            "losses": self.outputs,
+            "history": [asdict(h) for h in self.history],
+        }
+
+
+# ------------------------------------------------------------------------------- data
+
+
+def load_image_inputs(
+    folder: str | os.PathLike,
+    model: onnx.ModelProto,
+    preprocess,
+    *,
+    limit: int | None = None,
+    shapes: Mapping[str, Sequence[int]] | None = None,
+) -> np.ndarray:
+    """Preprocessed images of ``folder`` as one float32 ``[N, C, H, W]`` array (sorted)."""
+    from graphslim.feeds import image_folder_feeds, input_specs
+
+    specs = input_specs(model)
+    if len(specs) != 1:
+        raise BridgeError(
+            f"fine-tuning takes single-input models; this one has {[s.name for s in specs]}"
+        )
+    spec = specs[0]
+    # a symbolic batch dim becomes 1 (feeds.resolve_shapes); a static one gives N-image feeds
+    feeds = image_folder_feeds(folder, model, preprocess, limit=limit, shapes=shapes)
+    return np.concatenate([f[spec.name] for f in feeds]).astype(np.float32)
+
+
+def read_labels(path: str | os.PathLike, images: Sequence[Path] | None = None) -> np.ndarray:
+    """Integer labels: a ``.npy`` array, or a text file of ``name label`` / ``name,label`` lines
+    matched to ``images`` by file name (or one label per line, in image order)."""
+    p = Path(path)
+    if not p.is_file():
+        raise BridgeError(f"labels file {p} does not exist")
+    if p.suffix == ".npy":
+        return np.load(p).astype(np.int64).reshape(-1)
+    rows = [line.replace(",", " ").split() for line in p.read_text().splitlines() if line.strip()]
+    try:
+        if all(len(r) == 1 for r in rows):
+            return np.array([int(r[0]) for r in rows], dtype=np.int64)
+        table = {r[0]: int(r[-1]) for r in rows}
+    except ValueError as exc:
+        raise BridgeError(f"{p}: labels must be integers ({exc})") from exc
+    if images is None:
+        return np.array(list(table.values()), dtype=np.int64)
+    missing = [i.name for i in images if i.name not in table]
+    if missing:
+        raise BridgeError(f"{p}: no label for image {missing[0]}")
+    return np.array([table[i.name] for i in images], dtype=np.int64)
+
+
+# ------------------------------------------------------------------------------ trainer
+
+
+def _looks_like_probabilities(t: np.ndarray) -> bool:
+    if t.ndim < 2 or t.shape[1] < 2 or t.min() < -1e-6 or t.max() > 1 + 1e-6:
+        return False
+    return bool(np.allclose(t.sum(axis=1), 1.0, atol=1e-3))
+
+
+class Distiller:
+    """Student module, teacher session, data and optimizer of one fine-tune run."""
+
+    def __init__(
+        self,
+        student: onnx.ModelProto,
+        teacher: onnx.ModelProto,
+        inputs: np.ndarray,
+        options: FinetuneOptions,
+        *,
+        labels: np.ndarray | None = None,
+        val_inputs: np.ndarray | None = None,
+        val_labels: np.ndarray | None = None,
+        check_parity: bool = True,
+    ) -> None:
+        self.torch = torch = require_torch()
+        from graphslim.bridge.interpreter import OnnxModule, parity_check
+        from graphslim.feeds import input_specs
+
+        self.options = options
+        self.student_proto = student
+        specs = input_specs(student)
+        if len(specs) != 1:
+            raise BridgeError(
+                f"fine-tuning takes single-input models; the student has {[s.name for s in specs]}"
+            )
+        self.input_name = specs[0].name
+        teacher_inputs = [s.name for s in input_specs(teacher)]
+        if teacher_inputs != [self.input_name]:
+            raise BridgeError(
+                f"teacher inputs {teacher_inputs} differ from the student's [{self.input_name}]"
+            )
+        # A static batch dim (an export for batch 1) means the graph runs in chunks of it.
+        dim0 = specs[0].shape[0] if specs[0].shape else None
+        self.chunk = dim0 if isinstance(dim0, int) and dim0 > 0 else None
+
+        self.rank, self.world = _init_distributed(torch, options)
+        self.device = _device(torch, options, self.rank)
+        torch.manual_seed(options.seed)
+
+        inputs = np.ascontiguousarray(inputs, dtype=np.float32)
+        if labels is not None and len(labels) != len(inputs):
+            raise BridgeError(f"{len(labels)} labels for {len(inputs)} inputs")
+        if val_inputs is None:
+            order = np.random.default_rng(options.seed).permutation(len(inputs))
+            n_val = int(round(len(inputs) * options.val_fraction))
+            n_val = min(max(n_val, 1), len(inputs) - 1) if len(inputs) > 1 else 0
+            val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+            val_inputs = inputs[val_idx] if n_val else inputs
+            val_labels = labels[val_idx] if labels is not None and n_val else labels
+            inputs = inputs[train_idx] if n_val else inputs
+            labels = labels[train_idx] if labels is not None and n_val else labels
+        self.inputs, self.labels = inputs, labels
+        self.val_inputs = np.ascontiguousarray(val_inputs, dtype=np.float32)
+        self.val_labels = val_labels
+
+        self.teacher = _Teacher(teacher)
+        self.module = OnnxModule(student)
+        self.parity: dict[str, float] = {}
+        if check_parity:
+            feeds = [{self.input_name: self.val_inputs[: self.chunk or 2]}]
+            self.parity = parity_check(
+                student, self.module, feeds, max_rel=options.parity_tolerance
+            )
+        if options.recalibrate_bn:
+            step = self.chunk or 32
+            batches = [
+                torch.from_numpy(self.inputs[i : i + step])
+                for i in range(0, len(self.inputs) - step + 1, step)
+            ] or [torch.from_numpy(self.inputs)]
+            updated = self.module.recalibrate_batchnorm(batches)
+            log.info("recalibrated %d BatchNorm statistics", len(updated))
+        self.module.to(self.device)
+        self.output_names = list(self.module.output_names)
+        if self.teacher.output_names != self.output_names:
+            raise BridgeError(
+                f"teacher outputs {self.teacher.output_names} differ from the student's "
+                f"{self.output_names}; distillation matches outputs by name"
+            )
+        self.val_teacher = self._teacher(self.val_inputs)
+        self.kinds, self.scales = self._choose_losses()
+        self.class_output = next(
+            (n for n in self.output_names if self.val_teacher[n].ndim == 2), None
+        )
+        self.net = self.module
+        if self.world > 1:
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                self.module, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        params = list(self.module.parameters())
+        if not params:
+            raise BridgeError(
+                "the student has no trainable initializers (Constant-node weights?); run the "
+                "constants-to-initializers pass first"
+            )
+        if options.optimizer == "adam":
+            self.opt = torch.optim.Adam(params, lr=options.lr, weight_decay=options.weight_decay)
+        else:
+            self.opt = torch.optim.SGD(
+                params, lr=options.lr, momentum=options.momentum, weight_decay=options.weight_decay
+            )
+        self.steps_per_epoch = max(1, len(self.inputs) // options.batch)
+        total = self.steps_per_epoch * options.epochs
+        self.sched = (
+            torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=total)
+            if options.schedule == "cosine"
+            else torch.optim.lr_scheduler.LambdaLR(self.opt, lambda _: 1.0)
+        )
+
+    # -- pieces
+
+    def _teacher(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        step = self.chunk or max(1, min(len(x), 64))
+        parts = [
+            self.teacher.run({self.input_name: x[i : i + step]}) for i in range(0, len(x), step)
+        ]
+        return {n: np.concatenate([p[n] for p in parts]) for n in parts[0]}
+
+    def _student(self, x):
+        if self.chunk is None:
+            return dict(zip(self.output_names, self.net(x)))
+        parts = [self.net(x[i : i + self.chunk]) for i in range(0, len(x), self.chunk)]
+        return {n: self.torch.cat([p[k] for p in parts]) for k, n in enumerate(self.output_names)}
+
+    def _choose_losses(self) -> tuple[dict[str, list[str]], dict[str, float]]:
+        kinds, scales = {}, {}
+        for name in self.output_names:
+            t = self.val_teacher[name]
+            chosen = self.options.loss_per_output.get(name, self.options.loss)
+            if chosen == "auto":
+                kinds[name] = ["mse"] + (["kl"] if _looks_like_probabilities(t) else [])
+            else:
+                kinds[name] = [chosen]
+            scales[name] = float(np.mean(np.square(t.astype(np.float64)))) + 1e-8
+            if "l1" in kinds[name]:
+                scales[name] = float(np.mean(np.abs(t.astype(np.float64)))) + 1e-8
+        log.info("distillation losses per output: %s", kinds)
+        return kinds, scales
+
+    def loss(self, student: Mapping, teacher: Mapping, labels=None):
+        torch, F = self.torch, self.torch.nn.functional
+        T = self.options.temperature
+        total = 0.0
+        for name in self.output_names:
+            s = student[name].float()
+            t = torch.as_tensor(teacher[name], device=s.device).float()
+            for kind in self.kinds[name]:
+                if kind == "mse":
+                    total = total + F.mse_loss(s, t) / self.scales[name]
+                elif kind == "l1":
+                    total = total + F.l1_loss(s, t) / self.scales[name]
+                elif kind == "bce":
+                    total = total + F.binary_cross_entropy(s.clamp(1e-6, 1 - 1e-6), t.clamp(0, 1))
+                else:  # kl over axis 1
+                    probs = _looks_like_probabilities(teacher[name])
+                    ls = torch.log(s.clamp_min(1e-8)) if probs else s
+                    lt = torch.log(t.clamp_min(1e-8)) if probs else t
+                    total = total + F.kl_div(
+                        F.log_softmax(ls / T, dim=1),
+                        F.log_softmax(lt / T, dim=1),
+                        reduction="batchmean",
+                        log_target=True,
+                    ) * (T * T)
+        if labels is not None and self.class_output is not None:
+            s = student[self.class_output].float()
+            if _looks_like_probabilities(teacher[self.class_output]):
+                s = torch.log(s.clamp_min(1e-8))
+            total = total + self.options.task_weight * F.cross_entropy(s, labels)
+        return total
+
+    def augment(self, x: np.ndarray, index: np.ndarray, epoch: int) -> np.ndarray:
+        """Per-sample augmentation seeded by (seed, epoch, sample index), applied batched."""
+        if not self.options.augment:
+            return x
+        draws = [_draw(self.options.augment, (self.options.seed, epoch, int(i))) for i in index]
+        return _apply(self.torch, x, draws)
+
+    def local_share(self, batch: np.ndarray) -> np.ndarray:
+        """This process's equal slice of a global batch."""
+        if self.world == 1:
+            return batch
+        if len(batch) % self.world:
+            raise BridgeError(f"batch {len(batch)} does not split over {self.world} processes")
+        per = len(batch) // self.world
+        return batch[self.rank * per : (self.rank + 1) * per]
+
+    def backward(self, index: np.ndarray, epoch: int) -> float:
+        """Forward + backward on this process's share of the global batch ``index``."""
+        torch = self.torch
+        mine = self.local_share(np.asarray(index))
+        x = self.augment(self.inputs[mine], mine, epoch)
+        teacher = self._teacher(x)
+        labels = None
+        if self.labels is not None:
+            labels = torch.as_tensor(self.labels[mine], device=self.device)
+        self.net.train()
+        out = self._student(torch.from_numpy(x).to(self.device))
+        loss = self.loss(out, teacher, labels)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        return float(loss.detach())
+
+    def gradients(self) -> dict[str, np.ndarray]:
+        """``{initializer name: gradient}`` after :meth:`backward`."""
+        return {
+            n: self.module.parameter_for(n).grad.detach().cpu().numpy()
+            for n in self.module.param_names
+            if self.module.parameter_for(n).grad is not None
+        }
+
+    def evaluate(self) -> tuple[float, float | None, float]:
+        """(agreement with the teacher, accuracy against labels or None, distillation loss)."""
+        torch = self.torch
+        self.net.eval()
+        outs: dict[str, list] = {n: [] for n in self.output_names}
+        step = self.chunk or max(1, min(64, len(self.val_inputs)))
+        with torch.no_grad():
+            for i in range(0, len(self.val_inputs), step):
+                x = torch.from_numpy(self.val_inputs[i : i + step]).to(self.device)
+                got = self.module.run(x) if self.chunk is None else self._student_plain(x)
+                for n in self.output_names:
+                    outs[n].append(got[n].float().cpu().numpy())
+        student = {n: np.concatenate(v) for n, v in outs.items()}
+        with torch.no_grad():
+            loss = float(
+                self.loss({n: torch.from_numpy(v) for n, v in student.items()}, self.val_teacher)
+            )
+        accuracy = None
+        if self.class_output is not None:
+            pred = student[self.class_output].argmax(1)
+            agreement = float(np.mean(pred == self.val_teacher[self.class_output].argmax(1)))
+            if self.val_labels is not None:
+                accuracy = float(np.mean(pred == np.asarray(self.val_labels)))
+        else:
+            cos = []
+            for n in self.output_names:
+                a = student[n].reshape(len(student[n]), -1).astype(np.float64)
+                b = self.val_teacher[n].reshape(len(a), -1).astype(np.float64)
+                norm = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+                cos.append(np.mean(np.sum(a * b, axis=1) / np.maximum(norm, 1e-12)))
+            agreement = float(np.mean(cos))
+        return agreement, accuracy, loss
+
+    def _student_plain(self, x):
+        parts = [self.module.run(x[i : i + self.chunk]) for i in range(0, len(x), self.chunk)]
+        return {n: self.torch.cat([p[n] for p in parts]) for n in self.output_names}
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        rng = np.random.default_rng((self.options.seed, epoch))
+        return rng.permutation(len(self.inputs))
+
+
+class _Teacher:
+    """onnxruntime CPU session for the teacher whose idle threads do not spin.
+
+    :class:`graphslim.runtime.Session` lets onnxruntime's threads spin between runs (best for
+    latency); here they would take the cores torch's backward pass needs between teacher
+    runs (4x slower on a 2-core machine), so this session turns spinning off."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        import tempfile
+
+        import onnxruntime as ort
+
+        from graphslim.errors import RuntimeFailure
+        from graphslim.model_io import serialize_for_runtime
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        self._tmp = tempfile.TemporaryDirectory(prefix="graphslim-teacher-")
+        try:
+            self.session = ort.InferenceSession(
+                serialize_for_runtime(model, self._tmp.name),
+                sess_options=opts,
+                providers=["CPUExecutionProvider"],
+            )
+        except Exception as exc:
+            self._tmp.cleanup()
+            raise RuntimeFailure(f"onnxruntime cannot load the teacher: {exc}") from exc
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(self.output_names, self.session.run(self.output_names, dict(feed))))
+
+    def close(self) -> None:
+        self.session = None
+        self._tmp.cleanup()
+
+
+def _draw(kinds: Sequence[str], seed: tuple) -> dict:
+    """The random choices for one sample; every draw comes from ``seed``."""
+    rng = np.random.default_rng(seed)
+    theta = np.eye(3)
+    flip = "flip" in kinds and rng.random() < 0.5
+    if "crop" in kinds:  # random resized crop: area 0.6..1, aspect 3/4..4/3
+        area = rng.uniform(0.6, 1.0)
+        aspect = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+        sw, sh = min(1.0, math.sqrt(area * aspect)), min(1.0, math.sqrt(area / aspect))
+        tx, ty = rng.uniform(-(1 - sw), 1 - sw), rng.uniform(-(1 - sh), 1 - sh)
+        theta = theta @ np.array([[sw, 0, tx], [0, sh, ty], [0, 0, 1]])
+    if "rotate" in kinds:  # +-10 degrees
+        a = math.radians(rng.uniform(-10, 10))
+        c, s = math.cos(a), math.sin(a)
+        theta = theta @ np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+    contrast, brightness = 1.0, 0.0
+    if "color" in kinds:
+        contrast, brightness = rng.uniform(0.8, 1.2), rng.uniform(-0.1, 0.1)
+    blur = "blur" in kinds and rng.random() < 0.3
+    return {"flip": flip, "theta": theta[:2], "contrast": contrast, "brightness": brightness,
+            "blur": blur}  # fmt: skip
+
+
+def _apply(torch, x: np.ndarray, draws: Sequence[dict]) -> np.ndarray:
+    """Apply per-sample draws to a ``[N, C, H, W]`` batch: flip, crop/rotation (one affine
+    resampling, border padding), contrast about the sample mean and brightness in units of
+    the sample's spread (the input is already normalized), 3x3 box blur."""
+    F = torch.nn.functional
+    t = torch.from_numpy(np.ascontiguousarray(x))
+    n, c = t.shape[:2]
+    flips = torch.tensor([d["flip"] for d in draws])
+    if flips.any():
+        t = torch.where(flips[:, None, None, None], t.flip(3), t)
+    theta = np.stack([d["theta"] for d in draws])
+    if not np.allclose(theta, np.eye(2, 3)):
+        grid = F.affine_grid(torch.tensor(theta, dtype=t.dtype), list(t.shape), align_corners=False)
+        t = F.grid_sample(t, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    contrast = torch.tensor([d["contrast"] for d in draws], dtype=t.dtype)[:, None, None, None]
+    brightness = torch.tensor([d["brightness"] for d in draws], dtype=t.dtype)[:, None, None, None]
+    if (contrast != 1).any() or (brightness != 0).any():
+        mean = t.mean(dim=(2, 3), keepdim=True)
+        spread = t.flatten(1).std(dim=1)[:, None, None, None].clamp_min(1e-6)
+        t = (t - mean) * contrast + mean + brightness * spread
+    blur = torch.tensor([d["blur"] for d in draws])
+    if blur.any():
+        kernel = torch.full((c, 1, 3, 3), 1 / 9, dtype=t.dtype)
+        blurred = F.conv2d(F.pad(t, (1, 1, 1, 1), mode="replicate"), kernel, groups=c)
+        t = torch.where(blur[:, None, None, None], blurred, t)
+    return t.numpy()
+
+
+def _init_distributed(torch, options: FinetuneOptions) -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        backend = "nccl" if _device(torch, options, 0).type == "cuda" else "gloo"
+        dist.init_process_group(backend)
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _device(torch, options: FinetuneOptions, rank: int):
+    if options.device == "cuda" or (options.device == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise BridgeError("device cuda was asked for but torch sees no CUDA device")
+        local = int(os.environ.get("LOCAL_RANK", rank))
+        return torch.device("cuda", local % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def finetune(
+    student: onnx.ModelProto,
+    teacher: onnx.ModelProto,
+    inputs: np.ndarray,
+    options: FinetuneOptions | None = None,
+    *,
+    labels: np.ndarray | None = None,
+    val_inputs: np.ndarray | None = None,
+    val_labels: np.ndarray | None = None,
+    on_step: Callable[[int, int, int, float], None] | None = None,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+) -> FinetuneResult:
+    """Distil ``teacher`` into ``student`` on ``inputs`` (preprocessed ``[N, ...]`` float32).
+
+    ``on_step(epoch, step, steps, loss)`` and ``on_epoch(record)`` report progress. With
+    ``options.checkpoint`` the state is saved after every epoch (atomically) and, with
+    ``options.resume``, training continues from it. Returns the student with the best
+    epoch's values written back.
+    """
+    options = options or FinetuneOptions()
+    d = Distiller(
+        student,
+        teacher,
+        inputs,
+        options,
+        labels=labels,
+        val_inputs=val_inputs,
+        val_labels=val_labels,
+    )
+    torch = d.torch
+    from graphslim.bridge.writeback import write_back
+
+    history: list[EpochRecord] = []
+    start = 1
+    # best: ((agreement, -val loss), epoch, state): ties on agreement go to the lower loss
+    best = ((-math.inf, -math.inf), 0, None)
+    ckpt = Path(options.checkpoint) if options.checkpoint else None
+    if ckpt is not None and options.resume and ckpt.exists():
+        state = torch.load(ckpt, map_location=d.device, weights_only=False)
+        d.module.load_state_dict(state["model"])
+        d.opt.load_state_dict(state["optimizer"])
+        d.sched.load_state_dict(state["scheduler"])
+        history = [EpochRecord(**h) for h in state["history"]]
+        best = (tuple(state["best_key"]), state["best_epoch"], state["best_state"])
+        start = state["epoch"] + 1
+        log.info("resumed from %s after epoch %d", ckpt, state["epoch"])
+    if start == 1:
+        t0 = time.perf_counter()
+        agreement, accuracy, vloss = d.evaluate()
+        rec = EpochRecord(0, math.nan, vloss, agreement, accuracy, time.perf_counter() - t0)
+        history.append(rec)
+        best = ((agreement, -vloss), 0, _state_copy(d.module))
+        if on_epoch:
+            on_epoch(rec)
+    for epoch in range(start, options.epochs + 1):
+        t0 = time.perf_counter()
+        order = d.epoch_order(epoch)
+        losses = []
+        for step in range(d.steps_per_epoch):
+            index = order[step * options.batch : (step + 1) * options.batch]
+            losses.append(d.backward(index, epoch))
+            d.opt.step()
+            d.sched.step()
+            if on_step:
+                on_step(epoch, step + 1, d.steps_per_epoch, losses[-1])
+        agreement, accuracy, vloss = d.evaluate()
+        rec = EpochRecord(
+            epoch, float(np.mean(losses)), vloss, agreement, accuracy, time.perf_counter() - t0
+        )
+        history.append(rec)
+        if (agreement, -vloss) > best[0]:
+            best = ((agreement, -vloss), epoch, _state_copy(d.module))
+        if ckpt is not None and d.rank == 0:
+            _save_checkpoint(torch, ckpt, d, epoch, history, best)
+        if on_epoch:
+            on_epoch(rec)
+    d.module.load_state_dict(best[2])
+    from graphslim.bridge.writeback import trained_values
+
+    model = write_back(student, trained_values(d.module))
+    d.teacher.close()
+    return FinetuneResult(
+        model, history, best[1], d.parity, {k: "+".join(v) for k, v in d.kinds.items()}
+    )
+
+
+def _state_copy(module) -> dict:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _save_checkpoint(torch, path: Path, d: Distiller, epoch: int, history, best) -> None:
+    import tempfile
+
+    state = {
+        "epoch": epoch,
+        "model": d.module.state_dict(),
+        "optimizer": d.opt.state_dict(),
+        "scheduler": d.sched.state_dict(),
+        "history": [asdict(h) for h in history],
+        "best_key": best[0],
+        "best_epoch": best[1],
+        "best_state": best[2],
+        "options": asdict(d.options),
+    }
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ------------------------------------------------------------------------------ files
+
+
+def finetune_files(
+    student_path: str | os.PathLike,
+    teacher_path: str | os.PathLike,
+    images: str | os.PathLike,
+    output: str | os.PathLike,
+    options: FinetuneOptions | None = None,
+    *,
+    preprocess: str | None = None,
+    labels: str | os.PathLike | None = None,
+    val_images: str | os.PathLike | None = None,
+    val_labels: str | os.PathLike | None = None,
+    limit: int | None = None,
+    shapes: Mapping[str, Sequence[int]] | None = None,
+    on_step: Callable[[int, int, int, float], None] | None = None,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+) -> FinetuneResult:
+    """:func:`finetune` from files: images preprocessed by ``preprocess`` (a
+    :meth:`graphslim.feeds.Preprocess.parse` string, default ``resize,scale=1/255`` to the
+    model's input size), labels from a file (see :func:`read_labels`), the result saved
+    atomically at ``output`` (never over the student or the teacher; by process 0 only)."""
+    require_torch()
+    from graphslim.errors import ModelSaveError
+    from graphslim.feeds import Preprocess, list_images
+    from graphslim.model_io import _same_file, load_model, save_model
+
+    for src in (student_path, teacher_path):
+        if _same_file(Path(output), Path(src)):
+            raise ModelSaveError(f"{output}: output path is an input model; choose another -o path")
+    student = load_model(student_path)
+    teacher = load_model(teacher_path)
+    spec = Preprocess.parse(preprocess or "resize,scale=1/255")
+    inputs = load_image_inputs(images, teacher, spec, limit=limit, shapes=shapes)
+    y = read_labels(labels, list_images(images, limit)) if labels else None
+    vx = vy = None
+    if val_images:
+        vx = load_image_inputs(val_images, teacher, spec, shapes=shapes)
+        vy = read_labels(val_labels, list_images(val_images)) if val_labels else None
+    result = finetune(
+        student,
+        teacher,
+        inputs,
+        options,
+        labels=y,
+        val_inputs=vx,
+        val_labels=vy,
+        on_step=on_step,
+        on_epoch=on_epoch,
+    )
+    if int(os.environ.get("RANK", "0")) == 0:
+        save_model(result.model, output, protect=student_path)
+    return result
