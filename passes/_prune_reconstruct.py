@@ -179,3 +179,86 @@ def _rel(pred: np.ndarray, target: np.ndarray) -> float:
 
 def _dtype(t: onnx.TensorProto) -> np.dtype:
     return onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
+
+
+def mean_compensation(
+    model: onnx.ModelProto, cg: ChannelGraph, removed: set[int], ctx: PassContext
+) -> dict[str, np.ndarray]:
+    """Bias corrections that keep the *mean* of what removed channels contributed.
+
+    A removed input channel ``c`` of a Conv ``y = W * x + b`` took ``W[:, c] * x_c`` with it.
+    Its mean part, ``sum_k W[:, c, k] * E[x_c]``, is put back into the bias, which matters
+    where removed channels are far from zero: after a depthwise Conv with a bias, a
+    BatchNorm shift or a HardSwish, a pruned channel is a near-constant offset, not noise.
+    ``E[x_c]`` is the spatial and sample mean on the calibration feeds (borders, where
+    padding reads zeros, are ignored). Returns Conv node name -> delta for its output
+    channels, to add after pruning (rows of removed output channels dropped then).
+    """
+    layers = []
+    for node in model.graph.node:
+        if node.op_type != "Conv" or G.attr(node, "group", 1) != 1:
+            continue
+        s = cg.slot(node.input[0])
+        if s is None or s.axis != 1:
+            continue
+        gone = [i for i, a in enumerate(s.atoms) if cg.uf[a] in removed]
+        if gone:
+            layers.append((node, gone))
+    if not layers:
+        return {}
+    feeds = ctx.feeds or _quiet_random(model, ctx)
+    outs = _run_with(model, sorted({n.input[0] for n, _ in layers}), feeds)
+    inits = G.initializers(model.graph)
+    deltas = {}
+    for node, gone in layers:
+        x = np.concatenate([o[node.input[0]] for o in outs]).astype(np.float64)
+        mean = x[:, gone].reshape(x.shape[0], len(gone), -1).mean(axis=(0, 2))
+        w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
+        taps = w[:, gone].reshape(w.shape[0], len(gone), -1).sum(axis=2)
+        deltas[node.name or node.output[0]] = taps @ mean
+    return deltas
+
+
+def _quiet_random(model, ctx):
+    from graphslim.feeds import random_feeds
+
+    return random_feeds(model, count=2, seed=ctx.seed, shapes=ctx.input_shapes)
+
+
+def apply_compensation(
+    model: onnx.ModelProto, cg: ChannelGraph, removed: set[int], deltas: dict[str, np.ndarray]
+) -> int:
+    """Add the deltas to the (pruned) Convs' biases; returns how many Convs changed."""
+    if not deltas:
+        return 0
+    inits = G.initializers(model.graph)
+    taken = G.all_names(model.graph)
+    uses: dict[str, int] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            uses[i] = uses.get(i, 0) + 1
+    changed = 0
+    for node in model.graph.node:
+        delta = deltas.get(node.name or node.output[0])
+        if delta is None or node.op_type != "Conv" or not np.any(delta):
+            continue
+        keep = cg.kept_positions(node.output[0], removed)
+        if keep is not None:
+            delta = delta[keep]
+        w_t = inits[node.input[1]]
+        dtype = _dtype(w_t)
+        name = node.input[2] if len(node.input) > 2 and node.input[2] else ""
+        if name and uses.get(name, 0) == 1:
+            b = numpy_helper.to_array(inits[name]).astype(np.float64) + delta
+            inits[name].CopyFrom(numpy_helper.from_array(b.astype(dtype), name))
+        else:
+            base = numpy_helper.to_array(inits[name]).astype(np.float64) if name else 0.0
+            new = G.unique_name(taken, f"{w_t.name}_bias" if not name else f"{name}_compensated")
+            model.graph.initializer.append(
+                numpy_helper.from_array((base + delta).astype(dtype), new)
+            )
+            while len(node.input) < 3:
+                node.input.append("")
+            node.input[2] = new
+        changed += 1
+    return changed

@@ -19,7 +19,9 @@ are left alone with their reason. Then:
    ratio in either scope. Kept counts are rounded up to ``round_to`` and never fall below
    ``min_channels`` (dead classes included); no tensor loses all of its channels (one half
    of a C2f split could, by a group-level choice). ``target_macs`` searches the ratio
-   (bisection) whose estimated MACs reach that fraction of the original.
+   (bisection) whose estimated MACs reach that fraction of the original. ``budget``
+   (``latency=0.5`` / ``macs=0.5``) gives every group its own ratio instead, greedily, least
+   measured output error first (:mod:`passes._prune_budget`).
 4. The same indices are removed from every member of a group: weights, biases, BatchNorm
    parameters, per-channel constants, and the input side of every consumer; Split sizes,
    Slice bounds, Reshape targets and Resize sizes follow.
@@ -41,6 +43,7 @@ import onnx
 from graphslim.channels import ChannelGraph, ChannelGroup, Editor, analyze
 from graphslim.contract import Pass, PassContext, PassResult, option
 from graphslim.metrics import COMPUTE_OPS
+from passes._prune_reconstruct import apply_compensation, mean_compensation
 from passes._prune_select import (
     dead_classes,
     estimate_macs,
@@ -72,8 +75,19 @@ class PruneChannelsOptions:
         factory=dict,
     )
     remove_dead: bool = option(True, help="remove exactly-zero channels (lossless)")
+    compensate: bool = option(
+        True, help="put the mean of removed input channels back into consumer conv biases"
+    )
     reconstruct: bool = option(False, help="refit consumer convs by least squares on feeds")
     max_samples: int = option(20000, help="rows per layer for the least-squares refit")
+    budget: str | None = option(
+        None,
+        help="'latency=0.5' or 'macs=0.5': per-group ratios chosen greedily to meet it with "
+        "the least output error (measured sensitivity; see passes/_prune_budget.py)",
+    )
+    budget_ratios: tuple[float, ...] = option(
+        (0.25, 0.5, 0.75), help="candidate per-group ratios the budget search measures"
+    )
 
     def validate(self) -> None:
         if not 0.0 <= self.ratio <= 0.95:
@@ -90,6 +104,14 @@ class PruneChannelsOptions:
         for value in self.overrides.values():
             if not 0.0 <= value <= 0.95:
                 raise ValueError("override ratios must be in [0, 0.95]")
+        if self.budget is not None:
+            from passes._prune_budget import parse_budget
+
+            parse_budget(self.budget)
+            if self.target_macs is not None:
+                raise ValueError("give budget or target_macs, not both")
+        if not self.budget_ratios or not all(0 < r <= 0.95 for r in self.budget_ratios):
+            raise ValueError("budget_ratios must be in (0, 0.95]")
 
 
 class PruneChannels(Pass):
@@ -130,6 +152,17 @@ class PruneChannels(Pass):
             ) | select(fixed, scores, pinned, "uniform", o.round_to, o.min_channels, dead)
             return keep_nonempty(cg, prunable, picked | dead, scores, o.min_channels)
 
+        budget_info: dict[str, float] = {}
+        if o.budget is not None:
+            from passes._prune_budget import budget_ratios, sensitivity
+
+            def pick(ratios: dict[int, float]) -> set[int]:
+                got = select(prunable, scores, ratios, "uniform", o.round_to, o.min_channels, dead)
+                return keep_nonempty(cg, prunable, got | dead, scores, o.min_channels)
+
+            sens = sensitivity(model, ctx, o)
+            pinned, budget_info = budget_ratios(cg, prunable, pinned, pick, sens, o.budget)
+            free, fixed = [], prunable
         ratio = o.ratio
         if o.target_macs is not None:
             ratio = _search_ratio(
@@ -143,7 +176,7 @@ class PruneChannels(Pass):
             "channels_removed": sum(_removed_positions(cg, g, removed) for g in prunable),
             "dead_channels_removed": len(dead & removed),
             "ratio_used": round(ratio, 4),
-        }
+        } | budget_info
         if not removed:
             return PassResult(model, False, counters, skipped)
         reference = None
@@ -151,7 +184,9 @@ class PruneChannels(Pass):
             from passes._prune_reconstruct import capture
 
             reference = capture(model, cg, removed, ctx)
+        deltas = mean_compensation(model, cg, removed, ctx) if o.compensate else {}
         Editor(cg, removed).apply()
+        counters["convs_compensated"] = apply_compensation(model, cg, removed, deltas)
         counters["macs_estimate_ratio"] = estimate_macs(cg, removed) / max(macs0, 1)
         notes = []
         if reference is not None:

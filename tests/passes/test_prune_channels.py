@@ -110,7 +110,11 @@ class Net:
 
 
 def prune(harness, model: onnx.ModelProto, ctx: PassContext | None = None, **options):
-    """Prune a copy; check the checker, interface and output shapes; return (orig, result)."""
+    """Prune a copy; check the checker, interface and output shapes; return (orig, result).
+
+    Mean compensation is off unless asked for: these tests check which indices go, against
+    references built from the original weights and biases (see test_mean_compensation_*)."""
+    options.setdefault("compensate", False)
     original, result = harness.run(PruneChannels(**options), model, ctx)
     harness.check_interface(original, result.model)
     assert _output_shapes(result.model) == _output_shapes(original)
@@ -896,3 +900,59 @@ def test_reconstruct_lowers_the_error(harness, name):
     err_refit = compare(model, refit.model, feeds, [Tolerance("max-abs", 1e9)])
     assert err_refit.worst("mean-abs") <= err_plain.worst("mean-abs")
     assert err_refit.worst("mean-abs") < err_plain.worst("mean-abs") * 0.999
+
+
+# ---------------------------------------------------------------- mean compensation
+
+
+def _constant_channel_model(harness):
+    """conv (channels 0..3 have zero filters and bias 3: constant maps) -> Relu -> 1x1 conv."""
+    w1 = (RNG_COMP.standard_normal((16, 3, 3, 3)) * 0.3).astype(np.float32)
+    b1 = (RNG_COMP.standard_normal(16) * 0.1).astype(np.float32)
+    w1[:4] = 0.0
+    b1[:4] = 3.0
+    w2 = (RNG_COMP.standard_normal((8, 16, 1, 1)) * 0.3).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["images", "w1", "b1"], ["a"], name="c1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["a"], ["r"], name="r1"),
+        helper.make_node("Conv", ["r", "w2"], ["y"], name="c2"),
+    ]
+    inits = {"w1": w1, "b1": b1, "w2": w2}
+    inp = helper.make_tensor_value_info("images", F, [1, 3, 16, 16])
+    out = helper.make_tensor_value_info("y", F, [1, 8, 16, 16])
+    return harness.model(nodes, [inp], [out], inits)
+
+
+RNG_COMP = np.random.default_rng(11)
+
+
+def test_mean_compensation_keeps_constant_channels_exact(harness):
+    """Removing channels that are constant maps loses nothing once their mean goes into the
+    consumer's bias: outputs equal; without compensation they do not."""
+    model = _constant_channel_model(harness)
+    feeds = random_feeds(model, count=2, seed=5)
+    ctx = PassContext(feeds=feeds)
+    opts = dict(ratio=0.25, round_to=1)
+    _, plain = prune(harness, model, ctx, **opts)
+    _, comp = prune(harness, model, ctx, compensate=True, **opts)
+    w1 = {t.name: numpy_helper.to_array(t) for t in comp.model.graph.initializer}["w1"]
+    assert w1.shape[0] == 12 and np.all(np.abs(w1).sum(axis=(1, 2, 3)) > 0)  # zeros went
+    assert comp.counters["convs_compensated"] == 1
+    exact = compare(model, comp.model, feeds, [Tolerance("max-rel", 1e-5)])
+    assert exact.passed, exact.failure_summary()
+    lossy = compare(model, plain.model, feeds, [Tolerance("max-rel", 1e-5)])
+    assert not lossy.passed
+
+
+@pytest.mark.parametrize("name", ["tiny_yolo", "se_block", "c2f"])
+def test_mean_compensation_does_not_raise_the_error(harness, name):
+    """Unfused BN shifts (tiny_yolo) make pruned channels an offset; their mean goes back."""
+    model = harness.fixture(name)
+    ctx = PassContext(feeds=random_feeds(model, count=4, seed=2))
+    _, plain = prune(harness, model, ctx, ratio=0.5)
+    _, comp = prune(harness, model, ctx, ratio=0.5, compensate=True)
+    assert comp.counters["convs_compensated"] >= 1
+    loose = [Tolerance("max-abs", 1e9)]
+    e_plain = compare(model, plain.model, ctx.feeds, loose).worst("mean-abs")
+    e_comp = compare(model, comp.model, ctx.feeds, loose).worst("mean-abs")
+    assert e_comp <= e_plain * 1.001, (e_plain, e_comp)

@@ -1,0 +1,305 @@
+"""Latency budget search vs uniform pruning at the same MACs, and the edge-cpu recipe.
+
+Models (onnxruntime CPU):
+
+* yolov8n-640: the ultralytics export's graph with RANDOM weights (zoo structure, seed 0):
+  output error only, detections of random weights mean nothing; preprocessing ``yolo``;
+* yolox-det: ddddocr's YOLOX detector, real weights, input 416, preprocessing ``raw-bgr``.
+
+Calibration images (pruning sensitivity, INT8): astronaut, coffee, chelsea, rocket, china,
+flower; evaluation (disjoint): bus, zidane, motorcycle-left, page, text.
+
+Per model:
+
+1. ``budget``: ``prune-channels{budget=latency=B}`` for B = 0.5 (the issue's target) and
+   0.75 (per-group ratios from measured sensitivity on the first ``--sens-feeds``
+   calibration images, measured once and cached in the context);
+2. ``uniform``: ``prune-channels{ratio=r}`` with the r (0.05 steps) whose estimated MACs
+   are closest to the budget model's (the same ratio for every group, at about the same
+   MACs; rounding kept counts to multiples of 8 makes MACs fall in steps);
+3. onnxruntime CPU latency of the original, budget and uniform models, run alternately in one
+   :func:`graphslim.bench.bench` call (``os.getloadavg()`` recorded before and after);
+   output error on the evaluation images (worst output's max-rel, cosine, mean-abs);
+   yolox-det: detection agreement with the original (score >= 0.25 after NMS, IoU >= 0.5,
+   same class).
+
+Then ``recipes/edge-cpu.toml`` on yolox-det end to end (calibration images as --calib,
+evaluation images as --feeds): latency ratio, size ratio, detection agreement.
+
+    python bench/budget.py [--runs 20] [--models yolov8n-640,yolox-det] [--no-recipe | --keep-recipe]
+
+writes bench/results/budget.md and .json next to this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import onnx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from graphslim import detect, zoo  # noqa: E402
+from graphslim.bench import bench  # noqa: E402
+from graphslim.contract import PassContext  # noqa: E402
+from graphslim.feeds import Preprocess, preprocess_image  # noqa: E402
+from graphslim.metrics import model_stats  # noqa: E402
+from graphslim.pipeline import Pipeline  # noqa: E402
+from graphslim.runtime import run_model  # noqa: E402
+from graphslim.validate import compare_outputs  # noqa: E402
+from passes.prune_channels import PruneChannels  # noqa: E402
+
+CALIBRATION = ["astronaut", "coffee", "chelsea", "rocket", "china", "flower"]
+EVALUATION = ["bus", "zidane", "motorcycle-left", "page", "text"]
+MODELS = {
+    # id -> (preprocess, input size, real weights)
+    "yolov8n-640": ("yolo", (640, 640), False),
+    "yolox-det": ("raw-bgr", (416, 416), True),
+}
+YOLOX_STRIDES = (8, 16, 32)
+BUDGETS = (0.5, 0.75)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--sens-feeds", type=int, default=2, help="calibration images for sensitivity")
+    ap.add_argument("--no-recipe", action="store_true")
+    ap.add_argument(
+        "--keep-recipe",
+        action="store_true",
+        help="skip the recipe run and keep the recipe results of the last run's budget.json",
+    )
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(logging.ERROR)
+    images = zoo.fetch_all(CALIBRATION + EVALUATION)
+    print(f"calibration: {', '.join(CALIBRATION)}; evaluation (disjoint): {', '.join(EVALUATION)}")
+    results = [run_one(mid, images, args) for mid in args.models.split(",")]
+    if args.keep_recipe:
+        last = Path(__file__).resolve().parent / "results" / "budget.json"
+        recipe = json.loads(last.read_text()).get("recipe")
+    else:
+        recipe = None if args.no_recipe else run_recipe(images, args)
+    write(results, recipe, args)
+
+
+def _feeds(model, images, names, pre, size):
+    spec = Preprocess.parse(pre)
+    name = model.graph.input[0].name
+    return [{name: preprocess_image(images[k], spec, size)[0][None]} for k in names]
+
+
+def _errors(reference, got) -> dict:
+    c = compare_outputs(reference, got, ())
+    return {
+        "max-rel": c.worst("max-rel"),
+        "cosine": c.worst("cosine"),
+        "mean-abs": c.worst("mean-abs"),
+    }
+
+
+def _detections(reference, got, size) -> dict:
+    name = next(iter(reference[0]))
+    total = detect.MatchResult(0, 0, 0)
+    kw = dict(input_hw=size, strides=YOLOX_STRIDES)
+    for r, g in zip(reference, got):
+        total = total + detect.match(
+            detect.decode_yolox(r[name], **kw), detect.decode_yolox(g[name], **kw)
+        )
+    return {"matched": total.matched, "reference": total.reference, "candidate": total.candidate}
+
+
+def _timed(models, feed, runs) -> tuple[list, list, list]:
+    before = list(os.getloadavg())
+    timings = bench(models, feed, runs=runs)
+    return timings, before, list(os.getloadavg())
+
+
+def run_one(model_id: str, images: dict, args) -> dict:
+    pre, size, real = MODELS[model_id]
+    model = onnx.load_model(str(zoo.fetch(model_id)))
+    calib = _feeds(model, images, CALIBRATION, pre, size)
+    evals = _feeds(model, images, EVALUATION, pre, size)
+    macs0 = model_stats(model).macs
+
+    ctx = PassContext(seed=0, feeds=calib[: args.sens_feeds])
+    variants = [("original", model)]
+    budgets = {}
+    for level in BUDGETS:
+        # The sensitivity is measured once (first level) and cached in ctx for the others.
+        t0 = time.perf_counter()
+        b = PruneChannels(budget=f"latency={level}")(_copy(model), ctx)
+        seconds = time.perf_counter() - t0
+        u = _uniform_closest(model, b.counters["macs_estimate_ratio"])
+        print(f"{model_id} latency={level}: {seconds:.0f} s; counters {b.counters}")
+        variants += [(f"budget {level}", b.model), (f"uniform @ budget {level} MACs", u.model)]
+        budgets[str(level)] = {"seconds": round(seconds, 1), "counters": b.counters}
+
+    timings, load_before, load_after = _timed(variants, evals[0], args.runs)
+    reference = run_model(model, evals, optimization="all")
+    rows = []
+    for (label, m), t in zip(variants, timings):
+        got = run_model(m, evals, optimization="all") if label != "original" else reference
+        row = {
+            "variant": label,
+            "median_ms": round(t.median_ms, 2),
+            "latency_ratio": round(t.ratio, 3),
+            "macs_ratio": round(model_stats(m).macs / macs0, 3),
+            "errors": _errors(reference, got) if label != "original" else {},
+        }
+        if real and label != "original":
+            row["detections"] = _detections(reference, got, size)
+        rows.append(row)
+        print(row)
+    return {
+        "model": model_id,
+        "weights": "real" if real else "random (zoo structure, seed 0)",
+        "budgets": budgets,
+        "loadavg_before": load_before,
+        "loadavg_after": load_after,
+        "rows": rows,
+    }
+
+
+def _uniform_closest(model, macs: float):
+    """Uniform pruning whose estimated MACs are closest to ``macs``. With kept counts
+    rounded to multiples of 8, MACs fall in steps as the ratio grows, so ``target_macs``
+    (the smallest ratio at or below the target) can land far below; scan instead."""
+    best = None
+    for ratio in [round(0.05 * k, 2) for k in range(1, 19)]:
+        r = PruneChannels(ratio=ratio)(_copy(model), PassContext(seed=0))
+        gap = abs(r.counters.get("macs_estimate_ratio", 1.0) - macs)
+        if best is None or gap < best[0]:
+            best = (gap, r)
+    return best[1]
+
+
+def run_recipe(images: dict, args) -> dict:
+    pre, size, _ = MODELS["yolox-det"]
+    model = onnx.load_model(str(zoo.fetch("yolox-det")))
+    calib = _feeds(model, images, CALIBRATION, pre, size)
+    evals = _feeds(model, images, EVALUATION, pre, size)
+    pipe = Pipeline.from_toml(ROOT / "recipes" / "edge-cpu.toml")
+    # As `graphslim run -p recipes/edge-cpu.toml --calib CAL --feeds EVAL`; the budget's
+    # sensitivity uses the first --sens-feeds calibration images, INT8 all of them.
+    ctx = PassContext(seed=0, feeds=calib)
+    t0 = time.perf_counter()
+    res = pipe.run(model, ctx=ctx, feeds=evals)
+    seconds = time.perf_counter() - t0
+    out = res.model
+    timings, load_before, load_after = _timed(
+        [("original", model), ("edge-cpu", out)], evals[0], args.runs
+    )
+    reference = run_model(model, evals, optimization="all")
+    got = run_model(out, evals, optimization="all")
+    size0, size1 = len(model.SerializeToString()), len(out.SerializeToString())
+    rec = {
+        "model": "yolox-det",
+        "pipeline": repr(pipe),
+        "seconds": round(seconds, 1),
+        "median_ms": [round(t.median_ms, 2) for t in timings],
+        "latency_ratio": round(timings[1].ratio, 3),
+        "size_ratio": round(size1 / size0, 3),
+        "errors": _errors(reference, got),
+        "detections": _detections(reference, got, size),
+        "passes": {r.name: r.counters for r in res.records},
+        "loadavg_before": load_before,
+        "loadavg_after": load_after,
+    }
+    print(rec)
+    return rec
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    return m
+
+
+def _load(v: list) -> str:
+    return "/".join(f"{x:.2f}" for x in v)
+
+
+def write(results: list[dict], recipe: dict | None, args) -> None:
+    import onnxruntime as ort
+
+    out_dir = Path(__file__).resolve().parent / "results"
+    out_dir.mkdir(exist_ok=True)
+    env = {
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "onnxruntime": ort.__version__,
+        "runs": args.runs,
+        "sensitivity_feeds": args.sens_feeds,
+        "calibration_images": CALIBRATION,
+        "evaluation_images": EVALUATION,
+    }
+    (out_dir / "budget.json").write_text(
+        json.dumps({"env": env, "results": results, "recipe": recipe}, indent=2, default=float)
+    )
+    lines = [
+        "# Latency budget search vs uniform pruning (onnxruntime CPU)",
+        "",
+        f"onnxruntime {env['onnxruntime']} CPU, {env['cpu_count']} cores ({env['machine']}, "
+        f"shared with other jobs), {args.runs} alternating runs per model. Budget "
+        "`prune-channels{budget=latency=B}` for B in "
+        f"{', '.join(map(str, BUDGETS))} (sensitivity on {args.sens_feeds} "
+        "calibration images); uniform = `prune-channels{ratio=r}` with the r (0.05 steps) "
+        "whose MACs are closest to the budget model's. Errors on the 5 evaluation images "
+        "(worst output).",
+        "",
+        "| model | weights | variant | median ms | latency | MACs | max-rel | cosine | "
+        "detections kept | load avg before / after |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        for row in r["rows"]:
+            e = row["errors"]
+            d = row.get("detections")
+            det = f"{d['matched']}/{d['reference']}" if d else "-"
+            lines.append(
+                f"| {r['model']} | {r['weights'].split(' ')[0]} | {row['variant']} | "
+                f"{row['median_ms']:.1f} | {row['latency_ratio']:.2f}x | {row['macs_ratio']:.2f}x | "
+                f"{e.get('max-rel', 0):.3g} | {e.get('cosine', 1):.4f} | {det} | "
+                f"{_load(r['loadavg_before'])} / {_load(r['loadavg_after'])} |"
+            )
+    lines.append("")
+    for r in results:
+        for level, b in r["budgets"].items():
+            c = b["counters"]
+            lines.append(
+                f"- {r['model']} latency={level}: search {b['seconds']:.0f} s; predicted latency "
+                f"{c.get('budget_predicted')}x (reached {bool(c.get('budget_reached'))}); groups "
+                "per ratio: "
+                + ", ".join(f"{k.split('_')[-1]}: {v}" for k, v in c.items() if "_at_" in k)
+            )
+    if recipe:
+        d = recipe["detections"]
+        lines += [
+            "",
+            "## edge-cpu recipe on yolox-det",
+            "",
+            f"`graphslim run MODEL -p recipes/edge-cpu.toml --calib CAL --feeds EVAL` "
+            f"({recipe['seconds']:.0f} s): latency {recipe['latency_ratio']:.2f}x "
+            f"({recipe['median_ms'][0]:.1f} -> {recipe['median_ms'][1]:.1f} ms), size "
+            f"{recipe['size_ratio']:.2f}x, detections kept {d['matched']}/{d['reference']} "
+            f"(candidate has {d['candidate']}), cosine {recipe['errors']['cosine']:.4f}; load "
+            f"average {_load(recipe['loadavg_before'])} / {_load(recipe['loadavg_after'])}.",
+        ]
+    (out_dir / "budget.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

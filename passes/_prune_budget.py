@@ -1,0 +1,145 @@
+"""prune-channels ``budget``: per-group ratios that meet a latency or MACs budget with the
+least output error (AIMET's greedy compression-ratio selection, with measured latency).
+
+Given each group's error curve ``e_g(r)`` at the candidate ratios (``1 - cosine`` of the
+worst output with only ``g`` pruned at ``r``; ``e_g(0) = 0``; :mod:`graphslim.sensitivity`):
+
+1. for an error threshold ``t``, every group takes the largest candidate ratio whose error is
+   within ``t``: ``r_g(t) = max {r : e_g(r) <= t}``;
+2. the cost of that choice is predicted without editing the graph: the classes it removes
+   (selection, rounding to ``round_to`` and ``min_channels`` as for any ratio) give each
+   node's size fraction, and ``latency = sum_n t_n(f_n) + fixed`` from the per-node profile
+   (``latency=``), or the MACs estimate (``macs=``);
+3. ``t`` is bisected over the measured error levels: the smallest threshold whose cost is
+   within the budget wins (cost falls as ``t`` grows, since every ``r_g`` grows).
+
+Groups pinned by ``overrides`` keep their ratio. The curves are measured once per model and
+options, on the context's feeds (seeded random feeds when it has none), and cached in
+``ctx.cache``. The latency prediction is a model; the pass reports it, the caller measures.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Callable
+
+from graphslim.channels import ChannelGraph, ChannelGroup
+from graphslim.contract import PassContext
+from graphslim.sensitivity import Sensitivity, measure, node_fractions
+from passes._prune_select import estimate_macs
+
+log = logging.getLogger(__name__)
+
+_BUDGET = re.compile(r"^\s*(latency|macs)\s*[=:]\s*([0-9.]+)\s*$")
+
+
+def parse_budget(text: str) -> tuple[str, float]:
+    """``latency=0.5`` / ``macs=0.4`` -> (kind, fraction of the original)."""
+    m = _BUDGET.match(text)
+    if not m:
+        raise ValueError(f"bad budget {text!r}: write latency=0.5 or macs=0.5")
+    value = float(m.group(2))
+    if not 0.05 <= value <= 1.0:
+        raise ValueError(f"budget {text!r}: the fraction must be in [0.05, 1]")
+    return m.group(1), value
+
+
+def sensitivity(model, ctx: PassContext, options) -> Sensitivity:
+    """The curves for ``model`` with these pruning options, cached in ``ctx.cache``."""
+    prune = {
+        "importance": options.importance,
+        "round_to": options.round_to,
+        "min_channels": options.min_channels,
+        "exclude": tuple(options.exclude),
+        "remove_dead": options.remove_dead,
+    }
+    if hasattr(options, "compensate"):  # measure what the pass will do
+        prune["compensate"] = options.compensate
+    # The model's bytes are part of the key: a context may see several models.
+    digest = hashlib.sha1(model.SerializeToString(deterministic=True)).hexdigest()
+    key = f"prune-channels/sensitivity/{digest}/{sorted(prune.items())}/{options.budget_ratios}"
+    if key not in ctx.cache:
+        from graphslim.feeds import random_feeds
+
+        feeds = list(ctx.feeds or [])[:4] or random_feeds(
+            model, count=2, seed=ctx.seed, shapes=ctx.input_shapes
+        )
+        if not ctx.feeds:
+            log.warning("prune-channels budget: no calibration feeds; measuring on random inputs")
+        ctx.cache[key] = measure(
+            model,
+            feeds,
+            ratios=options.budget_ratios,
+            input_shapes=ctx.input_shapes,
+            prune_options=prune,
+            calib=ctx.feeds,
+            seed=ctx.seed,
+        )
+    return ctx.cache[key]
+
+
+def budget_ratios(
+    cg: ChannelGraph,
+    prunable: list[ChannelGroup],
+    pinned: dict[int, float],
+    pick: Callable[[dict[int, float]], set[int]],
+    sens: Sensitivity,
+    budget: str,
+) -> tuple[dict[int, float], dict[str, float]]:
+    """Per-group ratios for ``budget`` (see the module doc) and counters describing them.
+
+    ``pick(ratios)`` -> the classes removed for per-group ``ratios`` (the pass's selection).
+    """
+    kind, target = parse_budget(budget)
+    curves = {c.head: c for c in sens.groups}
+    free = [g for g in prunable if g.id not in pinned and g.sources[0] in curves]
+    if kind == "latency":
+        base = sens.latency.base_ms
+
+        def cost(removed: set[int]) -> float:
+            return sens.latency.predict(node_fractions(cg, removed)) / base
+    else:
+        macs0 = max(estimate_macs(cg, set()), 1)
+
+        def cost(removed: set[int]) -> float:
+            return estimate_macs(cg, removed) / macs0
+
+    def ratios_at(t: float) -> dict[int, float]:
+        chosen = dict(pinned)
+        for g in free:
+            c = curves[g.sources[0]]
+            chosen[g.id] = max([0.0] + [r for r in sens.ratios if c.error(r) <= t])
+        for g in prunable:
+            chosen.setdefault(g.id, 0.0)
+        return chosen
+
+    levels = sorted({0.0} | {curves[g.sources[0]].error(r) for g in free for r in sens.ratios})
+    lo, hi = 0, len(levels) - 1
+    reached = cost(pick(ratios_at(levels[hi]))) <= target
+    if not reached:
+        log.warning(
+            "prune-channels: budget %s not reachable with ratios up to %g; using the largest",
+            budget,
+            max(sens.ratios),
+        )
+    else:
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if cost(pick(ratios_at(levels[mid]))) <= target:
+                hi = mid
+            else:
+                lo = mid + 1
+    chosen = ratios_at(levels[hi])
+    info = {
+        "budget_target": target,
+        "budget_predicted": round(cost(pick(chosen)), 4),
+        "budget_reached": int(reached),
+        "budget_error_threshold": levels[hi],
+    }
+    for r in sens.ratios:
+        info[f"budget_groups_at_{r:g}"] = sum(1 for g in free if chosen[g.id] == r)
+    if kind == "latency":
+        info["budget_base_ms"] = round(sens.latency.base_ms, 3)
+    return chosen, info
