@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from graphslim.errors import GraphslimError, OptionsError, ValidationFailed
 
@@ -55,6 +56,21 @@ TolOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[Path | None, typer.Option("--json", help="also write the result as JSON here")]
+TaskOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--task",
+        help="task metrics on top: classify | detect | dense (meaningful on real --feeds)",
+    ),
+]
+MinMetricOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--min-metric",
+        help="NAME=VALUE, repeatable: fail (exit 1) when a task metric is below VALUE, e.g. "
+        "map50=0.9, top1=0.95, iou=0.8",
+    ),
+]
 
 
 @app.callback()
@@ -78,6 +94,12 @@ def _tolerances(items: list[str] | None):
     from graphslim.validate import Tolerance
 
     return [Tolerance.parse(t) for t in items] if items else None
+
+
+def _min_metric(text: str) -> tuple[str, float]:
+    from graphslim.tasks import parse_min_metric
+
+    return parse_min_metric(text)
 
 
 def _feeds(source, model, *, count, seed, shapes, preprocess, limit=None):
@@ -152,8 +174,30 @@ def run(
     write_anyway: Annotated[
         bool, typer.Option("--write-anyway", help="write the output even when validation fails")
     ] = False,
+    bench_stages: Annotated[
+        bool,
+        typer.Option(
+            "--bench", help="time the input and every stage (onnxruntime CPU, alternating)"
+        ),
+    ] = False,
+    bench_runs: Annotated[int, typer.Option("--bench-runs", help="timed runs per stage")] = 20,
+    task: TaskOpt = None,
+    min_metric: Annotated[
+        str | None,
+        typer.Option(
+            "--min-metric",
+            help="with --task: NAME=VALUE gate checked after every pass, e.g. map50=0.9",
+        ),
+    ] = None,
+    on_fail: Annotated[
+        str,
+        typer.Option("--on-fail", help="when the gate fails: stop (exit 1) | rollback the pass"),
+    ] = "stop",
 ) -> None:
-    """Run a pipeline of passes over MODEL and write the result to OUTPUT."""
+    """Run a pipeline of passes over MODEL and write the result to OUTPUT.
+
+    Next to OUTPUT it writes <stem>.report.json, <stem>.report.md and <stem>.report.png
+    (MACs, latency with --bench, error and task metrics per stage)."""
     from graphslim.contract import PassContext
     from graphslim.model_io import load_model, save_model
     from graphslim.pipeline import Pipeline
@@ -179,6 +223,25 @@ def run(
             calib, m, count=count, seed=seed, shapes=shapes, preprocess=preprocess, limit=limit
         )
     ctx = PassContext(seed=seed, input_shapes=shapes, feeds=calib_feeds)
+    gate = None
+    if min_metric is not None and task is None:
+        raise OptionsError("--min-metric needs --task classify|detect|dense")
+    if task is not None:
+        from graphslim.tasks import METRICS, TaskGate, make_task
+
+        the_task, fed = make_task(task, m, fed, source=feeds, preprocess=preprocess, limit=limit)
+        metric, minimum = _min_metric(min_metric) if min_metric else (METRICS[task][0], None)
+        gate = TaskGate(the_task, metric, minimum, fed, on_fail=on_fail)
+    stage_models = []
+    if bench_stages:
+        stage_models.append(("input", m))
+
+    def keep_stage(rec, model) -> None:
+        if bench_stages and rec.modified and not rec.rolled_back:
+            stage_models.append((f"{len(stage_models_all) + 1}:{rec.name}", _copy(model)))
+        stage_models_all.append(rec.name)
+
+    stage_models_all: list[str] = []
     with err.status("running passes") as status:
         result = pipe.run(
             m,
@@ -188,6 +251,8 @@ def run(
             tolerances=_tolerances(tol),
             input_shapes=shapes,
             progress=lambda name, i, n: status.update(f"pass {i + 1}/{n}: {name}"),
+            gate=gate,
+            on_stage=keep_stage,
         )
     out.print(pipeline_table(result))
     skipped = skipped_table(result)
@@ -195,8 +260,46 @@ def run(
         out.print(skipped)
     if result.validation is not None:
         out.print(comparison_table(result.validation, "final validation against the input"))
-    report = {"input": str(model), "output": str(output), "pipeline": repr(pipe)} | result.to_dict()
+    if result.task is not None:
+        from graphslim.render import task_table
+
+        out.print(task_table(result.task, "final task metrics"))
+    timings = None
+    if bench_stages:
+        from rich.progress import Progress
+
+        from graphslim.bench import bench as run_bench
+        from graphslim.feeds import random_feeds
+        from graphslim.render import bench_table
+
+        feed = fed[0] if fed else random_feeds(m, count=1, seed=seed, shapes=shapes)[0]
+        with Progress(console=err, transient=True) as prog:
+            bar = prog.add_task(f"timing {len(stage_models)} stages", total=bench_runs)
+            timings = run_bench(
+                stage_models,
+                feed,
+                runs=bench_runs,
+                progress=lambda d, n: prog.update(bar, completed=d),
+            )
+        out.print(bench_table(timings))
+    from graphslim.report import build_report, write_reports
+
+    record = {"input": str(model), "output": str(output), "pipeline": repr(pipe)} | result.to_dict()
+    report = build_report(
+        record,
+        original=m,
+        final=result.model,
+        input_file_bytes=model.stat().st_size,
+        timings=timings,
+    )
     _write_json(json_path, report)
+    try:
+        paths = write_reports(report, output)
+    except OSError as exc:
+        from graphslim.errors import ModelSaveError
+
+        raise ModelSaveError(f"{output}: could not write the report: {exc}") from exc
+    err.print(f"wrote {', '.join(str(p) for p in paths.values())}")
     if result.validation is not None and not result.validation.passed and not write_anyway:
         raise ValidationFailed(
             f"validation failed ({result.validation.failure_summary()}); nothing written "
@@ -204,6 +307,14 @@ def run(
         )
     save_model(result.model, output, protect=model)
     out.print(f"wrote {output}")
+
+
+def _copy(model):
+    import onnx
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return copy
 
 
 def _refuse_overwrite(src: Path, dst: Path) -> None:
@@ -320,8 +431,28 @@ def validate(
     tol: TolOpt = None,
     seed: Annotated[int, typer.Option(help="seed for random feeds")] = 0,
     json_path: JsonOpt = None,
+    task: TaskOpt = None,
+    labels: Annotated[
+        Path | None,
+        typer.Option(
+            "--labels",
+            help="classify: folder of class folders or CSV file,label; detect: folder of "
+            "YOLO .txt label files named after the --feeds images",
+        ),
+    ] = None,
+    conf: Annotated[float, typer.Option("--conf", help="detect: score threshold")] = 0.25,
+    iou: Annotated[float, typer.Option("--iou", help="detect: NMS IoU threshold")] = 0.45,
+    decoder: Annotated[
+        str, typer.Option("--decoder", help="detect: auto (from the output shape) | yolov8 | yolox")
+    ] = "auto",
+    threshold: Annotated[float, typer.Option("--threshold", help="dense: map threshold")] = 0.5,
+    min_metric: MinMetricOpt = None,
 ) -> None:
-    """Compare CANDIDATE's outputs with ORIGINAL's; exit code 1 when a tolerance fails."""
+    """Compare CANDIDATE's outputs with ORIGINAL's; exit code 1 when a tolerance fails.
+
+    With --task, task metrics (top-1/top-5, mAP, per-pixel IoU) are shown too; then the
+    element-wise table is measured only (unless --tol is given) and --min-metric gates the
+    exit code."""
     from graphslim.model_io import load_model
     from graphslim.render import comparison_table
     from graphslim.validate import DEFAULT_TOLERANCES, compare
@@ -337,12 +468,55 @@ def validate(
         preprocess=preprocess,
         limit=limit,
     )
+    gates = [_min_metric(t) for t in min_metric or []]
+    if gates and task is None:
+        raise OptionsError("--min-metric needs --task classify|detect|dense")
+    the_task = None
+    if task is not None:
+        from graphslim.tasks import make_task
+
+        the_task, fed = make_task(
+            task,
+            a,
+            fed,
+            source=feeds,
+            preprocess=preprocess,
+            labels=labels,
+            limit=limit,
+            decoder=decoder,
+            conf=conf,
+            iou=iou,
+            threshold=threshold,
+        )
+    tolerances = _tolerances(tol) or (() if task is not None else DEFAULT_TOLERANCES)
     with err.status(f"running both models on {len(fed)} feed(s)"):
-        c = compare(a, b, fed, _tolerances(tol) or DEFAULT_TOLERANCES)
+        from graphslim.validate import reference_outputs
+
+        ref = reference_outputs(a, fed)
+        c = compare(a, b, fed, tolerances, reference=ref)
+        metrics = None
+        if the_task is not None:
+            from graphslim.runtime import run_model
+
+            metrics = the_task.evaluate(ref, run_model(b, fed, label="candidate"), fed)
     out.print(comparison_table(c))
-    _write_json(json_path, {"original": str(original), "candidate": str(candidate)} | c.to_dict())
+    data = {"original": str(original), "candidate": str(candidate)} | c.to_dict()
+    failed = []
+    if metrics is not None:
+        from graphslim.render import task_table
+
+        out.print(task_table(metrics.to_dict()))
+        data["task"] = metrics.to_dict()
+        failed = [
+            f"{n} {metrics.value(n):.4f} < {v:g}"
+            for n, v in gates
+            if not metrics.value(n) >= v  # NaN fails too
+        ]
+    _write_json(json_path, data)
     if not c.passed:
         raise ValidationFailed(f"validation failed: {c.failure_summary()}")
+    if failed:
+        raise ValidationFailed(f"task gate failed: {'; '.join(failed)}")
 
 
 @app.command()
@@ -389,6 +563,162 @@ def bench(
     _write_json(json_path, {"timings": [t.to_dict() for t in timings]})
 
 
+@app.command("report")
+def report_cmd(
+    report: Annotated[Path, typer.Argument(help="a <stem>.report.json written by `graphslim run`")],
+) -> None:
+    """Re-render a run report (models before/after, stages, passes, task metrics)."""
+    from graphslim.render import report_tables
+    from graphslim.report import read_report
+
+    for t in report_tables(read_report(report)):
+        out.print(t)
+
+
+@app.command()
+def export(
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="ultralytics .pt checkpoint or .yaml architecture (the 'yolo' extra); for a "
+            "torch.nn.Module use graphslim.bridge.export.export_module"
+        ),
+    ],
+    output: Annotated[Path, typer.Option("-o", "--output", help="ONNX file to write")],
+    opset: Annotated[int, typer.Option(help="ONNX opset")] = 17,
+    imgsz: Annotated[int, typer.Option(help="input size (square)")] = 640,
+    dynamic: Annotated[bool, typer.Option(help="symbolic batch and image size")] = False,
+) -> None:
+    """Export an ultralytics model to ONNX (offline) and check it against torch."""
+    from graphslim.bridge import require_torch
+    from graphslim.bridge.export import export_ultralytics
+
+    require_torch()
+    result = export_ultralytics(source, output, opset=opset, imgsz=imgsz, dynamic=dynamic)
+    errors = ", ".join(f"{k} {v:.2g}" for k, v in result.max_rel.items())
+    out.print(f"wrote {result.path} (opset {result.opset}); max-rel vs torch: {errors}")
+
+
+@app.command()
+def finetune(
+    student: Annotated[Path, typer.Argument(help="the ONNX model to train (never modified)")],
+    teacher: Annotated[
+        Path, typer.Option("--teacher", help="the original ONNX model whose outputs it learns")
+    ],
+    images: Annotated[Path, typer.Option("--images", help="folder of training images")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="where to write the result")],
+    labels: Annotated[
+        Path | None,
+        typer.Option("--labels", help="'name label' lines or .npy: adds cross-entropy"),
+    ] = None,
+    val_images: Annotated[
+        Path | None,
+        typer.Option(
+            "--val-images", help="validation images (default: a seeded tenth of --images)"
+        ),
+    ] = None,
+    val_labels: Annotated[Path | None, typer.Option("--val-labels")] = None,
+    preprocess: PreprocessOpt = None,
+    epochs: Annotated[int, typer.Option(help="epochs")] = 5,
+    batch: Annotated[int, typer.Option(help="global batch size")] = 16,
+    lr: Annotated[float, typer.Option(help="learning rate")] = 1e-3,
+    optimizer: Annotated[str, typer.Option(help="sgd | adam")] = "sgd",
+    loss: Annotated[str, typer.Option(help="auto | mse | l1 | kl | bce")] = "auto",
+    temperature: Annotated[float, typer.Option(help="KL temperature")] = 4.0,
+    augment: Annotated[
+        str, typer.Option(help="comma list of flip,crop,color,blur,rotate, or 'none'")
+    ] = "flip,crop,color,blur,rotate",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    checkpoint: Annotated[
+        Path | None, typer.Option("--checkpoint", help="save state here after every epoch")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="continue from --checkpoint")] = False,
+    recalibrate_bn: Annotated[
+        bool,
+        typer.Option(
+            "--recalibrate-bn", help="re-estimate BatchNorm statistics on the images first"
+        ),
+    ] = False,
+    limit: Annotated[int | None, typer.Option(help="at most this many images")] = None,
+    input_shape: ShapeOpt = None,
+    seed: Annotated[int, typer.Option(help="seed for the split, shuffling, augmentation")] = 0,
+    json_path: JsonOpt = None,
+) -> None:
+    """Distil TEACHER into STUDENT on unlabeled images and write the trained STUDENT graph.
+
+    Run with torchrun (--nproc-per-node N) for data-parallel training."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from graphslim.bridge import require_torch
+    from graphslim.bridge.finetune import FinetuneOptions, finetune_files
+
+    require_torch()
+    _check_json_path(json_path, student, teacher, output)
+    options = FinetuneOptions(
+        epochs=epochs,
+        batch=batch,
+        lr=lr,
+        optimizer=optimizer,
+        loss=loss,
+        temperature=temperature,
+        augment=tuple(a for a in augment.split(",") if a.strip() and a != "none"),
+        device=device,
+        checkpoint=str(checkpoint) if checkpoint else None,
+        resume=resume,
+        recalibrate_bn=recalibrate_bn,
+        seed=seed,
+    )
+    with Progress(
+        TextColumn("epoch {task.fields[epoch]}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} loss {task.fields[loss]:.4g}"),
+        TextColumn("agreement {task.fields[agreement]}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=False,
+    ) as prog:
+        task = prog.add_task("finetune", total=1, epoch=0, loss=float("nan"), agreement="-")
+
+        def on_step(epoch: int, step: int, steps: int, value: float) -> None:
+            prog.update(task, total=steps, completed=step, epoch=epoch, loss=value)
+
+        def on_epoch(rec) -> None:
+            prog.update(task, epoch=rec.epoch, agreement=f"{rec.agreement:.4f}")
+
+        result = finetune_files(
+            student,
+            teacher,
+            images,
+            output,
+            options,
+            preprocess=preprocess,
+            labels=labels,
+            val_images=val_images,
+            val_labels=val_labels,
+            limit=limit,
+            shapes=_shapes(input_shape),
+            on_step=on_step,
+            on_epoch=on_epoch,
+        )
+    t = Table(title="fine-tune (epoch 0 = before training)", title_justify="left")
+    for col in ("epoch", "train loss", "val loss", "agreement", "accuracy", "seconds"):
+        t.add_column(col, justify="right")
+    for h in result.history:
+        mark = " *" if h.epoch == result.best_epoch else ""
+        t.add_row(
+            f"{h.epoch}{mark}",
+            f"{h.loss:.4g}",
+            f"{h.val_loss:.4g}",
+            f"{h.agreement:.4f}",
+            "-" if h.accuracy is None else f"{h.accuracy:.4f}",
+            f"{h.seconds:.1f}",
+        )
+    out.print(t)
+    out.print(f"wrote {output} (best epoch {result.best_epoch}, marked *)")
+    _write_json(json_path, result.to_dict())
+
+
 @zoo_app.command("list")
 def zoo_list() -> None:
     """The pinned models and images, and whether each is in the local cache."""
@@ -423,6 +753,227 @@ def zoo_fetch(
         out.print(f"{k}\t{p}")
 
 
+# ---------------------------------------------------------------- sensitivity / deployment
+
+
+@app.command()
+def sensitivity(
+    model: Annotated[Path, typer.Argument(help="ONNX model")],
+    calib: Annotated[
+        str | None,
+        typer.Option(
+            "--calib", help="feeds to measure on: .npy/.npz or image folder (else random)"
+        ),
+    ] = None,
+    preprocess: PreprocessOpt = None,
+    ratios: Annotated[
+        str, typer.Option(help="candidate ratios, comma-separated")
+    ] = "0.25,0.5,0.75",
+    importance: Annotated[str, typer.Option(help="l1 | l2 | bn-scale | activation")] = "l1",
+    round_to: Annotated[int, typer.Option(help="round kept channel counts to a multiple")] = 8,
+    count: Annotated[int, typer.Option(help="random feeds when no --calib")] = 2,
+    limit: Annotated[int | None, typer.Option(help="at most this many images / samples")] = 4,
+    runs: Annotated[int, typer.Option(help="profiled runs per model for the latency model")] = 8,
+    top: Annotated[int, typer.Option(help="rows in the table (by latency saved)")] = 30,
+    input_shape: ShapeOpt = None,
+    seed: Annotated[int, typer.Option(help="seed for random feeds")] = 0,
+    json_path: JsonOpt = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="write a PNG of the curves")] = None,
+) -> None:
+    """Per channel group: output error at candidate ratios and latency saved (onnxruntime CPU)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from graphslim import sensitivity as S
+    from graphslim.model_io import load_model
+
+    try:
+        rs = [float(r) for r in ratios.split(",") if r.strip()]
+    except ValueError:
+        raise OptionsError(f"--ratios {ratios!r}: write numbers such as 0.25,0.5,0.75") from None
+    if not rs or not all(0 < r <= 0.95 for r in rs):
+        raise OptionsError("--ratios must be in (0, 0.95]")
+    _check_json_path(json_path, model)
+    m = load_model(model)
+    shapes = _shapes(input_shape)
+    fed = _feeds(
+        calib, m, count=count, seed=seed, shapes=shapes, preprocess=preprocess, limit=limit
+    )
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=err, transient=True) as prog:
+        task = prog.add_task("sensitivity", total=None)
+        sens = S.measure(
+            m,
+            fed,
+            ratios=rs,
+            input_shapes=shapes,
+            prune_options={"importance": importance, "round_to": round_to},
+            calib=fed,
+            seed=seed,
+            runs=runs,
+            progress=lambda d, n, label: prog.update(
+                task, completed=d, total=n, description=label[:60]
+            ),
+        )
+    base = sens.base_ms
+    t = Table(
+        title=f"sensitivity: {len(sens.groups)} prunable groups ({sens.frozen_groups} frozen), "
+        f"{sens.feeds} feed(s); latency predicted from onnxruntime's per-node profile "
+        f"(base {base:.1f} ms)",
+        title_justify="left",
+    )
+    for col in ("group", "head", "ch", "MACs %"):
+        t.add_column(col)
+    for r in sens.ratios:
+        t.add_column(f"@{r:g} removed / 1-cos / max-rel / lat saved %")
+    mid = sens.ratios[len(sens.ratios) // 2]
+    for g in sorted(sens.groups, key=lambda g: g.latency_ms[mid])[:top]:
+        cells = [
+            f"{g.removed[r]} / {g.error(r):.2e} / {g.errors[r]['max-rel']:.3f} / "
+            f"{100 * (base - g.latency_ms[r]) / base:.2f}"
+            for r in sens.ratios
+        ]
+        t.add_row(str(g.group), g.head, str(g.channels), f"{100 * g.macs_share:.1f}", *cells)
+    out.print(t)
+    out.print(
+        "profiled (basic optimization, ms): "
+        + ", ".join(f"{k} {v:.1f}" for k, v in sens.profiled_ms.items())
+    )
+    _write_json(json_path, {"model": str(model)} | sens.to_dict())
+    if plot is not None:
+        try:
+            S.plot(sens, plot)
+        except ImportError:
+            raise OptionsError("--plot needs matplotlib (pip install 'matplotlib>=3.7')") from None
+        err.print(f"wrote {plot}")
+
+
+@app.command()
+def convert(
+    model: Annotated[Path, typer.Argument(help="ONNX model")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="where to write the .ort file")],
+    to: Annotated[str, typer.Option("--to", help="target format: ort")] = "ort",
+    style: Annotated[
+        str, typer.Option(help="fixed (optimized for this CPU) | runtime (portable)")
+    ] = "fixed",
+    feeds: FeedsOpt = None,
+    preprocess: PreprocessOpt = None,
+    count: Annotated[int, typer.Option(help="random feeds to check on")] = 2,
+    input_shape: ShapeOpt = None,
+    tol: TolOpt = None,
+    seed: Annotated[int, typer.Option(help="seed for random feeds")] = 0,
+) -> None:
+    """Convert MODEL to onnxruntime's .ort format, then load it and check it matches."""
+    from graphslim.backends import ort_format
+    from graphslim.model_io import load_model
+    from graphslim.render import comparison_table
+    from graphslim.validate import DEFAULT_TOLERANCES
+
+    if to != "ort":
+        raise OptionsError(
+            f"--to {to!r}: only 'ort' is supported (use `graphslim trt build` for TensorRT)"
+        )
+    if style not in ort_format.STYLES:
+        raise OptionsError(f"--style {style!r}: use one of {', '.join(ort_format.STYLES)}")
+    _refuse_overwrite(model, output)
+    m = load_model(model)
+    fed = _feeds(
+        feeds, m, count=count, seed=seed, shapes=_shapes(input_shape), preprocess=preprocess
+    )
+    with err.status("converting with onnxruntime.tools.convert_onnx_models_to_ort"):
+        path = ort_format.convert(m, output, style=style)
+        c = ort_format.check(m, path, fed, _tolerances(tol) or DEFAULT_TOLERANCES)
+    out.print(comparison_table(c, f"{path} (ORT format) against {model}"))
+    if not c.passed:
+        raise ValidationFailed(f"the .ort model does not match: {c.failure_summary()}")
+    out.print(f"wrote {path} ({path.stat().st_size:,} bytes)")
+
+
+trt_app = typer.Typer(
+    no_args_is_help=True, help="TensorRT engines (trt extra, NVIDIA GPU): build and time."
+)
+app.add_typer(trt_app, name="trt")
+
+
+@trt_app.command("build")
+def trt_build(
+    model: Annotated[Path, typer.Argument(help="ONNX model (a QDQ model for int8)")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="where to write the engine")],
+    precision: Annotated[str, typer.Option(help="fp32 | fp16 | int8")] = "fp16",
+    workspace: Annotated[int, typer.Option(help="builder workspace limit in MiB")] = 1024,
+) -> None:
+    """Build a TensorRT engine from MODEL."""
+    from graphslim.backends import tensorrt as T
+    from graphslim.model_io import load_model
+
+    if precision not in T.PRECISIONS:
+        raise OptionsError(f"--precision {precision!r}: use one of {', '.join(T.PRECISIONS)}")
+    why = T.unavailable()
+    if why:
+        raise T.BackendUnavailable(f"TensorRT backend unavailable: {why}")
+    m = load_model(model)
+    with err.status(f"building a {precision} engine"):
+        data = T.build(m, precision, workspace_mb=workspace)
+    output.write_bytes(data)
+    out.print(f"wrote {output} ({len(data):,} bytes)")
+
+
+@trt_app.command("bench")
+def trt_bench(
+    model: Annotated[Path, typer.Argument(help="ONNX model (a QDQ model for int8)")],
+    precision: Annotated[
+        list[str] | None, typer.Option(help="fp32 | fp16 | int8, repeatable (default fp32, fp16)")
+    ] = None,
+    runs: Annotated[int, typer.Option(help="timed runs per engine")] = 100,
+    workspace: Annotated[int, typer.Option(help="builder workspace limit in MiB")] = 1024,
+    input_shape: ShapeOpt = None,
+    seed: Annotated[int, typer.Option(help="seed for the random input")] = 0,
+    json_path: JsonOpt = None,
+) -> None:
+    """Build engines at each precision, time them, and compare outputs with onnxruntime."""
+    from rich.table import Table
+
+    from graphslim.backends import tensorrt as T
+    from graphslim.feeds import random_feeds
+    from graphslim.model_io import load_model
+
+    precisions = precision or ["fp32", "fp16"]
+    bad = [p for p in precisions if p not in T.PRECISIONS]
+    if bad:
+        raise OptionsError(f"--precision {bad[0]!r}: use one of {', '.join(T.PRECISIONS)}")
+    why = T.unavailable()
+    if why:
+        raise T.BackendUnavailable(f"TensorRT backend unavailable: {why}")
+    _check_json_path(json_path, model)
+    m = load_model(model)
+    feeds = random_feeds(m, count=2, seed=seed, shapes=_shapes(input_shape))
+    t = Table(title=f"TensorRT: {model}", title_justify="left")
+    for col in ("precision", "median ms", "p90 ms", "samples/s", "max-rel vs ORT", "cosine"):
+        t.add_column(col)
+    rows = []
+    for p in precisions:
+        with err.status(f"building and timing a {p} engine"):
+            engine = T.build(m, p, workspace_mb=workspace)
+            timing = T.bench(engine, feeds[0], p, runs=runs)
+            c = T.compare_with_onnxruntime(m, engine, feeds)
+        rows.append(timing.to_dict() | {"max-rel": c.worst("max-rel"), "cosine": c.worst("cosine")})
+        t.add_row(
+            p,
+            f"{timing.median_ms:.3f}",
+            f"{timing.p90_ms:.3f}",
+            f"{timing.throughput:.1f}",
+            f"{c.worst('max-rel'):.2e}",
+            f"{c.worst('cosine'):.6f}",
+        )
+    out.print(t)
+    _write_json(json_path, {"model": str(model), "engines": rows})
+
+
 def main() -> None:
     debug = "--debug" in sys.argv[1:]
     try:
@@ -430,7 +981,8 @@ def main() -> None:
     except GraphslimError as exc:
         if debug:
             raise
-        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        # escape(): messages hold brackets ("after passes [a, b]") that rich reads as markup.
+        err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err.print("interrupted")
@@ -439,7 +991,7 @@ def main() -> None:
         if debug:
             raise
         err.print(
-            f"[red]internal error:[/] {type(exc).__name__}: {exc} (a bug in graphslim; "
+            f"[red]internal error:[/] {type(exc).__name__}: {escape(str(exc))} (a bug in graphslim; "
             "rerun with --debug for the traceback and report it)",
             highlight=False,
             soft_wrap=True,

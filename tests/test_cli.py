@@ -477,3 +477,66 @@ def test_run_calibration_set_is_separate_from_feeds(monkeypatch, capsys, tmp_pat
     assert errors and all(
         float(n.split()[-1]) <= float(n.split()[-3]) for n in errors
     )  # "rel error BEFORE -> AFTER"
+
+
+# ----------------------------------------------------------------------------- task gates
+
+
+def test_validate_task_gate_exit_codes(monkeypatch, capsys, model, perturbed, tmp_path):
+    code, out, err = main(
+        monkeypatch, capsys, "validate", model, model, "--task", "detect",
+        "--min-metric", "map50=1.0", "--json", tmp_path / "r.json",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "map50" in out and "tolerance none (measured only)" in out
+    assert json.loads((tmp_path / "r.json").read_text())["task"]["metrics"]["map50"] == 1.0
+    code, out, err = main(
+        monkeypatch, capsys, "validate", model, perturbed, "--task", "detect",
+        "--min-metric", "map50=0.99", "--min-metric", "recall=0",
+    )  # fmt: skip
+    assert code == 1
+    line = one_error_line(err)
+    assert "task gate failed: map50" in line and "recall" not in line
+    code, _, err = main(
+        monkeypatch, capsys, "validate", model, perturbed, "--task", "dense",
+        "--min-metric", "agreement=0",
+    )  # fmt: skip
+    assert code == 0, err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--min-metric", "map50=0.9"], "--min-metric needs --task"),
+        (["--task", "detect", "--min-metric", "map50"], "write NAME=VALUE"),
+        (["--task", "detect", "--min-metric", "top1=0.9"], "has no metric 'top1'"),
+        (["--task", "segment"], "unknown task 'segment'"),
+        (["--task", "detect", "--decoder", "ssd"], "unknown decoder 'ssd'"),
+        (["--task", "classify", "--labels", "labels.csv"], "--labels needs image feeds"),
+    ],
+)
+def test_validate_task_option_errors_exit_2(monkeypatch, capsys, model, args, message):
+    code, _, err = main(monkeypatch, capsys, "validate", model, model, *args)
+    assert code == 2
+    assert message in one_error_line(err)
+
+
+def test_run_task_gate_stops_or_rolls_back(monkeypatch, capsys, model, tmp_path):
+    pipeline = "fold-bn,prune-channels{ratio=0.5}"
+    out_path = tmp_path / "gated.onnx"
+    code, _, err = main(
+        monkeypatch, capsys, "run", model, "-o", out_path, "-P", pipeline,
+        "--task", "detect", "--min-metric", "map50=0.99",
+    )  # fmt: skip
+    assert code == 1
+    assert "task gate: after 'prune-channels'" in one_error_line(err)
+    assert not out_path.exists()
+    code, out, err = main(
+        monkeypatch, capsys, "run", model, "-o", out_path, "-P", pipeline,
+        "--task", "detect", "--min-metric", "map50=0.99", "--on-fail", "rollback",
+    )  # fmt: skip
+    assert code == 0, err
+    report = json.loads(out_path.with_name("gated.report.json").read_text())
+    assert [p["rolled_back"] for p in report["passes"]] == [False, True]
+    assert report["task"]["metrics"]["map50"] == 1.0
+    assert report["final"]["macs"] == report["initial"]["macs"]
