@@ -191,7 +191,7 @@ def mean_compensation(
     where removed channels are far from zero: after a depthwise Conv with a bias, a
     BatchNorm shift or a HardSwish, a pruned channel is a near-constant offset, not noise.
     ``E[x_c]`` is the spatial and sample mean on the calibration feeds (borders, where
-    padding reads zeros, are ignored). Returns Conv node name -> delta for its output
+    padding reads zeros, are ignored); without calibration feeds nothing is compensated. Returns Conv node name -> delta for its output
     channels, to add after pruning (rows of removed output channels dropped then).
     """
     layers = []
@@ -206,8 +206,11 @@ def mean_compensation(
             layers.append((node, gone))
     if not layers:
         return {}
-    feeds = ctx.feeds or _quiet_random(model, ctx)
-    outs = _run_with(model, sorted({n.input[0] for n, _ in layers}), feeds)
+    if not ctx.feeds:
+        # Means of random noise say nothing about real data, and a full forward pass of a
+        # big model costs more than the rest of the pass: compensate only with calibration.
+        return {}
+    outs = _run_with(model, sorted({n.input[0] for n, _ in layers}), ctx.feeds)
     inits = G.initializers(model.graph)
     deltas = {}
     for node, gone in layers:
@@ -217,12 +220,6 @@ def mean_compensation(
         taps = w[:, gone].reshape(w.shape[0], len(gone), -1).sum(axis=2)
         deltas[node.name or node.output[0]] = taps @ mean
     return deltas
-
-
-def _quiet_random(model, ctx):
-    from graphslim.feeds import random_feeds
-
-    return random_feeds(model, count=2, seed=ctx.seed, shapes=ctx.input_shapes)
 
 
 def apply_compensation(

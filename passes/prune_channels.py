@@ -76,7 +76,9 @@ class PruneChannelsOptions:
     )
     remove_dead: bool = option(True, help="remove exactly-zero channels (lossless)")
     compensate: bool = option(
-        True, help="put the mean of removed input channels back into consumer conv biases"
+        True,
+        help="put the mean of removed input channels (on calibration feeds, --calib) back "
+        "into consumer conv biases",
     )
     reconstruct: bool = option(False, help="refit consumer convs by least squares on feeds")
     max_samples: int = option(20000, help="rows per layer for the least-squares refit")
@@ -187,8 +189,12 @@ class PruneChannels(Pass):
         deltas = mean_compensation(model, cg, removed, ctx) if o.compensate else {}
         Editor(cg, removed).apply()
         counters["convs_compensated"] = apply_compensation(model, cg, removed, deltas)
-        counters["macs_estimate_ratio"] = estimate_macs(cg, removed) / max(macs0, 1)
         notes = []
+        if o.compensate and not ctx.feeds:
+            notes.append(
+                "compensate: no calibration feeds (--calib); removed channels' means not restored"
+            )
+        counters["macs_estimate_ratio"] = estimate_macs(cg, removed) / max(macs0, 1)
         if reference is not None:
             from passes._prune_reconstruct import refit
 
