@@ -111,7 +111,9 @@ def _prune(data) -> dict:
     return next(p for p in data["passes"] if p["name"] == "prune-channels")
 
 
-@pytest.mark.parametrize(("opset", "ir"), [(7, 3), (9, 3), (11, 6), (13, 7), (17, 8), (21, 10)])
+@pytest.mark.parametrize(
+    ("opset", "ir"), [(7, 3), (9, 3), (11, 6), (13, 7), (17, 8), (21, 10), (28, 14)]
+)
 def test_every_opset_from_7(monkeypatch, capsys, tmp_path, opset, ir):
     code, captured, data = _run(monkeypatch, capsys, tmp_path, _residual(opset, ir))
     assert code == 0, captured.err
@@ -244,3 +246,76 @@ def test_empty_graph_is_one_clear_error(monkeypatch, capsys, tmp_path):
     code, captured, _ = _run(monkeypatch, capsys, tmp_path, m)
     assert code == 2
     assert "has no nodes" in captured.err and len(captured.err.strip().splitlines()) == 1
+
+
+def test_loop_subgraph_is_left_alone(monkeypatch, capsys, tmp_path):
+    """A Loop whose body reads an outer conv output: the loop stays, its reads are frozen."""
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("Add", ["carry", "a"], ["carry_out"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            _vi("carry", [1, 16, 16, 16]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            _vi("carry_out", [1, 16, 16, 16]),
+        ],
+    )
+    m = _model(
+        [
+            helper.make_node("Conv", ["x", "w1"], ["a0"], name="c1", pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["a0"], ["a"], name="r1"),
+            helper.make_node("Loop", ["trips", "", "a"], ["looped"], name="loop", body=body),
+            helper.make_node("Conv", ["looped", "w2"], ["y"], name="c2"),
+        ],
+        [
+            _w("w1", 16, 3, 3, 3),
+            _w("w2", 8, 16, 1, 1),
+        ],
+        # trips is fed at run time, so simplify cannot unroll or fold the Loop.
+        inputs=[_vi("x", [1, 3, 16, 16]), _vi("trips", [], TensorProto.INT64)],
+    )
+    code, captured, data = _run(monkeypatch, capsys, tmp_path, m)
+    assert code == 0, captured.err
+    reasons = dict((s["node"], s["reason"]) for s in _prune(data)["skipped"])
+    assert "loop" in reasons["c1"].lower()
+    out = onnx.load_model(tmp_path / "out.onnx")
+    assert [n for n in out.graph.node if n.op_type == "Loop"]
+
+
+def test_qlinearconv_model_is_declined_with_a_reason(monkeypatch, capsys, tmp_path):
+    """An already-quantized QOperator model (QLinearConv) given to float passes."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import CalibrationDataReader
+
+    float_model = tmp_path / "float.onnx"
+    onnx.save_model(_residual(13, 7), float_model)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.left = [{"x": RNG.random((1, 3, 16, 16), dtype=np.float32)} for _ in range(2)]
+
+        def get_next(self):
+            return self.left.pop() if self.left else None
+
+    quantized = tmp_path / "qop.onnx"
+    quantize_static(
+        str(float_model),
+        str(quantized),
+        Reader(),
+        quant_format=QuantFormat.QOperator,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+    )
+    m = onnx.load_model(quantized)
+    assert any(n.op_type == "QLinearConv" for n in m.graph.node)
+    code, captured, data = _run(monkeypatch, capsys, tmp_path, m)
+    assert code == 0, captured.err
+    prune = _prune(data)
+    assert not prune["modified"] and prune["counters"]["groups"] == 0
+    assert not [n for n in data["passes"] if n["name"] == "fold-bn" and n["modified"]]
