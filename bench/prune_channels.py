@@ -13,7 +13,8 @@ prove structure, never accuracy), passes through :class:`graphslim.pipeline.Pipe
 (b) YOLOv8n at ratio 0.5: Conv MACs ratio (goal <= 0.40), output shape and the frozen
     (head) groups with their reasons, and onnxruntime CPU latency of original and pruned
     timed alternately in one :func:`graphslim.bench.bench` call.
-(c) yolox-det (real weights) at ratio 0.2, with and without ``reconstruct=true``:
+(c) yolox-det (real weights) at ratio 0.2: plain removal, with mean compensation, and with
+compensation plus ``reconstruct=true``:
     calibration feeds (given to the pass through ``PassContext(feeds=...)``) from astronaut,
     coffee, chelsea, rocket, china, flower; output error (graphslim.validate.compare) on the
     held-out bus, zidane, motorcycle-left, page, text; preprocessing ``raw-bgr`` at 416.
@@ -264,8 +265,14 @@ def run_reconstruct(calibration_ids: list[str]) -> list[dict]:
     reference = reference_outputs(original, evaluation)
     base = model_stats(original)
     rows = []
-    for reconstruct in (False, True):
-        text = f"prune-channels{{ratio=0.2,reconstruct={str(reconstruct).lower()}}}"
+    # Mean compensation (default since it was added) and least-squares reconstruction, each
+    # against the plain removal, so the value of both shows.
+    variants = ((False, False), (True, False), (True, True))
+    for compensate, reconstruct in variants:
+        text = (
+            f"prune-channels{{ratio=0.2,compensate={str(compensate).lower()},"
+            f"reconstruct={str(reconstruct).lower()}}}"
+        )
         ctx = PassContext(feeds=calibration)
         t0 = time.perf_counter()
         result = Pipeline.parse(text).run(original, ctx=ctx, validate=False)
