@@ -185,11 +185,16 @@ def bench_pplcnet(args, log) -> dict:
     from graphslim.bridge.finetune import FinetuneOptions, finetune
     from graphslim.model_io import load_model
 
+    from graphslim.contract import PassContext
+
     teacher = load_model(zoo.fetch("pplcnet-cls"))
-    student = Pipeline.parse("prune-channels{ratio=0.3}").run(teacher).model
     xtr, _ = rotated_inputs(PPLCNET_TRAIN, views=5)
     xev, yev = rotated_inputs(PPLCNET_EVAL)
     name = teacher.graph.input[0].name
+    # Calibration for the pruning (mean compensation) is a sample of the training views,
+    # never the evaluation images.
+    calib = PassContext(feeds=[{name: xtr[i : i + 1]} for i in range(0, len(xtr), 5)])
+    student = Pipeline.parse("prune-channels{ratio=0.3}").run(teacher, ctx=calib).model
 
     def top1(model):
         return np.concatenate(
