@@ -319,3 +319,54 @@ def test_qlinearconv_model_is_declined_with_a_reason(monkeypatch, capsys, tmp_pa
     prune = _prune(data)
     assert not prune["modified"] and prune["counters"]["groups"] == 0
     assert not [n for n in data["passes"] if n["name"] == "fold-bn" and n["modified"]]
+
+
+def test_scan_subgraph_is_left_alone(monkeypatch, capsys, tmp_path):
+    """A Scan over the rows of a conv output whose body also reads another outer tensor."""
+    body = helper.make_graph(
+        [
+            helper.make_node("Add", ["state", "row"], ["sum"]),
+            helper.make_node("Identity", ["sum"], ["state_out"]),
+            helper.make_node("Mul", ["row", "gain"], ["scanned"]),
+        ],
+        "body",
+        [_vi("state", [1, 16, 16]), _vi("row", [1, 16, 16])],
+        [_vi("state_out", [1, 16, 16]), _vi("scanned", [1, 16, 16])],
+    )
+    m = _model(
+        [
+            helper.make_node("Conv", ["x", "w1"], ["a0"], name="c1", pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["a0"], ["a"], name="r1"),
+            helper.make_node("Conv", ["a", "w3"], ["g"], name="cg", pads=[1, 1, 1, 1]),
+            helper.make_node("Sigmoid", ["g"], ["gs"], name="s"),
+            helper.make_node(
+                "ReduceMean", ["gs"], ["gain"], name="rm", axes=[0, 1, 2, 3], keepdims=0
+            ),
+            helper.make_node("Transpose", ["a"], ["rows"], perm=[3, 0, 1, 2], name="t"),
+            helper.make_node(
+                "Scan",
+                ["init", "rows"],
+                ["final", "stack"],
+                name="scan",
+                body=body,
+                num_scan_inputs=1,
+            ),
+            helper.make_node("Transpose", ["stack"], ["back"], perm=[1, 2, 3, 0], name="tb"),
+            helper.make_node("Conv", ["back", "w2"], ["y"], name="c2"),
+        ],
+        [
+            _w("w1", 16, 3, 3, 3),
+            _w("w2", 8, 16, 1, 1),
+            _w("w3", 16, 16, 3, 3),
+            numpy_helper.from_array(np.zeros((1, 16, 16), np.float32), "init"),
+        ],
+        opset=13,
+        ir=7,
+    )
+    code, captured, data = _run(monkeypatch, capsys, tmp_path, m)
+    assert code == 0, captured.err
+    prune = _prune(data)
+    reasons = " | ".join(s["reason"] for s in prune["skipped"])
+    assert "subgraph of scan" in reasons, reasons
+    out = onnx.load_model(tmp_path / "out.onnx")
+    assert [n for n in out.graph.node if n.op_type == "Scan"]
