@@ -367,6 +367,6 @@ def test_scan_subgraph_is_left_alone(monkeypatch, capsys, tmp_path):
     assert code == 0, captured.err
     prune = _prune(data)
     reasons = " | ".join(s["reason"] for s in prune["skipped"])
-    assert "subgraph of scan" in reasons, reasons
+    assert "Scan (scan) has subgraphs" in reasons, reasons
     out = onnx.load_model(tmp_path / "out.onnx")
     assert [n for n in out.graph.node if n.op_type == "Scan"]
