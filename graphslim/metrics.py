@@ -176,24 +176,15 @@ def _runtime_shapes(
     except FeedError as exc:
         log.info("MACs of some nodes unknown: %s", exc)
         return {}
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    outs = {o.name for o in probe.graph.output}
-    for name in dict.fromkeys(names):
-        if name not in outs and not _is_constant(model, name):
-            probe.graph.output.append(onnx.ValueInfoProto(name=name))
-    try:
-        from graphslim.runtime import run_model
+    from graphslim.runtime import run_model, with_outputs
 
+    probe = with_outputs(model, names)
+    try:
         values = run_model(probe, [feeds], output_names=[o.name for o in probe.graph.output])[0]
     except Exception as exc:  # the count degrades to "unknown", it never fails inspect
         log.info("could not run the model to find shapes (%s)", exc)
         return {}
     return {k: tuple(np.asarray(v).shape) for k, v in values.items()}
-
-
-def _is_constant(model: onnx.ModelProto, name: str) -> bool:
-    return any(t.name == name for t in model.graph.initializer)
 
 
 def _cost(node: onnx.NodeProto, shapes: dict[str, Shape]) -> NodeCost:

@@ -86,6 +86,19 @@ class Session:
         self.close()
 
 
+def with_outputs(model: onnx.ModelProto, names) -> onnx.ModelProto:
+    """A copy of ``model`` that also returns the tensors ``names`` (intermediate tensors for
+    probing; onnxruntime infers their types). Names already outputs, initializers or empty
+    are skipped; the original is untouched."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    skip = {o.name for o in probe.graph.output} | {t.name for t in probe.graph.initializer}
+    for name in dict.fromkeys(names):
+        if name and name not in skip:
+            probe.graph.output.append(onnx.ValueInfoProto(name=name))
+    return probe
+
+
 def run_model(
     model: onnx.ModelProto,
     feeds: Sequence[dict[str, np.ndarray]],

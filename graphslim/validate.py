@@ -215,6 +215,8 @@ def _compare_one(
         }
     for t in tolerances:
         if not t.holds(out.stats):
-            got = ", ".join(f"{s} {out.stats[s]:.3g}" for s, _ in ((t.stat, t.value), *t.alternatives))
+            got = ", ".join(
+                f"{s} {out.stats[s]:.3g}" for s, _ in ((t.stat, t.value), *t.alternatives)
+            )
             out.failures.append(f"{got} (want {t})")
     return out

@@ -25,8 +25,9 @@ from onnx import numpy_helper
 
 from graphslim import graph as G
 from graphslim.channels import ChannelGraph
+from graphslim.channels.editor import _dtype
 from graphslim.contract import PassContext
-from graphslim.runtime import Session
+from graphslim.runtime import Session, with_outputs
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +45,7 @@ def _feeds(model: onnx.ModelProto, ctx: PassContext):
 
 
 def _run_with(model: onnx.ModelProto, names: list[str], feeds) -> list[dict[str, np.ndarray]]:
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    outs = {o.name for o in probe.graph.output}
-    probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in outs)
-    with Session(probe, label="reconstruction probe") as s:
+    with Session(with_outputs(model, names), label="reconstruction probe") as s:
         return [s.run(f, names) for f in feeds]
 
 
@@ -175,10 +172,6 @@ def _sample_targets(y, pos) -> np.ndarray:
 
 def _rel(pred: np.ndarray, target: np.ndarray) -> float:
     return float(np.linalg.norm(pred - target) / (np.linalg.norm(target) + 1e-12))
-
-
-def _dtype(t: onnx.TensorProto) -> np.dtype:
-    return onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
 
 
 def mean_compensation(

@@ -62,14 +62,11 @@ def _following_bn_gamma(cg: ChannelGraph, node: onnx.NodeProto) -> np.ndarray | 
 
 def _activation_means(cg: ChannelGraph, groups, ctx: PassContext) -> dict[str, np.ndarray]:
     from graphslim.feeds import random_feeds
-    from graphslim.runtime import Session
+    from graphslim.runtime import Session, with_outputs
 
     names = sorted({cg.sources[s].tensor for g in groups for s in g.sources})
     feeds = ctx.feeds or random_feeds(cg.model, count=2, seed=ctx.seed, shapes=ctx.input_shapes)
-    probe = onnx.ModelProto()
-    probe.CopyFrom(cg.model)
-    outs = {o.name for o in probe.graph.output}
-    probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in outs)
+    probe = with_outputs(cg.model, names)
     sums: dict[str, np.ndarray] = {}
     with Session(probe, label="activation probe") as s:
         for f in feeds:

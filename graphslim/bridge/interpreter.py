@@ -873,17 +873,9 @@ def first_diverging_node(
     max_abs: float = 1e-6,
 ) -> str:
     """``'name' (Op), output 'x': max-rel ...`` for the first node whose output differs."""
-    from graphslim.runtime import Session
+    from graphslim.runtime import Session, with_outputs
 
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    existing = {o.name for o in probe.graph.output}
-    wanted = []
-    for node in probe.graph.node:
-        for out in node.output:
-            if out and out not in existing:
-                probe.graph.output.append(onnx.ValueInfoProto(name=out))
-                wanted.append(out)
+    probe = with_outputs(model, (out for node in model.graph.node for out in node.output))
     with Session(probe, optimization="disable", label="ONNX model (all tensors)") as s:
         ref = s.run(dict(feed))
     with torch.no_grad():
