@@ -207,7 +207,9 @@ def run(
         raise OptionsError(
             "give exactly one of -P/--pipeline 'a,b{k=v}' or -p/--pipeline-file FILE"
         )
-    _refuse_overwrite(model, output)
+    from graphslim.model_io import refuse_overwrite
+
+    refuse_overwrite(model, output)
     _check_json_path(json_path, model, output)
     pipe = Pipeline.parse(pipeline) if pipeline is not None else Pipeline.from_toml(pipeline_file)
     m = load_model(model)
@@ -315,17 +317,6 @@ def _copy(model):
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     return copy
-
-
-def _refuse_overwrite(src: Path, dst: Path) -> None:
-    from graphslim.errors import ModelSaveError
-    from graphslim.model_io import _same_file
-
-    if _same_file(dst, src):
-        raise ModelSaveError(
-            f"{dst}: output path is the input model; choose another -o path (graphslim never "
-            "overwrites its input)"
-        )
 
 
 @app.command()
@@ -880,7 +871,9 @@ def convert(
         )
     if style not in ort_format.STYLES:
         raise OptionsError(f"--style {style!r}: use one of {', '.join(ort_format.STYLES)}")
-    _refuse_overwrite(model, output)
+    from graphslim.model_io import refuse_overwrite
+
+    refuse_overwrite(model, output)
     m = load_model(model)
     fed = _feeds(
         feeds, m, count=count, seed=seed, shapes=_shapes(input_shape), preprocess=preprocess

@@ -138,11 +138,8 @@ def save_model(
     file that is the same file, raises :class:`ModelSaveError`.
     """
     out = Path(path)
-    if protect is not None and _same_file(out, Path(protect)):
-        raise ModelSaveError(
-            f"{out}: output path is the input model; choose another -o path (graphslim never "
-            "overwrites its input)"
-        )
+    if protect is not None:
+        refuse_overwrite(protect, out)
     if out.is_dir():
         raise ModelSaveError(f"{out}: is a folder; give a file name such as {out / 'model.onnx'}")
     folder = out.parent if str(out.parent) else Path(".")
@@ -163,6 +160,16 @@ def save_model(
         raise ModelSaveError(f"{out}: could not write the model: {exc.strerror or exc}") from exc
     log.debug("saved %s (external data: %s)", out, external_data)
     return out
+
+
+def refuse_overwrite(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Raise :class:`ModelSaveError` when ``dst`` is (or links to) the input ``src``; callers
+    check before doing any work, and ``save_model(protect=...)`` checks again."""
+    if _same_file(Path(dst), Path(src)):
+        raise ModelSaveError(
+            f"{dst}: output path is the input model; choose another -o path (graphslim never "
+            "overwrites its input)"
+        )
 
 
 def _save_single(model: onnx.ModelProto, out: Path) -> None:
