@@ -2,7 +2,9 @@
 
 Each model gets its own session with the same thread count and optimization level, is warmed
 up, then the models run *alternately* (A B A B ...) for ``runs`` rounds so that clock
-boosts, thermal drift and background load hit every model alike. Reported per model: median,
+boosts, thermal drift and background load hit every model alike. With more than one model,
+thread spinning is off in every session (onnxruntime's idle workers would otherwise busy-wait
+and steal the cores of the session being timed). Reported per model: median,
 p90, mean and min in milliseconds; with two or more models, each one's median relative to
 the first.
 """
@@ -48,8 +50,11 @@ def bench(
 
     ``progress``: optional callable ``(done, total)`` called after each round.
     """
+    # Side by side, no session's idle threads may spin (graphslim.runtime.Session): they
+    # would steal the cores of the session being timed.
     sessions = [
-        Session(m, threads=threads, optimization=optimization, label=lbl) for lbl, m in models
+        Session(m, threads=threads, optimization=optimization, label=lbl, spinning=len(models) == 1)
+        for lbl, m in models
     ]
     try:
         feeds = [{k: v for k, v in feed.items() if k in s.input_names} for s in sessions]

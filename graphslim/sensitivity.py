@@ -234,6 +234,8 @@ def profile(
             so.log_severity_level = 3
             so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
             so.enable_profiling = True
+            # several sessions alternate: no idle spinning (see graphslim.runtime.Session)
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
             so.profile_file_prefix = os.path.join(tmp, f"m{k}")
             src = serialize_for_runtime(m, tmp)
             sessions.append(ort.InferenceSession(src, so, providers=["CPUExecutionProvider"]))

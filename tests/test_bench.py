@@ -92,3 +92,28 @@ def test_a_model_that_cannot_run_is_a_runtime_failure(models):
         match=r"^onnxruntime failed to run tiny: Got invalid dimensions for input: images for the following indices; index: 2 Got: 32 Expected: 64; index: 3",
     ):
         bench(models, wrong, warmup=1, runs=1)
+
+
+def _spinning(session: Session) -> str:
+    opts = session.session.get_session_options()
+    try:
+        return opts.get_session_config_entry("session.intra_op.allow_spinning")
+    except RuntimeError:  # not set: onnxruntime's default, spinning on
+        return "default"
+
+
+def test_side_by_side_sessions_do_not_spin(models, feed, monkeypatch):
+    # Idle sessions' spinning threads would take the cores of the one being timed.
+    seen = []
+    real_init = Session.__init__
+
+    def spy(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        seen.append(_spinning(self))
+
+    monkeypatch.setattr(Session, "__init__", spy)
+    bench(models, feed, warmup=1, runs=1)
+    assert seen == ["0", "0"]
+    seen.clear()
+    bench(models[:1], feed, warmup=1, runs=1)  # alone: onnxruntime's default
+    assert seen == ["default"]
