@@ -36,6 +36,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 import onnx
@@ -90,6 +91,11 @@ class PruneChannelsOptions:
     budget_ratios: tuple[float, ...] = option(
         (0.25, 0.5, 0.75), help="candidate per-group ratios the budget search measures"
     )
+    budget_checks: int = option(
+        5,
+        help="latency budget: rounds of build + measure against the input (onnxruntime CPU), "
+        "searching lower when the measured ratio misses; 0 trusts the prediction",
+    )
 
     def validate(self) -> None:
         if not 0.0 <= self.ratio <= 0.95:
@@ -114,6 +120,8 @@ class PruneChannelsOptions:
                 raise ValueError("give budget or target_macs, not both")
         if not self.budget_ratios or not all(0 < r <= 0.95 for r in self.budget_ratios):
             raise ValueError("budget_ratios must be in (0, 0.95]")
+        if self.budget_checks < 0:
+            raise ValueError("budget_checks must be >= 0")
 
 
 class PruneChannels(Pass):
@@ -163,7 +171,20 @@ class PruneChannels(Pass):
                 return keep_nonempty(cg, prunable, got | dead, scores, o.min_channels)
 
             sens = sensitivity(model, ctx, o)
-            pinned, budget_info = budget_ratios(cg, prunable, pinned, pick, sens, o.budget)
+            search = partial(budget_ratios, cg, prunable, pinned, pick, sens, o.budget)
+            if o.budget.strip().startswith("latency") and o.budget_checks > 0:
+                from passes._prune_budget import check_latency
+
+                pinned, budget_info = check_latency(
+                    model,
+                    o.budget,
+                    search,
+                    lambda ratios: _pruned_copy(model, ctx, cg, pick(ratios)),
+                    _timing_feed(model, ctx),
+                    rounds=o.budget_checks,
+                )
+            else:
+                pinned, budget_info = search()
             free, fixed = [], prunable
         ratio = o.ratio
         if o.target_macs is not None:
@@ -205,6 +226,27 @@ class PruneChannels(Pass):
                 for d in details
             )
         return PassResult(model, True, counters, skipped, notes)
+
+
+def _pruned_copy(model, ctx: PassContext, cg: ChannelGraph, removed: set[int]):
+    """A copy of ``model`` with the classes ``removed`` (structure only: for timing)."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    twin = analyze(copy, ctx.input_shapes)
+    # Class ids come from the union-find's roots, which depend only on the graph: the same
+    # graph analyzed again numbers its classes alike. Checked, since the ids index `removed`.
+    if [sorted(g.classes) for g in twin.groups] != [sorted(g.classes) for g in cg.groups]:
+        raise RuntimeError("prune-channels: channel classes differ between two analyses")
+    Editor(twin, removed).apply()
+    return copy
+
+
+def _timing_feed(model, ctx: PassContext) -> dict:
+    if ctx.feeds:
+        return dict(ctx.feeds[0])
+    from graphslim.feeds import random_feeds
+
+    return random_feeds(model, count=1, seed=ctx.seed, shapes=ctx.input_shapes)[0]
 
 
 def _override(grp: ChannelGroup, overrides: dict[str, float]) -> float | None:

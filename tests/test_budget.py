@@ -109,3 +109,82 @@ def test_pipeline_inline_budget(model):
     assert pipe.passes[0].options.budget == "macs=0.6"
     res = pipe.run(model, validate=False)
     assert res.records[0].counters["macs_estimate_ratio"] <= 0.6 + 1e-9
+
+
+def _fake_timings(monkeypatch, latency_of):
+    """graphslim.bench.bench replaced: the input takes 1 ms, a candidate latency_of(it)."""
+    from graphslim import bench as bench_mod
+
+    def fake(models, feed, **kw):
+        return [
+            bench_mod.Timing(lbl, 1, 1, t, t, t, t)
+            for lbl, t in [("input", 1.0), ("candidate", latency_of(models[1][1]))]
+        ]
+
+    monkeypatch.setattr(bench_mod, "bench", fake)
+
+
+def test_latency_check_aims_lower_when_measured_misses(monkeypatch):
+    # The prediction is optimistic: a candidate predicted at p runs at 1.6 p.
+    _fake_timings(monkeypatch, lambda predicted: 1.6 * predicted)
+    aims = []
+
+    def search(aim):
+        aims.append(aim)
+        p = 0.5 if aim is None else aim
+        return {0: p}, {"budget_predicted": p, "budget_reached": 1}
+
+    chosen, info = _prune_budget.check_latency(
+        None, "latency=0.5", search, lambda ratios: ratios[0], {}, rounds=4
+    )
+    assert aims[0] is None and aims[1] == pytest.approx(0.5 * 0.5 * 0.97 / 0.8)
+    assert info["budget_checks"] == 2 and info["budget_reached"] == 1
+    assert info["budget_measured"] == pytest.approx(1.6 * aims[1], abs=1e-4)
+    assert info["budget_measured"] <= 0.5
+    assert chosen == {0: aims[1]}
+
+
+def test_latency_check_secant_through_an_offset(monkeypatch):
+    # Latency = 0.2 + predicted (fixed costs the prediction missed): scaling the aim by the
+    # miss undershoots the correction; the secant through two points lands on it.
+    _fake_timings(monkeypatch, lambda predicted: 0.2 + predicted)
+
+    def search(aim):
+        p = 0.5 if aim is None else aim
+        return {0: p}, {"budget_predicted": p}
+
+    chosen, info = _prune_budget.check_latency(
+        None, "latency=0.5", search, lambda ratios: ratios[0], {}, rounds=5
+    )
+    assert info["budget_reached"] == 1 and info["budget_checks"] == 3
+    assert info["budget_measured"] == pytest.approx(0.5 * 0.97, abs=1e-3)
+
+
+def test_latency_check_returns_fastest_when_budget_not_met(monkeypatch):
+    # Nothing gets below 0.7: every round misses; the fastest candidate is kept, flagged.
+    n = iter(range(100))
+
+    def search(aim):
+        k = next(n)
+        return {0: k}, {"budget_predicted": 0.5 - 0.1 * k}
+
+    latency = {0: 0.9, 1: 0.7, 2: 0.75}
+    _fake_timings(monkeypatch, lambda k: latency[k])
+    chosen, info = _prune_budget.check_latency(
+        None, "latency=0.5", search, lambda ratios: ratios[0], {}, rounds=3
+    )
+    assert chosen == {0: 1} and info["budget_reached"] == 0
+    assert info["budget_measured"] == 0.7 and info["budget_checks"] == 3
+
+
+def test_latency_budget_measures_the_result(model, ctx):
+    r = PruneChannels(budget="latency=0.9", budget_ratios=(0.5, 0.75), round_to=1)(
+        copy(model), ctx
+    )
+    c = r.counters
+    assert 1 <= c["budget_checks"] <= 3 and c["budget_measured"] > 0
+    assert c["budget_reached"] == int(c["budget_measured"] <= 0.9)
+    without = PruneChannels(
+        budget="latency=0.9", budget_ratios=(0.5, 0.75), round_to=1, budget_checks=0
+    )(copy(model), ctx)
+    assert "budget_measured" not in without.counters
