@@ -58,13 +58,15 @@ class PassContext:
 
     ``feeds`` are sample inputs (calibration / importance measurement) when the caller has
     them; ``cache`` holds analyses keyed by name, cleared by the pipeline after a pass that
-    modified the model.
+    modified the model. ``reference``: the model the pipeline started from (the teacher of
+    the ``finetune`` pass); :meth:`graphslim.Pipeline.run` sets it when the caller did not.
     """
 
     seed: int = 0
     feeds: Sequence[dict[str, np.ndarray]] | None = None
     input_shapes: dict[str, tuple[int, ...]] | None = None
     cache: dict[str, Any] = field(default_factory=dict)
+    reference: onnx.ModelProto | None = None
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("graphslim.pass"))
 
     def __post_init__(self) -> None:

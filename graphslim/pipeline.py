@@ -21,7 +21,7 @@ import re
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -328,6 +328,8 @@ class Pipeline:
         ctx = ctx or PassContext(input_shapes=input_shapes)
         input_shapes = input_shapes or ctx.input_shapes
         original = model
+        if ctx.reference is None:
+            ctx = replace(ctx, reference=original)  # the teacher of `finetune`
         current = onnx.ModelProto()
         current.CopyFrom(model)
         if tolerances is None:

@@ -178,9 +178,7 @@ def test_latency_check_returns_fastest_when_budget_not_met(monkeypatch):
 
 
 def test_latency_budget_measures_the_result(model, ctx):
-    r = PruneChannels(budget="latency=0.9", budget_ratios=(0.5, 0.75), round_to=1)(
-        copy(model), ctx
-    )
+    r = PruneChannels(budget="latency=0.9", budget_ratios=(0.5, 0.75), round_to=1)(copy(model), ctx)
     c = r.counters
     assert 1 <= c["budget_checks"] <= 3 and c["budget_measured"] > 0
     assert c["budget_reached"] == int(c["budget_measured"] <= 0.9)

@@ -1,0 +1,137 @@
+"""finetune: knowledge distillation from the pipeline's input model, as a pipeline step.
+
+The same loop as ``graphslim finetune`` (:func:`graphslim.bridge.finetune.finetune`), fed
+from the pipeline: the student is the model as it arrives (pruned, rewritten), the teacher
+is the model the pipeline started from (``ctx.reference``), the training inputs are the
+calibration feeds (``--calib``), and the best epoch by agreement on a seeded share of them
+is written back into the same graph (same nodes and names, new float values).
+
+It is a step a recipe can always list: without torch, without calibration feeds or with
+nothing to recover (the student is the teacher), it leaves the model as it is and says why
+in a note (``required=true`` makes a missing torch an error instead). Place it after the
+lossy structural passes and before ``quantize-int8``: a QDQ model is fine-tuned as float and
+quantized again, never the other way round.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from graphslim.contract import Pass, PassContext, PassResult, option
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FinetuneOptions:
+    epochs: int = option(5, help="passes over the calibration feeds")
+    lr: float = option(1e-3, help="learning rate (cosine annealed)")
+    optimizer: str = option("sgd", help="sgd (momentum 0.9) or adam")
+    batch: int = option(4, help="samples per step")
+    weight_decay: float = option(5e-4, help="L2 weight decay")
+    augment: tuple[str, ...] = option(
+        ("flip", "crop", "color", "blur"),
+        help="flip, crop, color, blur, rotate; the teacher sees the same augmented input",
+    )
+    loss: str = option("auto", help="auto (per output), mse, l1, kl, bce")
+    temperature: float = option(4.0, help="softmax temperature of the kl loss")
+    val_fraction: float = option(0.2, help="share of the feeds that picks the best epoch")
+    required: bool = option(False, help="fail when torch is not installed instead of skipping")
+
+    def validate(self) -> None:
+        from graphslim.bridge.finetune import AUGMENTATIONS, LOSSES
+
+        if self.epochs < 1 or self.batch < 1:
+            raise ValueError("epochs and batch must be >= 1")
+        if self.lr <= 0:
+            raise ValueError("lr must be > 0")
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError("optimizer must be sgd or adam")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(LOSSES)}")
+        bad = [a for a in self.augment if a not in AUGMENTATIONS]
+        if bad:
+            raise ValueError(f"augment {bad[0]!r} is not one of {', '.join(AUGMENTATIONS)}")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError("val_fraction must be in [0, 1)")
+
+
+class Finetune(Pass):
+    name = "finetune"
+    summary = "knowledge distillation from the pipeline's input model on the --calib feeds"
+    numerics = "lossy"
+    Options = FinetuneOptions
+    after = ("prune-channels", "factorize-conv", "depthwise-separable", "dynamic-conv")
+    before = ("quantize-int8",)
+
+    def call(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
+        o = self.options
+        skip = _why_skip(model, ctx, o.required)
+        if skip:
+            log.warning("finetune: %s", skip)
+            return PassResult(model, False, {"epochs_run": 0}, notes=[f"skipped: {skip}"])
+        from graphslim.bridge.finetune import FinetuneOptions as LoopOptions
+        from graphslim.bridge.finetune import finetune
+
+        name = model.graph.input[0].name
+        inputs = np.concatenate([np.asarray(f[name], dtype=np.float32) for f in ctx.feeds])
+        loop = LoopOptions(
+            epochs=o.epochs,
+            batch=min(o.batch, max(1, len(inputs))),
+            lr=o.lr,
+            optimizer=o.optimizer,
+            weight_decay=o.weight_decay,
+            augment=tuple(o.augment),
+            loss=o.loss,
+            temperature=o.temperature,
+            val_fraction=o.val_fraction if len(inputs) > 1 else 0.0,
+            seed=ctx.seed,
+        )
+        result = finetune(model, ctx.reference, inputs, loop)
+        start, best = result.history[0], result.history[result.best_epoch]
+        counters = {
+            "epochs_run": o.epochs,
+            "best_epoch": result.best_epoch,
+            "samples": len(inputs),
+            "agreement_before": round(start.agreement, 4),
+            "agreement_after": round(best.agreement, 4),
+            "val_loss_before": round(start.val_loss, 6),
+            "val_loss_after": round(best.val_loss, 6),
+        }
+        details = [
+            {"epoch": r.epoch, "loss": r.loss, "val_loss": r.val_loss, "agreement": r.agreement}
+            for r in result.history
+        ]
+        if result.best_epoch == 0:
+            # No epoch beat the untrained student: the graph goes on exactly as it came.
+            return PassResult(model, False, counters, notes=["no epoch improved; unchanged"])
+        return PassResult(result.model, True, counters, details=details)
+
+
+def _why_skip(model: onnx.ModelProto, ctx: PassContext, required: bool) -> str | None:
+    """Why the step cannot train here (None when it can)."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        from graphslim.bridge import INSTALL_HINT, TorchMissing
+
+        if required:
+            raise TorchMissing(f"finetune: torch is not installed; {INSTALL_HINT}") from None
+        return f"torch is not installed ({INSTALL_HINT})"
+    if ctx.reference is None:
+        return "no teacher: run it in a pipeline (ctx.reference is the pipeline's input)"
+    if not ctx.feeds:
+        return "no calibration feeds to train on (give --calib IMAGES)"
+    inits = {i.name for i in model.graph.initializer}
+    names = [i.name for i in model.graph.input if i.name not in inits]
+    if len(names) != 1 or any(names[0] not in f for f in ctx.feeds):
+        return f"fine-tuning takes single-input models fed by --calib; inputs are {names}"
+    if model.SerializeToString(deterministic=True) == ctx.reference.SerializeToString(
+        deterministic=True
+    ):
+        return "the model is still the pipeline's input: nothing to recover"
+    return None
