@@ -1,0 +1,49 @@
+"""The shipped recipes parse and run end to end (on the tiny_yolo fixture, random feeds)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import pytest
+
+from graphslim.contract import PassContext
+from graphslim.feeds import random_feeds
+from graphslim.pipeline import Pipeline
+from graphslim.runtime import run_model
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted((ROOT / "recipes").glob("*.toml"))
+
+
+@pytest.fixture(scope="module")
+def model() -> onnx.ModelProto:
+    return onnx.load_model(ROOT / "fixtures" / "tiny_yolo.onnx")
+
+
+def test_recipes_are_shipped():
+    assert {p.stem for p in RECIPES} >= {"edge-cpu", "edge-tensorrt"}
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_recipe_runs_end_to_end(path, model):
+    pipe = Pipeline.from_toml(path)
+    calib = random_feeds(model, 8, seed=1)
+    evals = random_feeds(model, 2, seed=2)
+    res = pipe.run(model, ctx=PassContext(seed=0, feeds=calib), feeds=evals)
+    names = [r.name for r in res.records]
+    assert names == [p.name for p in pipe.passes]
+    onnx.checker.check_model(res.model)
+    want = [{k: v.shape for k, v in o.items()} for o in run_model(model, evals)]
+    assert [{k: v.shape for k, v in o.items()} for o in run_model(res.model, evals)] == want
+    assert res.validation is not None  # the final comparison on --feeds ran
+    ops = {n.op_type for n in res.model.graph.node}
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    prune = res.records[names.index("prune-channels")]
+    assert prune.modified and prune.counters["macs_estimate_ratio"] < 1
+    if "latency" in str(prune.options.get("budget")):
+        assert prune.counters["budget_checks"] >= 1 and prune.counters["budget_measured"] > 0
+    if "finetune" in names:
+        ft = res.records[names.index("finetune")]
+        # torch is installed for the tests: it trains (and keeps epoch 0 if nothing beat it)
+        assert ft.counters["epochs_run"] == 5
