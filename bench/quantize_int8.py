@@ -56,7 +56,7 @@ from passes.quantize_int8 import QuantizeInt8  # noqa: E402
 
 CALIBRATION = ["astronaut", "coffee", "chelsea", "rocket", "china", "flower"]
 EVALUATION = ["bus", "zidane", "motorcycle-left", "page", "text"]
-ROTATIONS = (0, 90, 180, 270)  # class k = rotated by ROTATIONS[k] degrees counter-clockwise
+ROTATIONS = (0, 90, 180, 270)  # class k = turned ROTATIONS[k] degrees clockwise (the model's classes)
 MODELS = {
     # id -> (preprocess, input size, task)
     "yolox-det": ("raw-bgr", (416, 416), "detect"),
@@ -142,7 +142,8 @@ def _rotated(path: Path, degrees: int):
 
     with Image.open(path) as im:
         im = im.convert("RGB")
-        return im.rotate(degrees, expand=True) if degrees else im.copy()
+        # PIL turns counter-clockwise; the model's 90/270 classes are clockwise turns.
+        return im.rotate(-degrees, expand=True) if degrees else im.copy()
 
 
 def _ort_default(path: Path, cal_dir: Path, fp32, spec, size, tmp: Path) -> onnx.ModelProto:
