@@ -77,7 +77,7 @@ class Finetune(Pass):
         from graphslim.bridge.finetune import FinetuneOptions as LoopOptions
         from graphslim.bridge.finetune import finetune
 
-        name = model.graph.input[0].name
+        (name,) = _graph_inputs(model)
         inputs = np.concatenate([np.asarray(f[name], dtype=np.float32) for f in ctx.feeds])
         loop = LoopOptions(
             epochs=o.epochs,
@@ -126,13 +126,18 @@ def _why_skip(model: onnx.ModelProto, ctx: PassContext, required: bool) -> str |
         return "no teacher: run it in a pipeline (ctx.reference is the pipeline's input)"
     if not ctx.feeds:
         return "no calibration feeds to train on (give --calib IMAGES)"
-    inits = {i.name for i in model.graph.initializer}
-    names = [i.name for i in model.graph.input if i.name not in inits]
+    names = _graph_inputs(model)
     if len(names) != 1 or any(names[0] not in f for f in ctx.feeds):
         return f"fine-tuning takes single-input models fed by --calib; inputs are {names}"
     if _still_matches(model, ctx.reference, ctx.feeds[:2]):
         return "the model still answers like the pipeline's input: nothing to recover"
     return None
+
+
+def _graph_inputs(model: onnx.ModelProto) -> list[str]:
+    """The inputs a caller feeds (before IR 4, initializers are listed as inputs too)."""
+    inits = {i.name for i in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name not in inits]
 
 
 def _still_matches(model: onnx.ModelProto, reference: onnx.ModelProto, feeds) -> bool:

@@ -164,7 +164,12 @@ class PruneChannels(Pass):
 
         budget_info: dict[str, float] = {}
         if o.budget is not None:
-            from passes._prune_budget import budget_ratios, sensitivity
+            from passes._prune_budget import (
+                budget_ratios,
+                check_latency,
+                parse_budget,
+                sensitivity,
+            )
 
             def pick(ratios: dict[int, float]) -> set[int]:
                 got = select(prunable, scores, ratios, "uniform", o.round_to, o.min_channels, dead)
@@ -172,9 +177,7 @@ class PruneChannels(Pass):
 
             sens = sensitivity(model, ctx, o)
             search = partial(budget_ratios, cg, prunable, pinned, pick, sens, o.budget)
-            if o.budget.strip().startswith("latency") and o.budget_checks > 0:
-                from passes._prune_budget import check_latency
-
+            if parse_budget(o.budget)[0] == "latency" and o.budget_checks > 0:
                 pinned, budget_info = check_latency(
                     model,
                     o.budget,
