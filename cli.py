@@ -770,8 +770,14 @@ def sensitivity(
     seed: Annotated[int, typer.Option(help="seed for random feeds")] = 0,
     json_path: JsonOpt = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="write a PNG of the curves")] = None,
+    task: TaskOpt = None,
+    metric: Annotated[
+        str | None,
+        typer.Option(help="with --task: the metric to record (default: the task's first)"),
+    ] = None,
 ) -> None:
-    """Per channel group: output error at candidate ratios and latency saved (onnxruntime CPU)."""
+    """Per channel group: output error (and task metric) at candidate ratios and latency saved
+    (onnxruntime CPU)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
@@ -790,6 +796,16 @@ def sensitivity(
     fed = _feeds(
         calib, m, count=count, seed=seed, shapes=shapes, preprocess=preprocess, limit=limit
     )
+    the_task = None
+    if metric is not None and task is None:
+        raise OptionsError("--metric needs --task classify|detect|dense")
+    if task is not None:
+        from graphslim.tasks import METRICS, make_task
+
+        the_task, fed = make_task(task, m, fed, source=calib, preprocess=preprocess, limit=limit)
+        metric = metric or METRICS[task][0]
+        if metric not in METRICS[task]:
+            raise OptionsError(f"--metric {metric}: task {task} has {', '.join(METRICS[task])}")
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -797,7 +813,7 @@ def sensitivity(
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=err, transient=True) as prog:
-        task = prog.add_task("sensitivity", total=None)
+        bar = prog.add_task("sensitivity", total=None)
         sens = S.measure(
             m,
             fed,
@@ -808,8 +824,10 @@ def sensitivity(
             seed=seed,
             runs=runs,
             progress=lambda d, n, label: prog.update(
-                task, completed=d, total=n, description=label[:60]
+                bar, completed=d, total=n, description=label[:60]
             ),
+            task=the_task,
+            metric=metric,
         )
     base = sens.base_ms
     t = Table(
@@ -820,13 +838,15 @@ def sensitivity(
     )
     for col in ("group", "head", "ch", "MACs %"):
         t.add_column(col)
+    extra = f" / {sens.task_metric}" if sens.task_metric else ""
     for r in sens.ratios:
-        t.add_column(f"@{r:g} removed / 1-cos / max-rel / lat saved %")
+        t.add_column(f"@{r:g} removed / 1-cos / max-rel{extra} / lat saved %")
     mid = sens.ratios[len(sens.ratios) // 2]
     for g in sorted(sens.groups, key=lambda g: g.latency_ms[mid])[:top]:
         cells = [
-            f"{g.removed[r]} / {g.error(r):.2e} / {g.errors[r]['max-rel']:.3f} / "
-            f"{100 * (base - g.latency_ms[r]) / base:.2f}"
+            f"{g.removed[r]} / {g.error(r):.2e} / {g.errors[r]['max-rel']:.3f}"
+            + (f" / {g.errors[r]['task']:.3f}" if sens.task_metric else "")
+            + f" / {100 * (base - g.latency_ms[r]) / base:.2f}"
             for r in sens.ratios
         ]
         t.add_row(str(g.group), g.head, str(g.channels), f"{100 * g.macs_share:.1f}", *cells)

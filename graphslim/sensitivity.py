@@ -72,7 +72,8 @@ class GroupCurve:
     channels: int
     macs_share: float
     removed: dict[float, int] = field(default_factory=dict)
-    errors: dict[float, dict[str, float]] = field(default_factory=dict)  # max-rel, cosine
+    # max-rel, cosine, mean-abs; "task": the task metric, when one was given
+    errors: dict[float, dict[str, float]] = field(default_factory=dict)
     latency_ms: dict[float, float] = field(default_factory=dict)  # whole model, only g pruned
 
     def error(self, ratio: float) -> float:
@@ -141,6 +142,7 @@ class Sensitivity:
     frozen_groups: int
     latency: LatencyModel
     profiled_ms: dict[str, float]  # "original" / "uniform-0.5" -> measured wall ms (basic)
+    task_metric: str | None = None  # name of errors[r]["task"], when measured
 
     @property
     def base_ms(self) -> float:
@@ -155,6 +157,7 @@ class Sensitivity:
             "predicted_base_ms": self.base_ms,
             "profiled_ms": self.profiled_ms,
             "frozen_groups": self.frozen_groups,
+            "task_metric": self.task_metric,
             "groups": [
                 asdict(g)
                 | {
@@ -351,12 +354,16 @@ def measure(
     seed: int = 0,
     runs: int = 8,
     progress: Callable[[int, int, str], None] | None = None,
+    task=None,
+    metric: str | None = None,
 ) -> Sensitivity:
     """Sensitivity curves of every prunable group of ``model`` on ``feeds`` (see module doc).
 
     ``prune_options``: prune-channels options (importance, round_to, min_channels, exclude,
     remove_dead) used for every candidate; ``calib``: feeds for activation importance.
-    ``progress(done, total, label)`` after each candidate.
+    ``progress(done, total, label)`` after each candidate. ``task`` (a
+    :class:`graphslim.tasks.Task`) and ``metric``: each candidate is also scored on the task
+    against the original's outputs (``errors[r]["task"]``, e.g. map50 of the detections).
     """
     from graphslim.runtime import Session
 
@@ -379,6 +386,11 @@ def measure(
     ]
     with Session(model, label="original") as s:
         reference = [s.run(f) for f in feeds]
+    if task is not None and metric is None:
+        raise ValueError("a task needs the metric to record")
+
+    def task_value(got) -> dict[str, float]:
+        return {} if task is None else {"task": task.evaluate(reference, got, feeds).value(metric)}
 
     total = len(ratios) + len(prunable) * len(ratios)
     done = 0
@@ -415,6 +427,7 @@ def measure(
             if pruned is None:
                 curve.removed[r] = 0
                 curve.errors[r] = {"max-rel": 0.0, "cosine": 1.0, "mean-abs": 0.0}
+                curve.errors[r] |= task_value(reference)
                 curve.latency_ms[r] = lat.base_ms
             else:
                 curve.removed[r] = int(counters.get("channels_removed", 0))
@@ -425,7 +438,7 @@ def measure(
                     "max-rel": c.worst("max-rel"),
                     "cosine": c.worst("cosine"),
                     "mean-abs": c.worst("mean-abs"),
-                }
+                } | task_value(got)
                 sizes = node_sizes(analyze(pruned, input_shapes))
                 curve.latency_ms[r] = lat.predict(_fractions_between(base_sizes, sizes))
             tick(f"group {g.id} ({g.sources[0]}) at {r:g}")
@@ -437,6 +450,7 @@ def measure(
         frozen_groups=sum(1 for g in cg.groups if g.frozen),
         latency=lat,
         profiled_ms=profiled,
+        task_metric=metric if task is not None else None,
     )
 
 

@@ -112,3 +112,46 @@ def test_cli_bad_ratios_exit_2(monkeypatch, capsys):
         cli.main()
     assert exc.value.code == 2
     assert "--ratios" in capsys.readouterr().err
+
+
+def test_task_metric_recorded_per_group_and_ratio():
+    from graphslim.tasks import Task
+
+    model = onnx.load_model(TINY_YOLO.parent / "flatten_gemm.onnx")
+    feeds = random_feeds(model, count=4, seed=0)
+    sens = S.measure(
+        model,
+        feeds,
+        ratios=(0.5, 0.9),
+        prune_options={"round_to": 1},
+        runs=2,
+        task=Task("classify"),
+        metric="top1",
+    )
+    assert sens.task_metric == "top1" and sens.to_dict()["task_metric"] == "top1"
+    for g in sens.groups:
+        for r in sens.ratios:
+            assert 0.0 <= g.errors[r]["task"] <= 1.0
+    # Removing 90% of a group's channels moves some top-1 answers on some group.
+    assert min(g.errors[0.9]["task"] for g in sens.groups) < 1.0
+    with pytest.raises(ValueError, match="metric"):
+        S.measure(model, feeds, ratios=(0.5,), runs=1, task=Task("classify"))
+
+
+def test_cli_task_column(monkeypatch, capsys):
+    args = ["sensitivity", TINY_YOLO.parent / "flatten_gemm.onnx", "--ratios", "0.5"]
+    args += ["--runs", "1", "--count", "2", "--task", "classify", "--metric", "top1"]
+    monkeypatch.setattr(sys, "argv", ["graphslim", *map(str, args)])
+    monkeypatch.setattr(cli.out, "width", 250)
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    assert exc.value.code in (0, None)
+    assert "max-rel / top1 / lat saved" in capsys.readouterr().out
+
+
+def test_cli_metric_without_task_exit_2(monkeypatch, capsys):
+    args = ["graphslim", "sensitivity", str(TINY_YOLO), "--metric", "top1"]
+    monkeypatch.setattr(sys, "argv", args)
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    assert exc.value.code == 2 and "--metric needs --task" in capsys.readouterr().err
