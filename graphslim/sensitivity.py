@@ -392,6 +392,8 @@ def measure(
     def task_value(got) -> dict[str, float]:
         return {} if task is None else {"task": task.evaluate(reference, got, feeds).value(metric)}
 
+    unchanged = task_value(reference)  # a candidate that removes nothing scores like this
+
     total = len(ratios) + len(prunable) * len(ratios)
     done = 0
 
@@ -427,7 +429,7 @@ def measure(
             if pruned is None:
                 curve.removed[r] = 0
                 curve.errors[r] = {"max-rel": 0.0, "cosine": 1.0, "mean-abs": 0.0}
-                curve.errors[r] |= task_value(reference)
+                curve.errors[r] |= unchanged
                 curve.latency_ms[r] = lat.base_ms
             else:
                 curve.removed[r] = int(counters.get("channels_removed", 0))

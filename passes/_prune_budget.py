@@ -23,7 +23,8 @@ activations, and a loaded CPU moves every number. So a ``latency`` budget is the
 (NetAdapt's rule: measure, don't trust a proxy): :func:`check_latency` builds the candidate,
 times it against the input model side by side (:func:`graphslim.bench.bench`, alternating
 runs, ratio of medians), and when the measured ratio misses the budget, aims the search
-lower (:func:`check_latency`) and tries again, up to ``budget_checks`` rounds. The pass reports the measured ratio of the model it returns.
+lower and tries again, up to ``budget_checks`` rounds. The pass reports the measured ratio
+of the model it returns.
 """
 
 from __future__ import annotations
@@ -189,11 +190,12 @@ def check_latency(
     done = 0
     for k in range(rounds):
         chosen, info = search(aim)
+        key = tuple(sorted(chosen.items()))
         # An aim within one step of the greedy gives the same ratios: step on down.
-        while tuple(sorted(chosen.items())) in tried and aim is not None and aim > 0.05:
+        while key in tried and aim is not None and aim > 0.05:
             aim = max(0.05, aim * 0.97)
             chosen, info = search(aim)
-        key = tuple(sorted(chosen.items()))
+            key = tuple(sorted(chosen.items()))
         if key in tried:
             break
         tried.add(key)

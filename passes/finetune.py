@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 
 from graphslim.contract import Pass, PassContext, PassResult, option
+from graphslim.feeds import input_specs
 
 log = logging.getLogger(__name__)
 
@@ -43,21 +44,32 @@ class FinetuneOptions:
     required: bool = option(False, help="fail when torch is not installed instead of skipping")
 
     def validate(self) -> None:
-        from graphslim.bridge.finetune import AUGMENTATIONS, LOSSES
+        from graphslim.bridge import BridgeError
 
-        if self.epochs < 1 or self.batch < 1:
-            raise ValueError("epochs and batch must be >= 1")
         if self.lr <= 0:
             raise ValueError("lr must be > 0")
-        if self.optimizer not in ("sgd", "adam"):
-            raise ValueError("optimizer must be sgd or adam")
-        if self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {', '.join(LOSSES)}")
-        bad = [a for a in self.augment if a not in AUGMENTATIONS]
-        if bad:
-            raise ValueError(f"augment {bad[0]!r} is not one of {', '.join(AUGMENTATIONS)}")
-        if not 0 <= self.val_fraction < 1:
-            raise ValueError("val_fraction must be in [0, 1)")
+        try:  # the loop's options check the rest (one set of rules for CLI and pass)
+            self.loop_options(seed=0, samples=self.batch)
+        except BridgeError as exc:
+            raise ValueError(str(exc)) from None
+
+    def loop_options(self, *, seed: int, samples: int):
+        """These options as :class:`graphslim.bridge.finetune.FinetuneOptions` for
+        ``samples`` training inputs."""
+        from graphslim.bridge.finetune import FinetuneOptions as LoopOptions
+
+        return LoopOptions(
+            epochs=self.epochs,
+            batch=min(self.batch, max(1, samples)),
+            lr=self.lr,
+            optimizer=self.optimizer,
+            weight_decay=self.weight_decay,
+            augment=tuple(self.augment),
+            loss=self.loss,
+            temperature=self.temperature,
+            val_fraction=self.val_fraction if samples > 1 else 0.0,
+            seed=seed,
+        )
 
 
 class Finetune(Pass):
@@ -74,23 +86,11 @@ class Finetune(Pass):
         if skip:
             log.warning("finetune: %s", skip)
             return PassResult(model, False, {"epochs_run": 0}, notes=[f"skipped: {skip}"])
-        from graphslim.bridge.finetune import FinetuneOptions as LoopOptions
         from graphslim.bridge.finetune import finetune
 
-        (name,) = _graph_inputs(model)
-        inputs = np.concatenate([np.asarray(f[name], dtype=np.float32) for f in ctx.feeds])
-        loop = LoopOptions(
-            epochs=o.epochs,
-            batch=min(o.batch, max(1, len(inputs))),
-            lr=o.lr,
-            optimizer=o.optimizer,
-            weight_decay=o.weight_decay,
-            augment=tuple(o.augment),
-            loss=o.loss,
-            temperature=o.temperature,
-            val_fraction=o.val_fraction if len(inputs) > 1 else 0.0,
-            seed=ctx.seed,
-        )
+        (spec,) = input_specs(model)
+        inputs = np.concatenate([np.asarray(f[spec.name], dtype=np.float32) for f in ctx.feeds])
+        loop = o.loop_options(seed=ctx.seed, samples=len(inputs))
         result = finetune(model, ctx.reference, inputs, loop)
         start, best = result.history[0], result.history[result.best_epoch]
         counters = {
@@ -126,7 +126,7 @@ def _why_skip(model: onnx.ModelProto, ctx: PassContext, required: bool) -> str |
         return "no teacher: run it in a pipeline (ctx.reference is the pipeline's input)"
     if not ctx.feeds:
         return "no calibration feeds to train on (give --calib IMAGES)"
-    names = _graph_inputs(model)
+    names = [s.name for s in input_specs(model)]
     if len(names) != 1 or any(names[0] not in f for f in ctx.feeds):
         return f"fine-tuning takes single-input models fed by --calib; inputs are {names}"
     if _still_matches(model, ctx.reference, ctx.feeds[:2]):
@@ -134,24 +134,11 @@ def _why_skip(model: onnx.ModelProto, ctx: PassContext, required: bool) -> str |
     return None
 
 
-def _graph_inputs(model: onnx.ModelProto) -> list[str]:
-    """The inputs a caller feeds (before IR 4, initializers are listed as inputs too)."""
-    inits = {i.name for i in model.graph.initializer}
-    return [i.name for i in model.graph.input if i.name not in inits]
-
-
 def _still_matches(model: onnx.ModelProto, reference: onnx.ModelProto, feeds) -> bool:
-    """Outputs within 1e-4 relative of the reference's (only exact passes ran, or a task
-    gate rolled the lossy ones back)."""
+    """Within the pipeline's exactness tolerance of the reference (only exact passes ran, or a
+    task gate rolled the lossy ones back)."""
     from graphslim.runtime import run_model
+    from graphslim.validate import DEFAULT_TOLERANCES, compare_outputs
 
     got, ref = run_model(model, feeds), run_model(reference, feeds)
-    for g, r in zip(got, ref):
-        for name, want in r.items():
-            have = g.get(name)
-            if have is None or have.shape != want.shape:
-                return False
-            scale = max(float(np.max(np.abs(want))), 1e-12)
-            if float(np.max(np.abs(have - want))) > 1e-4 * scale:
-                return False
-    return True
+    return compare_outputs(ref, got, DEFAULT_TOLERANCES).passed
