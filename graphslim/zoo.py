@@ -62,7 +62,9 @@ PIP_TIMEOUT_S = 900
 # the host Python (rapidocr-onnxruntime 1.4.4 requires < 3.13; scikit-image 0.26 >= 3.11).
 _PIP_PURE_PYTHON = "3.11"
 
-_KINDS = ("model", "image")
+# "checkpoint": trained weights in a framework format (an ultralytics .pt) that become ONNX
+# through `graphslim export`; it carries the model fields of the exported graph.
+_KINDS = ("model", "checkpoint", "image")
 _SOURCES = ("pypi", "structure")
 _FLOAT_TYPES = frozenset({TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE})
 _NUMPY_DTYPES = {
@@ -89,7 +91,7 @@ class ZooEntry:
     """One pinned file of the zoo (a row of ``fixtures/zoo.toml``)."""
 
     id: str
-    kind: str  # "model" | "image"
+    kind: str  # "model" | "checkpoint" | "image"
     source: str  # "pypi" | "structure"
     sha256: str  # of the wheel member (pypi) or of the committed weightless file
     description: str
@@ -167,7 +169,7 @@ def _parse_entry(raw: Mapping[str, Any], index: int, catalog_path: Path) -> ZooE
     if kind not in _KINDS:
         raise ZooError(f"zoo: {where}: kind must be one of {_KINDS}, got {kind!r}")
     required = _COMMON_FIELDS | _SOURCE_FIELDS[source]
-    if kind == "model":
+    if kind in ("model", "checkpoint"):
         required |= _MODEL_FIELDS
     allowed = required | {"source"} | _MODEL_FIELDS
     missing = sorted(required - raw.keys())

@@ -93,7 +93,7 @@ def test_catalog_has_the_zoo():
 
 @pytest.mark.parametrize("entry", CATALOG.values(), ids=list(CATALOG))
 def test_catalog_entry_is_complete(entry: ZooEntry):
-    assert entry.kind in ("model", "image")
+    assert entry.kind in ("model", "checkpoint", "image")
     assert len(entry.sha256) == 64 and entry.description and entry.license
     if entry.source == "pypi":
         assert entry.package and entry.version and entry.member
@@ -104,7 +104,7 @@ def test_catalog_entry_is_complete(entry: ZooEntry):
         assert entry.path is not None and entry.path.is_file()
         assert sha256(entry.path) == entry.sha256, "re-run export_structures.py, update zoo.toml"
         assert entry.path.stat().st_size < 300_000
-    if entry.kind == "model":
+    if entry.kind in ("model", "checkpoint"):
         assert entry.input_name and len(entry.input_shape) == 4 and entry.preprocessing
     else:
         assert Path(entry.member).suffix in MAGIC
