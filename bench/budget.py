@@ -15,7 +15,7 @@ Per model:
    0.75 (per-group ratios from measured sensitivity on the first ``--sens-feeds``
    calibration images, measured once and cached in the context; the chosen candidate is
    built and timed against the original inside the pass, and the search aims lower when
-   the measured ratio misses: ``budget_checks``, passes/_prune_budget.py);
+   the measured ratio misses: ``budget_checks``, graphslim/pruning/budget.py);
 2. ``uniform``: ``prune-channels{ratio=r}`` with the r (0.05 steps) whose estimated MACs
    are closest to the budget model's (the same ratio for every group, at about the same
    MACs; rounding kept counts to multiples of 8 makes MACs fall in steps);

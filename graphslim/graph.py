@@ -255,3 +255,128 @@ def count_by(items: Iterable[str]) -> dict[str, int]:
     for it in items:
         counts[it] += 1
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def _is_noop(
+    node: onnx.NodeProto, readers: dict[str, list[onnx.NodeProto]], outputs: set[str]
+) -> bool:
+    if node.op_type == "Identity":
+        return len(node.input) == 1 and bool(node.input[0])
+    if node.op_type == "Dropout":
+        # Inference: Dropout is the identity when training_mode is absent/false.
+        if len(node.input) >= 3 and node.input[2]:
+            return False
+        mask_used = (
+            len(node.output) > 1
+            and node.output[1]
+            and (readers.get(node.output[1]) or node.output[1] in outputs)
+        )
+        return not mask_used
+    return False
+
+
+def remove_noop_nodes(g: onnx.GraphProto, skipped: list[tuple[str, str]]) -> int:
+    """Remove ``Identity`` and inference-mode ``Dropout`` (mask unused): readers of ``Y`` read
+    ``X``; when ``Y`` is a graph output, ``X``'s producer writes ``Y`` so output names never
+    change. One that joins a graph input, initializer or output to a graph output is kept and
+    listed in ``skipped``. Returns how many were removed."""
+    removed = 0
+    graph_inputs = {i.name for i in g.input}
+    while True:
+        outputs = graph_output_names(g)
+        readers = consumers(g)
+        made_by = producers(g)
+        target = None
+        for node in g.node:
+            if not _is_noop(node, readers, outputs):
+                continue
+            x, y = node.input[0], node.output[0]
+            if y in outputs and (x in graph_inputs or x in outputs or x not in made_by):
+                skipped.append(
+                    (node.name or y, "joins a graph input/initializer/output to a graph output")
+                )
+                continue
+            target = node
+            break
+        if target is None:
+            return removed
+        x, y = target.input[0], target.output[0]
+        g.node.remove(target)
+        if y in outputs:
+            # Producer of x writes y instead; other readers of x follow.
+            producer = made_by[x]
+            for k, name in enumerate(producer.output):
+                if name == x:
+                    producer.output[k] = y
+            rename_input(g, x, y)
+        else:
+            rename_input(g, y, x)
+        removed += 1
+        # Each scan lists the kept Identity nodes afresh; the last scan's list is the answer.
+        skipped.clear()
+
+
+def constants_to_initializers(model: onnx.ModelProto) -> tuple[int, list[tuple[str, str]]]:
+    """Each top-level ``Constant`` node with output ``T`` becomes an initializer named ``T``
+    (same value, dtype and bytes), so analyses that edit weights see Paddle-style weights.
+    Returns (how many were converted, (node, reason) for those left alone: sparse values,
+    non-tensor values, Constants inside subgraphs)."""
+    g = model.graph
+    skipped: list[tuple[str, str]] = []
+    keep: list[onnx.NodeProto] = []
+    new_inits: list[onnx.TensorProto] = []
+    for node in g.node:
+        if node.op_type != "Constant" or node.domain not in ("", "ai.onnx"):
+            keep.append(node)
+            continue
+        if any(a.name == "sparse_value" for a in node.attribute):
+            skipped.append((node.name or node.output[0], "sparse constant: left as a node"))
+            keep.append(node)
+            continue
+        value = constant_node_value(node)
+        if value is None:
+            kinds = ", ".join(a.name for a in node.attribute) or "no value attribute"
+            skipped.append((node.name or node.output[0], f"Constant with {kinds}: not converted"))
+            keep.append(node)
+            continue
+        tensor = _tensor(node, value)
+        tensor.name = node.output[0]
+        new_inits.append(tensor)
+    for node in g.node:
+        # Named per node that owns the subgraphs, counted at any depth (If in a Loop...).
+        nested = sum(_constants_in(sub) for sub in subgraphs(node))
+        if nested:
+            skipped.append(
+                (
+                    node.name or node.output[0],
+                    f"{nested} Constant node(s) inside its {node.op_type} subgraphs left as "
+                    "nodes (only top-level Constants become initializers)",
+                )
+            )
+    if not new_inits:
+        return 0, skipped
+    del g.node[:]
+    g.node.extend(keep)
+    g.initializer.extend(new_inits)
+    if model.ir_version < 4:
+        # Before IR 4 every initializer must also be declared as a graph input.
+        for t in new_inits:
+            g.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    return len(new_inits), skipped
+
+
+def _constants_in(graph: onnx.GraphProto) -> int:
+    return sum(
+        (n.op_type == "Constant") + sum(_constants_in(sub) for sub in subgraphs(n))
+        for n in graph.node
+    )
+
+
+def _tensor(node: onnx.NodeProto, value) -> onnx.TensorProto:
+    for a in node.attribute:
+        if a.name == "value":
+            # Copy the proto itself: keeps dtype (bfloat16, float8...) and raw bytes exactly.
+            t = onnx.TensorProto()
+            t.CopyFrom(a.t)
+            return t
+    return numpy_helper.from_array(value)

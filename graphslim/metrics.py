@@ -144,7 +144,7 @@ def _vi_shape(vi: onnx.ValueInfoProto) -> Shape | None:
     return tuple(out)
 
 
-def _static(shape: Shape | None) -> bool:
+def is_static(shape: Shape | None) -> bool:
     return shape is not None and all(isinstance(d, int) and d >= 0 for d in shape)
 
 
@@ -158,14 +158,14 @@ def node_costs(
         name
         for n in wanted
         for name in list(n.input[:2]) + [n.output[0]]
-        if name and not _static(shapes.get(name))
+        if name and not is_static(shapes.get(name))
     ]
     if missing:
-        shapes.update(_runtime_shapes(model, missing, input_shapes))
-    return [_cost(n, shapes) for n in wanted]
+        shapes.update(runtime_shapes(model, missing, input_shapes))
+    return [node_cost(n, shapes) for n in wanted]
 
 
-def _runtime_shapes(
+def runtime_shapes(
     model: onnx.ModelProto, names: list[str], input_shapes: dict[str, tuple[int, ...]] | None
 ) -> dict[str, Shape]:
     """Shapes by running the model once in onnxruntime with the tensors as extra outputs."""
@@ -187,23 +187,23 @@ def _runtime_shapes(
     return {k: tuple(np.asarray(v).shape) for k, v in values.items()}
 
 
-def _cost(node: onnx.NodeProto, shapes: dict[str, Shape]) -> NodeCost:
+def node_cost(node: onnx.NodeProto, shapes: dict[str, Shape]) -> NodeCost:
     op = node.op_type
     x = shapes.get(node.input[0])
     w = shapes.get(node.input[1]) if len(node.input) > 1 else None
     y = shapes.get(node.output[0])
     macs: int | None = None
     kind = ""
-    if op == "Conv" and _static(y) and _static(w):
+    if op == "Conv" and is_static(y) and is_static(w):
         macs = math.prod(y) * math.prod(w[1:])
         kind = _conv_kind(node, w)
-    elif op == "ConvTranspose" and _static(x) and _static(w):
+    elif op == "ConvTranspose" and is_static(x) and is_static(w):
         macs = math.prod(x) * math.prod(w[1:])
         kind = _conv_kind(node, w)
-    elif op == "Gemm" and _static(y) and _static(x):
+    elif op == "Gemm" and is_static(y) and is_static(x):
         k = x[0] if attr(node, "transA", 0) else x[1]
         macs = math.prod(y) * k
-    elif op == "MatMul" and _static(y) and _static(x):
+    elif op == "MatMul" and is_static(y) and is_static(x):
         macs = math.prod(y) * x[-1] if len(x) >= 1 else None
     return NodeCost(node.name or node.output[0], op, macs, kind, y)
 

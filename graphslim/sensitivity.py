@@ -50,7 +50,10 @@ import onnx
 
 from graphslim import graph as G
 from graphslim.channels import ChannelGraph, analyze
-from graphslim.metrics import COMPUTE_OPS, _cost
+from graphslim.metrics import COMPUTE_OPS, node_cost
+from graphslim.pruning.canonical import canonical_copy
+from graphslim.pruning.options import PruneOptions
+from graphslim.pruning.plan import prune_at
 from graphslim.validate import compare_outputs
 
 log = logging.getLogger(__name__)
@@ -179,7 +182,7 @@ def node_sizes(cg: ChannelGraph) -> dict[str, float]:
     for node in cg.model.graph.node:
         name = node.name or node.output[0]
         if node.op_type in COMPUTE_OPS:
-            sizes[name] = float(_cost(node, cg.shapes).macs or 0)
+            sizes[name] = float(node_cost(node, cg.shapes).macs or 0)
         else:
             shape = cg.shape(node.output[0]) if node.output else None
             sizes[name] = float(math.prod(shape)) if shape is not None else 0.0
@@ -325,19 +328,17 @@ def latency_model(
 
 
 def _pruner(prune_options: dict, seed: int, feeds, input_shapes):
-    """prune(model, overrides, ratio) -> pruned copy (or None when nothing was removed),
-    through the registry (graphslim never imports passes)."""
+    """prune(model, overrides, ratio) -> (pruned copy or None when nothing was removed,
+    counters), by the pruning library with ``prune_options`` (PruneOptions fields)."""
     from graphslim.contract import PassContext
-    from graphslim.registry import get_pass
-
-    cls = get_pass("prune-channels")
 
     def prune(model: onnx.ModelProto, overrides: dict[str, float], ratio: float = 0.0):
-        copy = onnx.ModelProto()
-        copy.CopyFrom(model)
-        p = cls(**(prune_options | {"ratio": ratio, "overrides": overrides}))
+        options = PruneOptions(**(prune_options | {"ratio": ratio, "overrides": overrides}))
+        options.validate()
         ctx = PassContext(seed=seed, feeds=feeds, input_shapes=input_shapes)
-        r = p(copy, ctx)
+        work = onnx.ModelProto()
+        work.CopyFrom(model)  # measure() hands it the canonical model
+        r = prune_at(work, options, ctx)
         return (r.model, r.counters) if r.modified else (None, r.counters)
 
     return prune
@@ -375,6 +376,8 @@ def measure(
     opts = dict(prune_options or {})
     exclude = tuple(opts.get("exclude", ()))
     prune = _pruner(opts, seed, calib, input_shapes)
+    # Groups as the pruner sees them (Identity-read and Constant weights seen through).
+    model, _ = canonical_copy(model)
     cg = analyze(model, input_shapes)
     base_sizes = node_sizes(cg)
     compute = {n.name or n.output[0] for n in cg.model.graph.node if n.op_type in COMPUTE_OPS}

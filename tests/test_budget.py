@@ -10,9 +10,9 @@ import pytest
 from graphslim.contract import PassContext
 from graphslim.errors import OptionsError
 from graphslim.feeds import random_feeds
+from graphslim.pruning import budget
+from graphslim.pruning.options import parse_budget
 from graphslim.runtime import run_model
-from passes import _prune_budget
-from passes._prune_budget import parse_budget
 from passes.prune_channels import PruneChannels
 
 TINY_YOLO = Path(__file__).resolve().parents[1] / "fixtures" / "tiny_yolo.onnx"
@@ -69,7 +69,7 @@ def test_greedy_prunes_insensitive_groups_first(model, ctx):
     the counts per ratio the pass reports follow from the curves and the threshold."""
     opts = dict(budget="macs=0.7", budget_ratios=(0.5, 0.75), round_to=1)
     r = PruneChannels(**opts)(copy(model), ctx)
-    sens = _prune_budget.sensitivity(model, ctx, PruneChannels(**opts).options)
+    sens = budget.sensitivity(model, ctx, PruneChannels(**opts).options)
     t = r.counters["budget_error_threshold"]
     chosen = [max([0.0] + [x for x in sens.ratios if g.error(x) <= t]) for g in sens.groups]
     for x in sens.ratios:
@@ -83,8 +83,8 @@ def test_greedy_prunes_insensitive_groups_first(model, ctx):
 
 def test_sensitivity_cached_in_ctx(model, monkeypatch):
     calls = []
-    real = _prune_budget.measure
-    monkeypatch.setattr(_prune_budget, "measure", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = budget.measure
+    monkeypatch.setattr(budget, "measure", lambda *a, **k: calls.append(1) or real(*a, **k))
     ctx = PassContext(seed=0)
     opts = dict(budget="macs=0.6", budget_ratios=(0.5,), round_to=1)
     PruneChannels(**opts)(copy(model), ctx)
@@ -134,7 +134,7 @@ def test_latency_check_aims_lower_when_measured_misses(monkeypatch):
         p = 0.5 if aim is None else aim
         return {0: p}, {"budget_predicted": p, "budget_reached": 1}
 
-    chosen, info = _prune_budget.check_latency(
+    chosen, info = budget.check_latency(
         None, "latency=0.5", search, lambda ratios: ratios[0], {}, rounds=4
     )
     assert aims[0] is None and aims[1] == pytest.approx(0.5 * 0.5 * 0.97 / 0.8)
@@ -153,7 +153,7 @@ def test_latency_check_secant_through_an_offset(monkeypatch):
         p = 0.5 if aim is None else aim
         return {0: p}, {"budget_predicted": p}
 
-    chosen, info = _prune_budget.check_latency(
+    chosen, info = budget.check_latency(
         None, "latency=0.5", search, lambda ratios: ratios[0], {}, rounds=5
     )
     assert info["budget_reached"] == 1 and info["budget_checks"] == 3
@@ -170,7 +170,7 @@ def test_latency_check_returns_fastest_when_budget_not_met(monkeypatch):
 
     latency = {0: 0.9, 1: 0.7, 2: 0.75}
     _fake_timings(monkeypatch, lambda k: latency[k])
-    chosen, info = _prune_budget.check_latency(
+    chosen, info = budget.check_latency(
         None, "latency=0.5", search, lambda ratios: ratios[0], {}, rounds=3
     )
     assert chosen == {0: 1} and info["budget_reached"] == 0

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from graphslim import graph as G
@@ -329,8 +330,32 @@ def test_dynamic_batch_shapes_are_resolved(monkeypatch):
     def no_run(*args):
         raise AssertionError("shapes should not need an onnxruntime run")
 
-    monkeypatch.setattr(graphslim.metrics, "_runtime_shapes", no_run)
+    monkeypatch.setattr(graphslim.metrics, "runtime_shapes", no_run)
     cg = analyze(_fixture("dynamic_batch"))
     assert cg.shape("/stem/conv/Conv_output_0") == (1, 16, 16, 16)
     assert sum(g.macs for g in cg.groups) > 0
     assert "run simplify with fixed input shapes" in _group(cg, "/layer1/conv/Conv").frozen
+
+
+def test_register_op_gives_an_unknown_op_a_handler(monkeypatch):
+    """Shrink has no built-in rule (it freezes its input's channels); registering a
+    pass-through handler for it makes the group prunable, and pruning stays exact."""
+    from graphslim.channels import register_op, rules
+
+    inits: dict = {}
+    nodes = [
+        _conv("x", "a", "c1", 3, 16, inits, k=3),
+        helper.make_node("Shrink", ["a"], ["s"], name="shrink", lambd=0.1),
+        _conv("s", "y", "c2", 16, 4, inits),
+    ]
+    model = _model(nodes, [_vi("x", [1, 3, 8, 8])], [_vi("y", [1, 4, 8, 8])], inits)
+    assert "Shrink (shrink) has no channel rule" in _group(analyze(model), "c1").frozen
+
+    monkeypatch.setattr(rules, "HANDLERS", dict(rules.HANDLERS))
+    register_op("Shrink", rules.handler_for("Relu").rule)
+    assert _group(analyze(model), "c1").frozen is None
+    _prune_and_check(model, ratio=0.5, round_to=1)
+    with pytest.raises(ValueError, match="already has a channel handler"):
+        register_op("Shrink", rules.handler_for("Relu").rule)
+    with pytest.raises(TypeError):
+        register_op("Foo", "not callable")

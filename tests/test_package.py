@@ -29,3 +29,52 @@ def test_builtin_passes_are_entry_points():
         "simplify",
         "prune-channels",
     } <= names
+
+
+def _import_graph():
+    """Project modules and the project modules each imports, read from the source (every
+    import statement, at module level or inside a function; not ``if TYPE_CHECKING:``)."""
+    import ast
+    from pathlib import Path
+
+    import networkx as nx
+
+    root = Path(__file__).resolve().parents[1]
+    files = [*root.glob("graphslim/**/*.py"), *root.glob("passes/*.py"), root / "cli.py"]
+    mods = {}
+    for path in files:
+        parts = list(path.relative_to(root).with_suffix("").parts)
+        mods[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+
+    def imported(tree):
+        for node in ast.iter_child_nodes(tree):
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                continue  # typing only: never executed
+            if isinstance(node, ast.Import):
+                yield from (a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                yield from (f"{node.module}.{a.name}" for a in node.names)
+            else:
+                yield from imported(node)
+
+    graph = nx.DiGraph()
+    for name, path in mods.items():
+        graph.add_node(name)
+        for target in imported(ast.parse(path.read_text(encoding="utf-8"))):
+            while target and target not in mods:  # `from pkg import name` -> pkg
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                graph.add_edge(name, target)
+    return graph
+
+
+def test_no_import_cycles():
+    import networkx as nx
+
+    graph = _import_graph()
+    assert "graphslim.pruning.prune" in graph and "graphslim.sensitivity" in graph
+    assert list(nx.simple_cycles(graph)) == []
+    # Dependency direction: cli -> passes -> graphslim, never back.
+    for src, dst in graph.edges:
+        if src.startswith("graphslim"):
+            assert not dst.startswith(("passes", "cli")), f"{src} imports {dst}"

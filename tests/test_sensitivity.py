@@ -14,7 +14,7 @@ import cli
 from graphslim import sensitivity as S
 from graphslim.channels import analyze
 from graphslim.feeds import random_feeds
-from passes._prune_select import estimate_macs
+from graphslim.pruning.select import estimate_macs
 
 TINY_YOLO = Path(__file__).resolve().parents[1] / "fixtures" / "tiny_yolo.onnx"
 

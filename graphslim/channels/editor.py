@@ -9,7 +9,7 @@ import onnx
 from onnx import numpy_helper
 
 from graphslim import graph as G
-from graphslim.channels.rules import APPLY, node_name
+from graphslim.channels.rules import handler_for, node_name
 
 
 class Editor:
@@ -55,7 +55,7 @@ class Editor:
         operands): edited in place when only this node reads it, else a private copy."""
         name = node.input[k]
         t = self._inits.get(name) if name else None
-        dtype = _dtype(t) if t is not None else np.asarray(value).dtype
+        dtype = tensor_dtype(t) if t is not None else np.asarray(value).dtype
         array = np.asarray(value, dtype=dtype)
         if t is not None and self._uses(name) == 1:
             t.CopyFrom(numpy_helper.from_array(array, name))
@@ -71,7 +71,7 @@ class Editor:
 
     def apply(self) -> None:
         for node in list(self.model.graph.node):
-            fn = APPLY.get(node.op_type)
+            fn = handler_for(node.op_type).apply
             if fn is not None:
                 fn(node, self.cg, self)
         self._write_slices()
@@ -101,5 +101,5 @@ class Editor:
                         node.input[k] = new
 
 
-def _dtype(t: onnx.TensorProto) -> np.dtype:
+def tensor_dtype(t: onnx.TensorProto) -> np.dtype:
     return onnx.helper.tensor_dtype_to_np_dtype(t.data_type)

@@ -1,34 +1,85 @@
-"""Per-op channel rules: how each op moves, joins or freezes channel atoms (``RULES``) and
-how it is edited once classes are removed (``APPLY``). One function per op family, in the
-spirit of Torch-Pruning's per-op handlers; see :mod:`graphslim.channels` for the model."""
+"""Per-op channel handlers: how each op moves, joins or freezes channel atoms (its *rule*)
+and how it is edited once classes are removed (its *apply*), one :class:`OpHandler` per op
+type, in the spirit of Torch-Pruning's per-op pruning functions. See
+:mod:`graphslim.channels` for the model.
+
+Custom or unusual ops get a handler through :func:`register_op` (Torch-Pruning's
+``register_customized_layer``); an op with no handler freezes every channel it touches, with
+the reason recorded.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 
 from graphslim import graph as G
+from graphslim.channels.model import Source
 
 if TYPE_CHECKING:
-    from graphslim.channels import ChannelGraph
     from graphslim.channels.editor import Editor
+    from graphslim.channels.model import ChannelGraph
 
 INT_MAX = 2**62
 
 
 Rule = Callable[[onnx.NodeProto, "ChannelGraph"], None]
-RULES: dict[str, Rule] = {}
-APPLY: dict[str, Callable[[onnx.NodeProto, ChannelGraph, Editor], None]] = {}
+Apply = Callable[[onnx.NodeProto, "ChannelGraph", "Editor"], None]
 
 
+@dataclass(frozen=True)
+class OpHandler:
+    """One op type's channel handling: ``rule(node, cg)`` sets the channel slots of the
+    node's outputs from its inputs' (or joins / freezes atoms); ``apply(node, cg, editor)``
+    slices its constants once the removed classes are known (None: nothing to edit, the op
+    only passes channels through)."""
+
+    rule: Rule
+    apply: Apply | None = None
+
+
+HANDLERS: dict[str, OpHandler] = {}
+
+
+def register_op(
+    op_types: str | tuple[str, ...] | list[str],
+    rule: Rule,
+    apply: Apply | None = None,
+    *,
+    replace: bool = False,
+) -> None:
+    """Give ``op_types`` (ONNX op type names) a channel handler.
+
+    Raises ``ValueError`` when one already has a handler and ``replace`` is false (a second
+    registration by mistake would silently change how a built-in op prunes), and ``TypeError``
+    when ``rule`` / ``apply`` are not callables.
+    """
+    if isinstance(op_types, str):
+        op_types = (op_types,)
+    if not callable(rule) or (apply is not None and not callable(apply)):
+        raise TypeError("register_op: rule and apply must be callables")
+    for op in op_types:
+        if op in HANDLERS and not replace:
+            raise ValueError(f"register_op: {op} already has a channel handler (replace=True)")
+        HANDLERS[op] = OpHandler(rule, apply)
+
+
+def handler_for(op_type: str) -> OpHandler:
+    """The op's handler, or one that freezes its inputs (an op with no channel rule)."""
+    return HANDLERS.get(op_type) or _NO_HANDLER
+
+
+# The built-in handlers below are written as a rule function and an apply function side by
+# side; these two decorators pair them up in HANDLERS.
 def rule(*ops: str):
     def deco(fn):
         for op in ops:
-            RULES[op] = fn
+            HANDLERS[op] = OpHandler(fn, HANDLERS[op].apply if op in HANDLERS else None)
         return fn
 
     return deco
@@ -37,7 +88,7 @@ def rule(*ops: str):
 def applies(*ops: str):
     def deco(fn):
         for op in ops:
-            APPLY[op] = fn
+            HANDLERS[op] = OpHandler(HANDLERS[op].rule, fn)  # its rule comes first
         return fn
 
     return deco
@@ -49,6 +100,9 @@ def node_name(node: onnx.NodeProto) -> str:
 
 def no_rule(node: onnx.NodeProto, cg: ChannelGraph) -> None:
     cg.freeze_inputs(node, f"{node.op_type} ({node_name(node)}) has no channel rule")
+
+
+_NO_HANDLER = OpHandler(no_rule)
 
 
 PASS_THROUGH = (
@@ -571,8 +625,6 @@ def _source(node, cg, channels: int, axis: int = 1) -> None:
     for o, a in enumerate(atoms):
         cg.atom_source[a] = (node_name(node), o)
     cg.set_slot(node.output[0], axis, atoms)
-    from graphslim.channels import Source
-
     cg.sources[node_name(node)] = Source(node_name(node), node.op_type, node.output[0], channels)
 
 

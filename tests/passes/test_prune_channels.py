@@ -509,11 +509,80 @@ def test_grouped_conv_freezes_its_input_group(harness):
     )
 
 
-def test_constant_node_weights_are_declined_with_a_hint(harness):
-    result = harness.check_noop(PruneChannels(ratio=0.5), harness.fixture("constant_weights"))
-    reasons = dict(result.skipped)
-    assert set(reasons) == {"/conv1/conv/Conv", "/conv2/conv/Conv", "/head/fc/Gemm"}
-    assert "run constants-to-initializers" in reasons["/conv1/conv/Conv"]
+def _same_as_after(harness, model, prepare, **options):
+    """Pruning ``model`` as exported gives the very model that pruning it after the exact
+    ``prepare`` pass gives (the pass sees through what ``prepare`` removes)."""
+    options.setdefault("compensate", False)
+    original, plain = prune(harness, model, **options)
+    prepared = prepare(copy.deepcopy(model), PassContext()).model
+    _, reference = prune(harness, prepared, **options)
+    assert plain.modified and reference.modified
+    assert plain.counters["channels_removed"] == reference.counters["channels_removed"] > 0
+    cmp = compare(reference.model, plain.model, _feeds(original), [Tolerance("max-abs", 0.0)])
+    assert cmp.passed, cmp.failure_summary()
+    return original, plain
+
+
+def test_constant_node_weights_are_pruned_as_initializers(harness):
+    from passes.constants_to_initializers import ConstantsToInitializers
+
+    model = harness.fixture("constant_weights")
+    original, result = _same_as_after(harness, model, ConstantsToInitializers(), ratio=0.5)
+    assert result.counters["canonical_constants_converted"] > 0
+    assert macs(result.model) < 0.5 * macs(original)
+    assert not any("Constant" in why for _, why in result.skipped)
+
+
+def test_deduplicated_biases_behind_identity_are_pruned(harness):
+    """Plain torch.onnx export: one zero bias initializer read by every Conv through its own
+    Identity (the pattern that froze every group: 'bias is not an initializer')."""
+    from passes.cleanup import Cleanup
+
+    model = harness.fixture("dedup_identity")
+    # As exported, the three Convs are not even sources: their bias is an Identity's output.
+    assert [g.sources for g in analyze(model).groups] == [["/head/conv/Conv"]]
+    original, result = _same_as_after(harness, model, Cleanup(), ratio=0.5)
+    assert result.counters["canonical_identities_bypassed"] == 3
+    assert result.counters["groups_pruned"] == 3
+    assert macs(result.model) / macs(original) < 0.35
+    assert "macs_missed" not in result.counters
+
+
+def test_input_model_is_not_edited_by_canonicalization(harness):
+    model = harness.fixture("dedup_identity")
+    before = model.SerializeToString(deterministic=True)
+    PruneChannels(ratio=0.5)(model, PassContext())
+    assert model.SerializeToString(deterministic=True) == before
+
+
+def _lrn_net(harness) -> onnx.ModelProto:
+    """conv1 -> LRN (no channel rule: freezes conv1's group, most of the MACs) -> conv2 -> out."""
+    net = Net()
+    t = net.add("LRN", [net.conv("x", "c1", 3, 64)], "lrn", size=3)
+    t = net.relu(net.conv(t, "c2", 64, 16), "c2/act")
+    y = net.conv(t, "c3", 16, 4, 1)
+    return net.model(harness, {y: [1, 4, 8, 8]})
+
+
+def test_a_missed_target_is_reported_with_its_freeze_reasons(harness):
+    original, result = prune(harness, _lrn_net(harness), ratio=0.5, round_to=1)
+    assert result.modified
+    assert 0.25 < result.counters["macs_asked"] < 0.5  # c1 reads the input: one side only
+    assert result.counters["macs_reached"] > result.counters["macs_asked"] * 1.1
+    assert result.counters["macs_missed"] == 1
+    assert any("LRN has no channel rule (" in n and "of the MACs" in n for n in result.notes)
+    assert result.details[0]["freeze_reason"] == "LRN has no channel rule"
+
+
+def test_strict_makes_a_missed_target_an_error(harness):
+    from graphslim.errors import PreconditionError
+
+    model = _lrn_net(harness)
+    with pytest.raises(
+        PreconditionError,
+        match=r"reached .* of the MACs, asked 0\.\d+: frozen groups hold \d+% of the MACs: LRN",
+    ):
+        PruneChannels(ratio=0.5, round_to=1, strict=True)(copy.deepcopy(model), PassContext())
 
 
 @pytest.mark.parametrize("mult", [1, 2])
@@ -891,8 +960,9 @@ def test_reconstruct_lowers_the_error(harness, name):
     _, plain = prune(harness, model, PassContext(feeds=feeds), **opts)
     _, refit = prune(harness, model, PassContext(feeds=feeds), reconstruct=True, **opts)
     assert refit.counters["layers_reconstructed"] >= 1
-    assert len(refit.notes) == refit.counters["layers_reconstructed"]
-    for note in refit.notes:
+    refits = [n for n in refit.notes if n.startswith("reconstruct ")]
+    assert len(refits) == refit.counters["layers_reconstructed"]
+    for note in refits:
         m = re.fullmatch(r"reconstruct (\S+): rel error ([\d.]+) -> ([\d.]+)", note)
         assert m, note
         assert float(m[3]) <= float(m[2])

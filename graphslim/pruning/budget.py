@@ -31,41 +31,27 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 from collections.abc import Callable
 
 from graphslim.channels import ChannelGraph, ChannelGroup
 from graphslim.contract import PassContext
+from graphslim.pruning.options import PruneOptions, parse_budget
+from graphslim.pruning.select import estimate_macs
 from graphslim.sensitivity import Sensitivity, measure, node_fractions
-from passes._prune_select import estimate_macs
 
 log = logging.getLogger(__name__)
 
-_BUDGET = re.compile(r"^\s*(latency|macs)\s*[=:]\s*([0-9.]+)\s*$")
 
-
-def parse_budget(text: str) -> tuple[str, float]:
-    """``latency=0.5`` / ``macs=0.4`` -> (kind, fraction of the original)."""
-    m = _BUDGET.match(text)
-    if not m:
-        raise ValueError(f"bad budget {text!r}: write latency=0.5 or macs=0.5")
-    value = float(m.group(2))
-    if not 0.05 <= value <= 1.0:
-        raise ValueError(f"budget {text!r}: the fraction must be in [0.05, 1]")
-    return m.group(1), value
-
-
-def sensitivity(model, ctx: PassContext, options) -> Sensitivity:
+def sensitivity(model, ctx: PassContext, options: PruneOptions) -> Sensitivity:
     """The curves for ``model`` with these pruning options, cached in ``ctx.cache``."""
-    prune = {
+    prune = {  # measure what the pass will do
         "importance": options.importance,
         "round_to": options.round_to,
         "min_channels": options.min_channels,
         "exclude": tuple(options.exclude),
         "remove_dead": options.remove_dead,
+        "compensate": options.compensate,
     }
-    if hasattr(options, "compensate"):  # measure what the pass will do
-        prune["compensate"] = options.compensate
     # The model's bytes are part of the key: a context may see several models.
     digest = hashlib.sha1(model.SerializeToString(deterministic=True)).hexdigest()
     key = f"prune-channels/sensitivity/{digest}/{sorted(prune.items())}/{options.budget_ratios}"

@@ -13,7 +13,7 @@ from onnx import numpy_helper
 from graphslim import graph as G
 from graphslim.channels import ChannelGraph, ChannelGroup
 from graphslim.contract import PassContext
-from graphslim.metrics import COMPUTE_OPS, _cost
+from graphslim.metrics import COMPUTE_OPS, node_cost
 
 
 def _nodes_by_name(cg: ChannelGraph) -> dict[str, onnx.NodeProto]:
@@ -295,7 +295,7 @@ def estimate_macs(cg: ChannelGraph, removed: set[int]) -> int:
     for node in cg.model.graph.node:
         if node.op_type not in COMPUTE_OPS:
             continue
-        macs = _cost(node, cg.shapes).macs or 0
+        macs = node_cost(node, cg.shapes).macs or 0
         f = 1.0
         depthwise = node.op_type == "Conv" and G.attr(node, "group", 1) > 1
         for t in (node.output[0],) if depthwise else (node.input[0], node.output[0]):

@@ -1,4 +1,4 @@
-"""prune-channels ``reconstruct``: least-squares refit of the Convs that lost input channels.
+"""Compensation and ``reconstruct`` after pruning: least-squares refit of the Convs that lost input channels.
 
 For a Conv ``y = W * x + b`` whose input lost channels, with ``Y`` its output in the
 *unpruned* model and ``X'`` its (pruned) input in the pruned model, both on the same feeds,
@@ -25,7 +25,7 @@ from onnx import numpy_helper
 
 from graphslim import graph as G
 from graphslim.channels import ChannelGraph
-from graphslim.channels.editor import _dtype
+from graphslim.channels.editor import tensor_dtype
 from graphslim.contract import PassContext
 from graphslim.runtime import Session, with_outputs
 
@@ -135,7 +135,9 @@ def _refit_one(layer: dict, xs, inits, ctx: PassContext, max_samples: int) -> di
     new = np.linalg.solve(gram + ridge * np.eye(gram.shape[0]), rhs).T
     after = _rel(patches @ new.T, target)
     if after < before:
-        w_t.CopyFrom(numpy_helper.from_array(new.reshape(w.shape).astype(_dtype(w_t)), w_t.name))
+        w_t.CopyFrom(
+            numpy_helper.from_array(new.reshape(w.shape).astype(tensor_dtype(w_t)), w_t.name)
+        )
     return {"node": node.name or node.output[0], "before": before, "after": min(after, before)}
 
 
@@ -236,7 +238,7 @@ def apply_compensation(
         if keep is not None:
             delta = delta[keep]
         w_t = inits[node.input[1]]
-        dtype = _dtype(w_t)
+        dtype = tensor_dtype(w_t)
         name = node.input[2] if len(node.input) > 2 and node.input[2] else ""
         if name and uses.get(name, 0) == 1:
             b = numpy_helper.to_array(inits[name]).astype(np.float64) + delta
