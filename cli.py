@@ -90,6 +90,27 @@ def _shapes(text: str | None):
     return parse_shape_overrides(text) if text else None
 
 
+def _concrete_shapes(model, text: str | None, pipeline=None):
+    """Shapes for feeds and analyses (graphslim.feeds.concrete_shapes); a guess is said."""
+    from graphslim.feeds import concrete_shapes
+
+    shapes, note = concrete_shapes(model, _shapes(text), pipeline)
+    if note:
+        err.print(f"graphslim: {note}")
+    return shapes
+
+
+def _pipeline_shapes(pipe) -> dict | None:
+    """What the pipeline's own fix-input-shapes passes set (the last one wins)."""
+    from graphslim.feeds import parse_shape_overrides
+
+    found: dict = {}
+    for p in pipe.passes:
+        if p.name == "fix-input-shapes":
+            found |= parse_shape_overrides(p.options.shapes)
+    return found or None
+
+
 def _tolerances(items: list[str] | None):
     from graphslim.validate import Tolerance
 
@@ -213,7 +234,7 @@ def run(
     _check_json_path(json_path, model, output)
     pipe = Pipeline.parse(pipeline) if pipeline is not None else Pipeline.from_toml(pipeline_file)
     m = load_model(model)
-    shapes = _shapes(input_shape)
+    shapes = _concrete_shapes(m, input_shape, _pipeline_shapes(pipe))
     fed = _feeds(
         feeds, m, count=count, seed=seed, shapes=shapes, preprocess=preprocess, limit=limit
     )
@@ -455,7 +476,7 @@ def validate(
         a,
         count=count,
         seed=seed,
-        shapes=_shapes(input_shape),
+        shapes=_concrete_shapes(a, input_shape),
         preprocess=preprocess,
         limit=limit,
     )

@@ -159,11 +159,12 @@ def parse_shape_overrides(text: str) -> dict[str, tuple[int, ...]]:
 
 
 def _shape_template(spec: InputSpec, prefix: Sequence[int] = ()) -> str:
-    """``name:1,3,height,width``: known leading dims, then the model's names for the rest."""
+    """A concrete example, ``name:1,3,640,640``: known leading and static dims, then
+    :data:`GUESS_SPATIAL` for each symbolic or unknown one."""
     out = [str(d) for d in prefix]
-    for i, d in enumerate((spec.shape or ())[len(prefix) :], start=len(prefix)):
-        out.append(str(d) if isinstance(d, int | str) else f"d{i}")
-    return f"{spec.name}:{','.join(out) if out else 'd0,d1,...'}"
+    for d in (spec.shape or ())[len(prefix) :]:
+        out.append(str(d) if isinstance(d, int) else str(GUESS_SPATIAL))
+    return f"{spec.name}:{','.join(out) if out else '1,3,640,640'}"
 
 
 def _check_override_names(specs: Sequence[InputSpec], shapes: Mapping[str, Any]) -> None:
@@ -240,6 +241,67 @@ def resolve_shapes(
                 )
         resolved[spec.name] = tuple(dims)
     return resolved
+
+
+GUESS_SPATIAL = 640
+"""Spatial size guessed for a symbolic height/width when nothing else says (the YOLO default)."""
+
+
+def concrete_shapes(
+    model: onnx.ModelProto,
+    given: Mapping[str, Sequence[int]] | None = None,
+    pipeline: Mapping[str, Sequence[int]] | None = None,
+) -> tuple[dict[str, tuple[int, ...]] | None, str | None]:
+    """Concrete input shapes for feeds and analyses of a model with symbolic dims, and a
+    one-line note when they were guessed.
+
+    Sources, first that has an input wins: ``pipeline`` (the pipeline's own
+    ``fix-input-shapes``), ``given`` (``--input-shape``), the model's metadata (ultralytics
+    writes ``imgsz`` = ``[640, 640]``: the last two dims of a rank-4 input), else a guess
+    (batch 1, other symbolic dims :data:`GUESS_SPATIAL`) that the note states. A static
+    model gives ``(given or None, None)``. Only feeds and analyses use these shapes: the
+    written model keeps its symbolic dims unless ``fix-input-shapes`` says otherwise.
+    """
+    shapes = {k: tuple(int(d) for d in v) for k, v in {**(given or {}), **(pipeline or {})}.items()}
+    specs = input_specs(model)
+    imgsz = _metadata_imgsz(model)
+    guessed = []
+    for spec in specs:
+        if spec.name in shapes or spec.is_static or spec.shape is None:
+            continue
+        dims = []
+        for axis, d in enumerate(spec.shape):
+            if isinstance(d, int):
+                dims.append(d)
+            elif axis == 0:
+                dims.append(1)
+            elif imgsz is not None and len(spec.shape) == 4 and axis >= 2:
+                dims.append(imgsz[axis - 2])
+            else:
+                dims.append(GUESS_SPATIAL)
+                guessed.append(spec.name)
+        shapes[spec.name] = tuple(dims)
+    note = None
+    if guessed:
+        names = sorted(set(guessed))
+        fixed = "; ".join(f"{n}:{','.join(map(str, shapes[n]))}" for n in names)
+        note = (
+            f"symbolic input dims: using {fixed} for feeds and analyses "
+            f"(choose with --input-shape {names[0]}:{','.join(map(str, shapes[names[0]]))})"
+        )
+    return (shapes or None), note
+
+
+def _metadata_imgsz(model: onnx.ModelProto) -> tuple[int, int] | None:
+    """ultralytics' ``imgsz`` metadata (``[640, 640]`` or ``640``) as (height, width)."""
+    for prop in model.metadata_props:
+        if prop.key == "imgsz":
+            nums = [int(x) for x in re.findall(r"\d+", prop.value)]
+            if len(nums) == 1:
+                return nums[0], nums[0]
+            if len(nums) == 2:
+                return nums[0], nums[1]
+    return None
 
 
 # ----------------------------------------------------------------------------- random

@@ -540,3 +540,50 @@ def test_run_task_gate_stops_or_rolls_back(monkeypatch, capsys, model, tmp_path)
     assert [p["rolled_back"] for p in report["passes"]] == [False, True]
     assert report["task"]["metrics"]["map50"] == 1.0
     assert report["final"]["macs"] == report["initial"]["macs"]
+
+
+def _symbolic_hw_model(path: Path) -> Path:
+    """x[batch,3,height,width] -> 1x1 Conv -> Relu: dims only a user can choose."""
+    from onnx import TensorProto, helper
+
+    w = numpy_helper.from_array(np.ones((4, 3, 1, 1), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Relu", ["c"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, "height", "width"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4, "height", "width"])],
+        initializer=[w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.save_model(model, path)
+    return path
+
+
+def _dims(path: Path) -> list:
+    dims = onnx.load_model(path).graph.input[0].type.tensor_type.shape.dim
+    return [d.dim_param or d.dim_value for d in dims]
+
+
+def test_run_on_symbolic_dims_needs_no_input_shape(monkeypatch, capsys, tmp_path):
+    src = _symbolic_hw_model(tmp_path / "dyn.onnx")
+    out = tmp_path / "out.onnx"
+    code, _, err = main(monkeypatch, capsys, "run", str(src), "-P", "cleanup", "-o", str(out))
+    assert code == 0, err
+    assert "using x:1,3,640,640" in err  # the guess is said, in one line
+    assert _dims(out) == ["batch", 3, "height", "width"]  # the written model stays symbolic
+
+
+def test_run_takes_shapes_from_its_own_fix_input_shapes(monkeypatch, capsys, tmp_path):
+    src = _symbolic_hw_model(tmp_path / "dyn.onnx")
+    out = tmp_path / "out.onnx"
+    pipe = "fix-input-shapes{shapes=x:1,3,32,32},cleanup"
+    code, _, err = main(monkeypatch, capsys, "run", str(src), "-P", pipe, "-o", str(out))
+    assert code == 0, err
+    assert "using" not in err  # nothing guessed
+    assert _dims(out) == [1, 3, 32, 32]
+
+
+def test_validate_on_symbolic_dims(monkeypatch, capsys, tmp_path):
+    src = _symbolic_hw_model(tmp_path / "dyn.onnx")
+    code, _, err = main(monkeypatch, capsys, "validate", str(src), str(src))
+    assert code == 0, err

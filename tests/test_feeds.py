@@ -42,14 +42,18 @@ def identity_model(*inputs: tuple[str, int, list]) -> onnx.ModelProto:
 def conv_model(shape: list, channels: int = 3) -> onnx.ModelProto:
     """x[N,C,H,W] -> Conv 1x1 to 4 channels; the weight is also listed as a graph input."""
     weight = helper.make_tensor(
-        "w", TensorProto.FLOAT, [4, channels, 1, 1],
+        "w",
+        TensorProto.FLOAT,
+        [4, channels, 1, 1],
         np.arange(4 * channels, dtype=np.float32).tolist(),
     )
     graph = helper.make_graph(
         [helper.make_node("Conv", ["x", "w"], ["y"])],
         "conv",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape),
-         helper.make_tensor_value_info("w", TensorProto.FLOAT, [4, channels, 1, 1])],
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, shape),
+            helper.make_tensor_value_info("w", TensorProto.FLOAT, [4, channels, 1, 1]),
+        ],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
         initializer=[weight],
     )
@@ -126,9 +130,30 @@ def test_random_feeds_resolve_batch_and_overrides():
     assert feed["x"].shape == (1, 3, 8, 8)
 
 
+def test_concrete_shapes_order_pipeline_given_metadata_guess():
+    from graphslim.feeds import concrete_shapes
+
+    model = conv_model(["batch", 3, "height", "width"])
+    with pytest.raises(FeedError, match=r"--input-shape x:1,3,640,640 "):  # a concrete example
+        random_feeds(model)
+    shapes, note = concrete_shapes(model)
+    assert shapes == {"x": (1, 3, 640, 640)}
+    assert "using x:1,3,640,640" in note and "--input-shape x:" in note
+    shapes, note = concrete_shapes(model, {"x": (1, 3, 32, 32)})
+    assert shapes == {"x": (1, 3, 32, 32)} and note is None
+    # the pipeline's own fix-input-shapes beats --input-shape
+    shapes, _ = concrete_shapes(model, {"x": (1, 3, 32, 32)}, {"x": (1, 3, 64, 48)})
+    assert shapes == {"x": (1, 3, 64, 48)}
+    onnx.helper.set_model_props(model, {"imgsz": "[320, 256]"})  # ultralytics metadata
+    shapes, note = concrete_shapes(model)
+    assert shapes == {"x": (1, 3, 320, 256)} and note is None
+    assert concrete_shapes(conv_model([1, 3, 8, 8])) == (None, None)
+
+
 def test_random_feeds_share_symbols_between_inputs():
-    model = identity_model(("ids", TensorProto.INT64, ["batch", "seq"]),
-                           ("mask", TensorProto.INT64, ["batch", "seq"]))
+    model = identity_model(
+        ("ids", TensorProto.INT64, ["batch", "seq"]), ("mask", TensorProto.INT64, ["batch", "seq"])
+    )
     (feed,) = random_feeds(model, shapes={"ids": (2, 5)})
     assert feed["mask"].shape == (2, 5)
 
@@ -150,10 +175,8 @@ def test_random_feeds_bad_overrides():
     ("text", "expected"),
     [
         ("images:1,3,640,640", {"images": (1, 3, 640, 640)}),
-        ("images:1,3,640,640;mask:1,1,64,64",
-         {"images": (1, 3, 640, 640), "mask": (1, 1, 64, 64)}),
-        ("images:1,3,640,640 mask:1,1,64,64",
-         {"images": (1, 3, 640, 640), "mask": (1, 1, 64, 64)}),
+        ("images:1,3,640,640;mask:1,1,64,64", {"images": (1, 3, 640, 640), "mask": (1, 1, 64, 64)}),
+        ("images:1,3,640,640 mask:1,1,64,64", {"images": (1, 3, 640, 640), "mask": (1, 1, 64, 64)}),
         ("images: [1, 3, 64, 64];", {"images": (1, 3, 64, 64)}),
         ("x:1x3x32x32", {"x": (1, 3, 32, 32)}),
         ("input:0:1,224,224,3", {"input:0": (1, 224, 224, 3)}),
@@ -164,8 +187,9 @@ def test_parse_shape_overrides_good(text, expected):
     assert parse_shape_overrides(text) == expected
 
 
-@pytest.mark.parametrize("text", ["images", "images:", ":1,2", "images:1,a,3", "x:1,-3",
-                                  "x:1,2;x:1,2", "x:1,,2"])
+@pytest.mark.parametrize(
+    "text", ["images", "images:", ":1,2", "images:1,a,3", "x:1,-3", "x:1,2;x:1,2", "x:1,,2"]
+)
 def test_parse_shape_overrides_bad(text):
     with pytest.raises(FeedError):
         parse_shape_overrides(text)
@@ -175,8 +199,7 @@ def test_parse_shape_overrides_bad(text):
 
 
 def test_npz_round_trip_with_and_without_sample_axis(tmp_path):
-    model = identity_model(("a", TensorProto.FLOAT, ["batch", 3]),
-                           ("b", TensorProto.INT64, [2]))
+    model = identity_model(("a", TensorProto.FLOAT, ["batch", 3]), ("b", TensorProto.INT64, [2]))
     rng = np.random.default_rng(0)
     a = rng.random((4, 1, 3), dtype=np.float32)  # 4 samples of [1, 3]
     b = np.array([5, 6], dtype=np.int64)  # shared by every sample
@@ -247,8 +270,14 @@ def test_preprocess_presets():
 
 def test_preprocess_parse_custom():
     spec = Preprocess.parse("letterbox=640,pad=0,scale=1/255,bgr,nhwc")
-    assert spec == Preprocess(size=(640, 640), resize="letterbox", pad_value=0.0,
-                              scale=1 / 255, channels="BGR", layout="NHWC")
+    assert spec == Preprocess(
+        size=(640, 640),
+        resize="letterbox",
+        pad_value=0.0,
+        scale=1 / 255,
+        channels="BGR",
+        layout="NHWC",
+    )
     spec = Preprocess.parse("resize=224x320,mean=0.485/0.456/0.406,std=0.229/0.224/0.225")
     assert spec.size == (224, 320) and spec.resize == "resize"
     assert spec.mean == (0.485, 0.456, 0.406) and spec.std == (0.229, 0.224, 0.225)
@@ -258,8 +287,18 @@ def test_preprocess_parse_custom():
         assert Preprocess.parse(spec.to_string()) == spec
 
 
-@pytest.mark.parametrize("text", ["bogus=1", "letterbox,colour=bgr", "scale=abc",
-                                  "resize=big", "std=0", "layout=nchwc", "bgr,yolo"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "bogus=1",
+        "letterbox,colour=bgr",
+        "scale=abc",
+        "resize=big",
+        "std=0",
+        "layout=nchwc",
+        "bgr,yolo",
+    ],
+)
 def test_preprocess_parse_bad(text):
     with pytest.raises(FeedError):
         Preprocess.parse(text)
@@ -371,8 +410,9 @@ def test_image_folder_gray_nhwc_and_layout_hint(tmp_path):
 
 def test_image_folder_multi_input_needs_input_name(tmp_path):
     write_image(tmp_path / "a.png", (1, 2, 3))
-    model = identity_model(("image", TensorProto.FLOAT, [1, 3, 8, 8]),
-                           ("scale", TensorProto.FLOAT, [1, 2]))
+    model = identity_model(
+        ("image", TensorProto.FLOAT, [1, 3, 8, 8]), ("scale", TensorProto.FLOAT, [1, 2])
+    )
     with pytest.raises(FeedError, match="input_name"):
         image_folder_feeds(tmp_path, model, Preprocess())
     (feed,) = image_folder_feeds(tmp_path, model, Preprocess(), input_name="image")
@@ -405,8 +445,10 @@ def test_truncated_png_names_the_file(tmp_path):
 def test_load_feeds_dispatch(tmp_path):
     model = conv_model([1, 3, 8, 8])
     assert len(load_feeds(None, model, count=2)) == 2
-    assert load_feeds("random", model, seed=3)[0]["x"].tobytes() == \
-        random_feeds(model, seed=3)[0]["x"].tobytes()
+    assert (
+        load_feeds("random", model, seed=3)[0]["x"].tobytes()
+        == random_feeds(model, seed=3)[0]["x"].tobytes()
+    )
     np.save(tmp_path / "x.npy", np.zeros((5, 1, 3, 8, 8), np.float32))
     assert len(load_feeds(tmp_path / "x.npy", model, limit=3)) == 3
     images = tmp_path / "images"
