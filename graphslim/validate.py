@@ -17,6 +17,7 @@ is finite fails whatever the tolerance.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -26,6 +27,8 @@ import onnx
 
 from graphslim.errors import OptionsError
 from graphslim.runtime import Session
+
+log = logging.getLogger(__name__)
 
 STATISTICS = ("max-abs", "max-rel", "mean-abs", "p99-abs", "cosine")
 _EPS = 1e-12
@@ -98,6 +101,8 @@ class OutputComparison:
     shape: list[int]
     stats: dict[str, float] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
+    # Facts worth a look that no tolerance asked about (a candidate that went constant).
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -200,6 +205,13 @@ def _compare_one(
         out.failures.append(f"{int(bad.sum())} non-finite values where the original is finite")
     both = np.isfinite(o) & np.isfinite(c)
     o, c = o[both], c[both]
+    if c.size > 1 and np.ptp(c) == 0 and np.ptp(o) > 0:
+        # A dead model (a saturated Sigmoid map, a pruned head) can still be "close" in
+        # max-abs to an original whose values are small; say it plainly.
+        out.warnings.append(f"constant output ({c[0]:.6g} everywhere) where the original varies")
+        log.warning(
+            "output '%s' of the candidate is constant (%.6g); the original varies", name, c[0]
+        )
     if o.size == 0:
         out.stats = {s: 0.0 for s in STATISTICS} | {"cosine": 1.0}
     else:

@@ -232,3 +232,18 @@ def test_compare_needs_feeds():
     model = onnx.load_model(FIXTURES / "silu.onnx")
     with pytest.raises(OptionsError, match="no feeds"):
         compare(model, model, [])
+
+
+def test_a_constant_candidate_is_flagged_even_within_tolerance():
+    """A saturated sigmoid map (all 0.0) is within max-abs 0.01 of a map of small
+    probabilities, and still dead: the comparison says so."""
+    o = f32([0.001, 0.004, 0.002, 0.008])
+    dead = compare_outputs(
+        [{"y": o}], [{"y": np.zeros(4, np.float32)}], [Tolerance.parse("max-abs=0.01")]
+    )
+    assert dead.passed
+    assert dead.outputs[0].warnings == ["constant output (0 everywhere) where the original varies"]
+    alive = compare_outputs([{"y": o}], [{"y": o * 1.1}], ())
+    assert alive.outputs[0].warnings == []
+    both = compare_outputs([{"y": np.ones(4, np.float32)}], [{"y": np.ones(4, np.float32)}], ())
+    assert both.outputs[0].warnings == []  # constant like the original: nothing to say

@@ -130,14 +130,26 @@ def prune_at(
     } | (extra or {})
     if not removed:
         return PassResult(model, False, counters, list(plan.skipped))
-    reference = capture(model, cg, removed, ctx) if o.reconstruct else None
+    notes = []
+    # Without calibration data the refit has nothing real to fit (random inputs rarely
+    # help real data), and means come only from BatchNorm statistics: said, not hidden.
+    refit_on = o.reconstruct and bool(ctx.feeds)
+    reference = capture(model, cg, removed, ctx) if refit_on else None
     deltas = mean_compensation(model, cg, removed, ctx) if o.compensate else {}
     Editor(cg, removed).apply()
     counters["convs_compensated"] = apply_compensation(model, cg, removed, deltas)
-    notes = []
-    if o.compensate and not ctx.feeds:
+    counters["calibration_feeds"] = len(ctx.feeds or [])
+    if not ctx.feeds and (o.compensate or o.reconstruct):
+        done = [
+            f"{counters['convs_compensated']} convs compensated data-free from BatchNorm statistics"
+            if o.compensate
+            else "compensation off",
+            "reconstruct off" if o.reconstruct else "",
+        ]
         notes.append(
-            "compensate: no calibration feeds (--calib); removed channels' means not restored"
+            "no calibration feeds (--calib): "
+            + ", ".join(d for d in done if d)
+            + "; give calibration images to restore removed channels' means and refit"
         )
     counters["macs_estimate_ratio"] = plan.macs_fraction(removed)
     if reference is not None:

@@ -186,8 +186,10 @@ def mean_compensation(
     where removed channels are far from zero: after a depthwise Conv with a bias, a
     BatchNorm shift or a HardSwish, a pruned channel is a near-constant offset, not noise.
     ``E[x_c]`` is the spatial and sample mean on the calibration feeds (borders, where
-    padding reads zeros, are ignored); without calibration feeds nothing is compensated. Returns Conv node name -> delta for its output
-    channels, to add after pruning (rows of removed output channels dropped then).
+    padding reads zeros, are ignored); without calibration feeds it comes from BatchNorm
+    statistics where the graph has them (:func:`bn_channel_means`), else that Conv is not
+    compensated. Returns Conv node name -> delta for its output channels, to add after
+    pruning (rows of removed output channels dropped then).
     """
     layers = []
     for node in model.graph.node:
@@ -201,16 +203,29 @@ def mean_compensation(
             layers.append((node, gone))
     if not layers:
         return {}
-    if not ctx.feeds:
-        # Means of random noise say nothing about real data, and a full forward pass of a
-        # big model costs more than the rest of the pass: compensate only with calibration.
-        return {}
-    outs = _run_with(model, sorted({n.input[0] for n, _ in layers}), ctx.feeds)
     inits = G.initializers(model.graph)
+    means: dict[str, np.ndarray] = {}
+    if ctx.feeds:
+        outs = _run_with(model, sorted({n.input[0] for n, _ in layers}), ctx.feeds)
+        for node, gone in layers:
+            x = np.concatenate([o[node.input[0]] for o in outs]).astype(np.float64)
+            means[node.name or node.output[0]] = (
+                x[:, gone].reshape(x.shape[0], len(gone), -1).mean(axis=(0, 2))
+            )
+    else:
+        # Means of random noise say nothing about real data: without calibration feeds,
+        # only channels whose distribution the graph states (BatchNorm statistics) are
+        # compensated, data-free.
+        made_by = G.producers(model.graph)
+        for node, gone in layers:
+            mean = bn_channel_means(node.input[0], made_by, inits)
+            if mean is not None:
+                means[node.name or node.output[0]] = mean[gone]
     deltas = {}
     for node, gone in layers:
-        x = np.concatenate([o[node.input[0]] for o in outs]).astype(np.float64)
-        mean = x[:, gone].reshape(x.shape[0], len(gone), -1).mean(axis=(0, 2))
+        mean = means.get(node.name or node.output[0])
+        if mean is None:
+            continue
         w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
         taps = w[:, gone].reshape(w.shape[0], len(gone), -1).sum(axis=2)
         deltas[node.name or node.output[0]] = taps @ mean
@@ -254,3 +269,66 @@ def apply_compensation(
             node.input[2] = new
         changed += 1
     return changed
+
+
+# ------------------------------------------------------------------ data-free means
+
+_HERMITE = np.polynomial.hermite.hermgauss(48)
+
+
+def _act(node: onnx.NodeProto, made_by, z_name: str):
+    """f such that ``node``'s output is f(z) elementwise, for z = tensor ``z_name``; None
+    for an op that is not an activation of z alone."""
+    op = node.op_type
+    if op == "Relu":
+        return lambda z: np.maximum(z, 0.0)
+    if op == "LeakyRelu":
+        a = G.attr(node, "alpha", 0.01)
+        return lambda z: np.where(z > 0, z, a * z)
+    if op == "Sigmoid":
+        return lambda z: 1.0 / (1.0 + np.exp(-z))
+    if op == "HardSigmoid":
+        a, b = G.attr(node, "alpha", 0.2), G.attr(node, "beta", 0.5)
+        return lambda z: np.clip(a * z + b, 0.0, 1.0)
+    if op == "HardSwish":
+        return lambda z: z * np.clip(z / 6.0 + 0.5, 0.0, 1.0)
+    if op == "Tanh":
+        return np.tanh
+    if op == "Mul" and len(node.input) == 2 and z_name in node.input:
+        other = node.input[1] if node.input[0] == z_name else node.input[0]
+        gate = made_by.get(other)
+        if gate is not None and gate.op_type == "Sigmoid" and gate.input[0] == z_name:
+            return lambda z: z / (1.0 + np.exp(-z))  # SiLU as Sigmoid * x
+    return None
+
+
+def bn_channel_means(tensor: str, made_by: dict, inits: dict) -> np.ndarray | None:
+    """Per-channel mean of ``tensor`` from BatchNorm statistics, data-free.
+
+    A BatchNormalization output is ``z_c = gamma_c * x_hat + beta_c`` with ``x_hat``
+    normalized by the running statistics, so on data like the training data
+    ``z_c ~ N(beta_c, gamma_c^2)`` and ``E[z_c] = beta_c``; after an elementwise activation
+    ``f``, ``E[f(z_c)] = 1/sqrt(pi) sum_i w_i f(beta_c + sqrt(2) |gamma_c| t_i)``
+    (Gauss-Hermite quadrature, 48 points). Recognized: ``tensor`` is a BatchNorm's output,
+    or Relu / LeakyRelu / Sigmoid / HardSigmoid / HardSwish / Tanh / SiLU (Sigmoid * x) of
+    one. None otherwise (folded BatchNorm: the statistics are gone)."""
+    node = made_by.get(tensor)
+    act = None
+    if node is not None and node.op_type != "BatchNormalization":
+        z = node.input[0]
+        if node.op_type == "Mul":  # SiLU: Mul(z, Sigmoid(z)) in either order
+            z = next((i for i in node.input if made_by.get(i) is not None
+                      and made_by[i].op_type == "BatchNormalization"), "")  # fmt: skip
+        act = _act(node, made_by, z) if z else None
+        node = made_by.get(z) if act is not None else None
+    if node is None or node.op_type != "BatchNormalization" or len(node.input) < 3:
+        return None
+    if node.input[1] not in inits or node.input[2] not in inits:
+        return None
+    gamma = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
+    beta = numpy_helper.to_array(inits[node.input[2]]).astype(np.float64)
+    if act is None:
+        return beta
+    t, w = _HERMITE
+    z = beta[:, None] + np.sqrt(2.0) * np.abs(gamma)[:, None] * t[None, :]
+    return (act(z) * w[None, :]).sum(axis=1) / np.sqrt(np.pi)

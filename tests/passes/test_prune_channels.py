@@ -1026,3 +1026,92 @@ def test_mean_compensation_does_not_raise_the_error(harness, name):
     e_plain = compare(model, plain.model, ctx.feeds, loose).worst("mean-abs")
     e_comp = compare(model, comp.model, ctx.feeds, loose).worst("mean-abs")
     assert e_comp <= e_plain * 1.001, (e_plain, e_comp)
+
+
+# ---------------------------------------------------------------- no calibration data
+
+
+def _bn_constant_channel_model(harness, act: str):
+    """conv (channels 0..3: zero filters) -> BatchNorm (those channels: beta 2.5, gamma ~0,
+    so they are the constant 2.5 before the activation) -> act -> 1x1 conv."""
+    rng = np.random.default_rng(12)
+    w1 = (rng.standard_normal((16, 3, 3, 3)) * 0.3).astype(np.float32)
+    w1[:4] = 0.0
+    gamma = rng.uniform(0.5, 1.5, 16).astype(np.float32)
+    gamma[:4] = 1e-4
+    beta = (rng.standard_normal(16) * 0.1).astype(np.float32)
+    beta[:4] = 2.5
+    mean, var = np.zeros(16, np.float32), np.ones(16, np.float32)
+    w2 = (rng.standard_normal((8, 16, 1, 1)) * 0.3).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["images", "w1"], ["a"], name="c1", pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["a", "g", "b", "m", "v"], ["n"], name="bn"),
+    ]
+    if act == "silu":
+        nodes += [
+            helper.make_node("Sigmoid", ["n"], ["s"], name="sig"),
+            helper.make_node("Mul", ["n", "s"], ["r"], name="silu"),
+        ]
+    else:
+        nodes.append(helper.make_node(act, ["n"], ["r"], name="act"))
+    nodes.append(helper.make_node("Conv", ["r", "w2"], ["y"], name="c2"))
+    inits = {"w1": w1, "g": gamma, "b": beta, "m": mean, "v": var, "w2": w2}
+    inp = helper.make_tensor_value_info("images", F, [1, 3, 16, 16])
+    out = helper.make_tensor_value_info("y", F, [1, 8, 16, 16])
+    return harness.model(nodes, [inp], [out], inits)
+
+
+@pytest.mark.parametrize("act", ["Relu", "silu", "HardSwish"])
+def test_without_calibration_means_come_from_batchnorm_statistics(harness, act):
+    """No --calib: the removed channels' means are restored from the BatchNorm that states
+    them (data-free); here they are constants, so the result is exact up to gamma ~ 1e-4."""
+    model = _bn_constant_channel_model(harness, act)
+    opts = dict(ratio=0.25, round_to=1)
+    _, plain = prune(harness, model, compensate=False, **opts)
+    _, comp = prune(harness, model, compensate=True, **opts)
+    assert comp.counters["convs_compensated"] == 1
+    assert comp.counters["calibration_feeds"] == 0
+    assert any("compensated data-free from BatchNorm" in n for n in comp.notes)
+    assert_close(model, comp.model, atol=2e-3)
+    with pytest.raises(AssertionError):
+        assert_close(model, plain.model, atol=2e-3)
+
+
+def test_batchnorm_means_match_monte_carlo():
+    """E[f(z)], z ~ N(beta, gamma^2), by quadrature vs by sampling, for each activation."""
+    from graphslim.pruning.reconstruct import bn_channel_means
+
+    rng = np.random.default_rng(0)
+    gamma = np.array([0.5, 1.0, 2.0, -1.5], np.float32)  # the sign of gamma does not matter
+    beta = np.array([-1.0, 0.0, 0.7, 2.0], np.float32)
+    z = beta[:, None] + np.abs(gamma)[:, None] * rng.standard_normal((4, 400_000))
+    inits = {
+        k: numpy_helper.from_array(v, k)
+        for k, v in {
+            "g": gamma,
+            "b": beta,
+            "m": np.zeros(4, np.float32),
+            "v": np.ones(4, np.float32),
+        }.items()  # fmt: skip
+    }
+    bn = helper.make_node("BatchNormalization", ["x", "g", "b", "m", "v"], ["n"])
+    acts = {
+        "Relu": np.maximum(z, 0),
+        "Sigmoid": 1 / (1 + np.exp(-z)),
+        "HardSwish": z * np.clip(z / 6 + 0.5, 0, 1),
+    }
+    for op, sampled in acts.items():
+        made_by = {"n": bn, "y": helper.make_node(op, ["n"], ["y"])}
+        np.testing.assert_allclose(
+            bn_channel_means("y", made_by, inits), sampled.mean(axis=1), atol=1e-2
+        )
+    np.testing.assert_allclose(bn_channel_means("n", {"n": bn}, inits), beta)
+    folded = {"y": helper.make_node("Relu", ["c"], ["y"])}  # no BatchNorm: no statistics
+    assert bn_channel_means("y", folded, inits) is None
+
+
+def test_reconstruct_without_calibration_is_off_and_said(harness):
+    model = _bn_constant_channel_model(harness, "Relu")
+    _, result = prune(harness, model, ratio=0.25, round_to=1, reconstruct=True)
+    assert "layers_reconstructed" not in result.counters
+    assert any("reconstruct off" in n for n in result.notes)
