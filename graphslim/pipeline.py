@@ -32,7 +32,7 @@ from graphslim import graph as G
 from graphslim.contract import Pass, PassContext, PassResult, options_dict
 from graphslim.errors import GraphslimError, PassFailedError, PipelineError
 from graphslim.metrics import ModelStats, model_stats
-from graphslim.model_io import fits_protobuf
+from graphslim.model_io import model_nbytes
 from graphslim.registry import Registry, default_registry
 from graphslim.validate import DEFAULT_TOLERANCES, Comparison, Tolerance, compare, reference_outputs
 
@@ -461,9 +461,19 @@ def _tidy(model: onnx.ModelProto, name: str, done: list[str]) -> None:
     G.remove_stale_value_info(g)
 
 
+CHECK_WEIGHTLESS_BYTES = 64 * 2**20
+"""Above this size the checker gets a weightless copy: it serializes what it is given, which
+costs seconds on a big model to re-check payloads that numpy wrote and onnxruntime loads
+right after anyway; the structure it checks is the same."""
+
+
+def _check_target(model: onnx.ModelProto) -> onnx.ModelProto:
+    return model if model_nbytes(model) < CHECK_WEIGHTLESS_BYTES else _light(model)
+
+
 def _checks(model: onnx.ModelProto) -> bool:
     try:
-        onnx.checker.check_model(model if fits_protobuf(model) else _light(model))
+        onnx.checker.check_model(_check_target(model))
         return True
     except Exception as exc:
         log.warning("the input model does not pass the ONNX checker (%s); not checking passes", exc)
@@ -471,7 +481,7 @@ def _checks(model: onnx.ModelProto) -> bool:
 
 
 def _light(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy the checker can take when the model is over protobuf's 2 GB: big tensors lose
+    """A copy the checker can take (also when the model is over protobuf's 2 GB): big tensors lose
     their data, and their dims too (the checker rejects a tensor whose data does not fill its
     shape); the structure it checks (names, order, ops, attributes, opsets) is unchanged."""
     from graphslim.metrics import weightless_copy
@@ -494,7 +504,7 @@ def _has_data(t: onnx.TensorProto) -> bool:
 
 def _check_or_fail(model: onnx.ModelProto, name: str, done: list[str]) -> None:
     try:
-        onnx.checker.check_model(model if fits_protobuf(model) else _light(model))
+        onnx.checker.check_model(_check_target(model))
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PassFailedError(
