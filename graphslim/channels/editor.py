@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import numpy as np
 import onnx
@@ -29,6 +29,14 @@ class Editor:
         self._ops: dict[tuple[int, int], tuple[onnx.NodeProto, list]] = {}
         self._inits = G.initializers(cg.model.graph)
         self._taken = G.all_names(cg.model.graph)
+        # Readers per tensor, kept current as inputs are rewired (one index, not a scan of
+        # every node per question: that was quadratic on big graphs).
+        self._readers = Counter(i for n in cg.model.graph.node for i in n.input if i)
+
+    def _rewire(self, node: onnx.NodeProto, k: int, new: str) -> None:
+        self._readers[node.input[k]] -= 1
+        self._readers[new] += 1
+        node.input[k] = new
 
     def keep(self, tensor: str) -> np.ndarray | None:
         return self.cg.kept_positions(tensor, self.removed)
@@ -64,10 +72,10 @@ class Editor:
         new = G.unique_name(self._taken, f"{node_name(node)}/{stem}")
         self.model.graph.initializer.append(numpy_helper.from_array(array, new))
         self._inits[new] = self.model.graph.initializer[-1]
-        node.input[k] = new
+        self._rewire(node, k, new)
 
     def _uses(self, name: str) -> int:
-        return sum(1 for n in self.model.graph.node for i in n.input if i == name)
+        return self._readers[name]
 
     def apply(self) -> None:
         for node in list(self.model.graph.node):
@@ -98,7 +106,7 @@ class Editor:
                 self.model.graph.initializer.append(numpy_helper.from_array(value, new))
                 for node, k, ops in uses:
                     if ops == sig:
-                        node.input[k] = new
+                        self._rewire(node, k, new)
 
 
 def tensor_dtype(t: onnx.TensorProto) -> np.dtype:
