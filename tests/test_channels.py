@@ -291,14 +291,18 @@ def test_flatten_expands_each_channel_by_spatial_size():
     assert _group(cg, "/features.2/conv/Conv").frozen is None
 
 
-def test_depthwise_ties_in_and_out_grouped_freezes():
+def test_depthwise_ties_in_and_out_grouped_joins_whole_groups():
     cg = analyze(_fixture("depthwise_grouped"))
     dw_in = cg.slot("/stem/act/Relu_output_0").atoms
     assert cg.slot("/dw/conv/Conv_output_0").atoms == dw_in
     assert "/dw/conv/Conv" not in cg.sources
-    assert _group(cg, "/stem/conv/Conv").frozen == (
-        "grouped Conv (/grouped/conv/Conv, group=2) is not pruned"
-    )
+    grp = _group(cg, "/stem/conv/Conv")
+    assert grp.frozen is None and grp.width == 8 and grp.channels == 16
+    # group=2 (8 in, 16 out each): in-group g and out-group g are one class
+    ins = [cg.class_of(a) for a in dw_in]
+    outs = [cg.class_of(a) for a in cg.slot("/grouped/conv/Conv_output_0").atoms]
+    assert ins == [ins[0]] * 8 + [ins[8]] * 8 and ins[0] != ins[8]
+    assert outs == [ins[0]] * 16 + [ins[8]] * 16
 
 
 def test_outputs_and_head_layouts_freeze():
@@ -359,3 +363,34 @@ def test_register_op_gives_an_unknown_op_a_handler(monkeypatch):
         register_op("Shrink", rules.handler_for("Relu").rule)
     with pytest.raises(TypeError):
         register_op("Foo", "not callable")
+
+
+def test_channels_last_layernorm_is_pruned_with_its_channels():
+    """ConvNeXt: Conv -> Transpose to NHWC -> LayerNorm(-1) -> MatMul -> Relu -> MatMul ->
+    back to NCHW -> Conv. The LayerNorm's scale and bias follow the channels."""
+    inits: dict = {}
+    inits["ln.g"] = RNG.uniform(0.5, 1.5, 16).astype(np.float32)
+    inits["ln.b"] = _b(16)
+    inits["fc1"], inits["fc2"] = _w(16, 32), _w(32, 16)
+    nodes = [
+        _conv("x", "a", "c1", 3, 16, inits, k=3),
+        helper.make_node("Transpose", ["a"], ["t"], perm=[0, 2, 3, 1]),
+        helper.make_node("LayerNormalization", ["t", "ln.g", "ln.b"], ["n"], name="ln", axis=-1),
+        helper.make_node("MatMul", ["n", "fc1"], ["h"], name="fc1"),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("MatMul", ["r", "fc2"], ["o"], name="fc2"),
+        helper.make_node("Transpose", ["o"], ["back"], perm=[0, 3, 1, 2]),
+        _conv("back", "y", "c2", 16, 4, inits),
+    ]
+    model = _model(nodes, [_vi("x", [1, 3, 8, 8])], [_vi("y", [1, 4, 8, 8])], inits)
+    cg = analyze(model)
+    assert _group(cg, "c1").frozen is None
+    result = PruneChannels(ratio=0.5, round_to=1)(copy.deepcopy(model))
+    onnx.checker.check_model(result.model)
+    pruned = G.initializers(result.model.graph)
+    ln = next(n for n in result.model.graph.node if n.name == "ln")
+    assert numpy_helper.to_array(pruned[ln.input[1]]).shape == (8,)
+    assert numpy_helper.to_array(pruned[ln.input[2]]).shape == (8,)
+    feeds = random_feeds(model, count=1, seed=0)
+    cmp = compare(model, result.model, feeds, [Tolerance("max-abs", 1e9)])
+    assert cmp.passed and np.isfinite(cmp.worst("max-abs"))  # runs, same output shapes

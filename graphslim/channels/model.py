@@ -37,10 +37,13 @@ class ChannelGroup:
     classes: list[int]  # class roots, in order of first appearance
     frozen: str | None = None  # reason, when frozen
     macs: int = 0  # MACs of the sources (and their consumers' share) touching this group
+    # Channels of a source per class: 1, or a grouped Conv's input channels per group (its
+    # groups are removed whole, so each class is that many channels).
+    width: int = 1
 
     @property
     def channels(self) -> int:
-        return len(self.classes)
+        return len(self.classes) * self.width
 
 
 @dataclass
@@ -156,6 +159,9 @@ class ChannelGraph:
             reasons = [self._class_frozen[c] for c in grp.classes if c in self._class_frozen]
             if reasons:
                 grp.frozen = reasons[0]
+        for grp in by_root.values():
+            atoms = self.slots[self.sources[grp.sources[0]].tensor].atoms
+            grp.width = max(1, len(atoms) // max(1, len({self.uf[a] for a in atoms})))
         self.groups = list(by_root.values())
 
     def kept_positions(self, tensor: str, removed: set[int]) -> np.ndarray | None:

@@ -144,6 +144,32 @@ def _norm_apply(node, cg, ed):
             ed.slice_input(node, k, 0, keep)
 
 
+@rule("LayerNormalization")
+def _layer_norm(node, cg):
+    """Channels on the one normalized (last) axis, as in ConvNeXt's channels-last blocks:
+    pruned with their scale and bias. The statistics then run over the kept channels only,
+    so this is lossy like any pruning (Torch-Pruning prunes LayerNorm the same way)."""
+    s = cg.slot(node.input[0])
+    if s is None:
+        return
+    r = cg.rank(node.input[0])
+    axis = G.attr(node, "axis", -1) % r if r else None
+    params = [n for n in node.input[1:] if n]
+    if axis != s.axis or axis != r - 1 or any(not cg.is_init(n) for n in params):
+        cg.freeze(s.atoms, f"LayerNormalization ({node_name(node)}) over other axes than channels")
+        return
+    cg.set_slot(node.output[0], s.axis, s.atoms)
+
+
+@applies("LayerNormalization")
+def _layer_norm_apply(node, cg, ed):
+    keep = ed.keep(node.input[0])
+    if keep is not None:
+        for k in range(1, len(node.input)):
+            if node.input[k]:
+                ed.slice_input(node, k, 0, keep)
+
+
 @rule("PRelu")
 def _prelu(node, cg):
     s = cg.slot(node.input[0])
@@ -594,6 +620,17 @@ def _conv(node, cg):
                 cg.uf.union(a, x.atoms[o // mult])
             cg.set_slot(node.output[0], 1, out)
         return
+    if x is not None and x.axis == 1 and len(x.atoms) == group * cin_g and cout % group == 0:
+        # A grouped Conv (RegNet, ResNeXt) is pruned by whole groups: the input channels of
+        # group g and its output channels are one class.
+        per_out = cout // group
+        out = cg.new_atoms(cout)
+        for g in range(group):
+            block = x.atoms[g * cin_g : (g + 1) * cin_g] + out[g * per_out : (g + 1) * per_out]
+            for a in block[1:]:
+                cg.uf.union(block[0], a)
+        cg.set_slot(node.output[0], 1, out)
+        return
     reason = f"grouped Conv ({node_name(node)}, group={group}) is not pruned"
     cg.freeze_inputs(node, reason)
     _frozen_output(node, cg, reason, cout)
@@ -657,12 +694,13 @@ def _conv_apply(node, cg, ed):
         if keep_in is not None:
             ed.slice_input(node, 1, 1, keep_in)
         return
-    if keep_out is not None:  # depthwise: in and out go together
+    if keep_out is not None:  # depthwise / grouped: whole groups go, in and out together
         ed.slice_input(node, 1, 0, keep_out)
         if len(node.input) > 2 and node.input[2]:
             ed.slice_input(node, 2, 0, keep_out)
     if keep_in is not None:
-        G.set_attr(node, "group", len(keep_in))
+        cin_g = cg.const(node.input[1]).shape[1]
+        G.set_attr(node, "group", len(keep_in) // cin_g)
 
 
 @rule("ConvTranspose")

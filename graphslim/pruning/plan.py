@@ -130,6 +130,8 @@ def prune_at(
     } | (extra or {})
     if not removed:
         return PassResult(model, False, counters, list(plan.skipped))
+    # Estimated on the unedited graph (costs read the weights' shapes).
+    counters["macs_estimate_ratio"] = plan.macs_fraction(removed)
     notes = []
     # Without calibration data the refit has nothing real to fit (random inputs rarely
     # help real data), and means come only from BatchNorm statistics: said, not hidden.
@@ -151,7 +153,6 @@ def prune_at(
             + ", ".join(d for d in done if d)
             + "; give calibration images to restore removed channels' means and refit"
         )
-    counters["macs_estimate_ratio"] = plan.macs_fraction(removed)
     if reference is not None:
         details = refit(model, reference, ctx, o.max_samples)
         counters["layers_reconstructed"] = len(details)

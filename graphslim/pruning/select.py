@@ -106,7 +106,11 @@ def importance_by_class(
 # ---------------------------------------------------------------- selection
 
 
-def _kept(n: int, ratio: float, round_to: int, min_channels: int) -> int:
+def _kept(n: int, ratio: float, round_to: int, min_channels: int, width: int = 1) -> int:
+    """Classes kept of ``n`` at ``ratio``; ``round_to`` and ``min_channels`` count channels,
+    and each class is ``width`` channels (a grouped Conv's whole group)."""
+    round_to = max(1, round_to // width)
+    min_channels = max(1, -(-min_channels // width))
     keep = n - math.floor(ratio * n + 1e-9)
     if n > round_to:
         keep = math.ceil(keep / round_to) * round_to
@@ -140,7 +144,7 @@ def select(
         per_group = ratios
     for g in groups:
         live = sorted((c for c in g.classes if c not in dead), key=lambda c: scores[c])
-        keep = _kept(len(g.classes), per_group[g.id], round_to, min_channels)
+        keep = _kept(len(g.classes), per_group[g.id], round_to, min_channels, g.width)
         keep = min(keep, len(live)) if live else 0
         if not live:
             keep = 0

@@ -495,18 +495,28 @@ def test_slice_on_channel_axis_updates_bounds(harness):
 # ---------------------------------------------------------------- depthwise, grouped
 
 
-def test_grouped_conv_freezes_its_input_group(harness):
+def test_grouped_conv_is_pruned_by_whole_groups(harness):
+    """stem (16) -> depthwise -> grouped Conv (group=2: 8 in / 16 out per group) -> pw: a
+    class is one whole group (8 stem channels, 16 grouped outputs); ratio 0.5 drops one."""
     model = harness.fixture("depthwise_grouped")
+    cg = analyze(model)
+    stem = next(g for g in cg.groups if "/stem/conv/Conv" in g.sources)
+    assert stem.frozen is None and len(stem.classes) == 2 and stem.width == 8
+    original, result = prune(harness, model, ratio=0.5)
+    assert G.attr(node(result.model, "/grouped/conv/Conv"), "group") == 1
+    assert param(result.model, "/grouped/conv/Conv", 1).shape == (16, 8, 3, 3)
+    assert param(result.model, "/stem/conv/Conv", 1).shape[0] == 8
+    assert_matches_reference(original, result.model)
+
+
+def test_grouped_conv_with_an_odd_input_stays_frozen(harness):
+    """A grouped Conv whose input channels are not on a slot (a graph input) is left alone."""
+    net = Net(cin=4)
+    t = net.relu(net.conv("x", "g", 4, 8, group=2), "g/act")
+    y = net.conv(t, "pw", 8, 4, 1)
+    model = net.model(harness, {y: [1, 4, 8, 8]})
     result = harness.check_noop(PruneChannels(ratio=0.5), model)
-    reasons = dict(result.skipped)
-    assert reasons["/stem/conv/Conv"] == (
-        "frozen: grouped Conv (/grouped/conv/Conv, group=2) is not pruned"
-    )
-    assert reasons["/pw/conv/Conv"] == "frozen: reaches graph output 'output0'"
-    # The grouped conv's own output channels are frozen too, and said so.
-    assert reasons["/grouped/conv/Conv"] == (
-        "frozen: Conv (/grouped/conv/Conv): grouped Conv (/grouped/conv/Conv, group=2) is not pruned"
-    )
+    assert "grouped Conv (g, group=2) is not pruned" in dict(result.skipped)["g"]
 
 
 def _same_as_after(harness, model, prepare, **options):
