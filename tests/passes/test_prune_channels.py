@@ -1125,3 +1125,37 @@ def test_reconstruct_without_calibration_is_off_and_said(harness):
     _, result = prune(harness, model, ratio=0.25, round_to=1, reconstruct=True)
     assert "layers_reconstructed" not in result.counters
     assert any("reconstruct off" in n for n in result.notes)
+
+
+def _paddle_bias_net(harness, folded: bool) -> onnx.ModelProto:
+    """Paddle adds a Conv's bias as Add(conv, Reshape(bias[C], [1, C, 1, 1])); ``folded``:
+    the same model with that operand already a [1, C, 1, 1] initializer."""
+    rng = np.random.default_rng(21)
+    w1 = rng.normal(0, 0.3, (16, 3, 3, 3)).astype(np.float32)
+    bias = rng.normal(0, 0.3, 16).astype(np.float32)
+    w2 = rng.normal(0, 0.3, (4, 16, 1, 1)).astype(np.float32)
+    inits = {"w1": w1, "w2": w2}
+    nodes = [helper.make_node("Conv", ["images", "w1"], ["c"], name="c1", pads=[1, 1, 1, 1])]
+    if folded:
+        inits["b4"] = bias.reshape(1, 16, 1, 1)
+    else:
+        inits["b"], inits["shape"] = bias, np.array([1, 16, 1, 1], np.int64)
+        nodes.append(helper.make_node("Reshape", ["b", "shape"], ["b4"], name="bias/reshape"))
+    nodes += [
+        helper.make_node("Add", ["c", "b4"], ["a"], name="bias/add"),
+        helper.make_node("Relu", ["a"], ["r"], name="act"),
+        helper.make_node("Conv", ["r", "w2"], ["y"], name="c2"),
+    ]
+    inp = helper.make_tensor_value_info("images", F, [1, 3, 8, 8])
+    out = helper.make_tensor_value_info("y", F, [1, 4, 8, 8])
+    return harness.model(nodes, [inp], [out], inits)
+
+
+def test_paddle_bias_through_a_constant_reshape_is_pruned(harness):
+    model = _paddle_bias_net(harness, folded=False)
+    original, result = prune(harness, model, ratio=0.5, round_to=1)
+    assert result.counters["canonical_layout_ops_folded"] == 1
+    assert result.counters["groups_pruned"] == 1
+    _, reference = prune(harness, _paddle_bias_net(harness, folded=True), ratio=0.5, round_to=1)
+    cmp = compare(reference.model, result.model, _feeds(original), [Tolerance("max-abs", 0.0)])
+    assert cmp.passed, cmp.failure_summary()
