@@ -142,7 +142,9 @@ def test_reshape_that_changes_the_channel_layout_freezes():
     assert ("c1", f"frozen: {grp.frozen}") in result.skipped
 
 
-def test_channel_shuffle_freezes():
+def test_channel_shuffle_is_followed():
+    """ShuffleNet: [1,8,H,W] -> [1,2,4,H,W] -> swap -> [1,8,H,W] interleaves the two halves;
+    channel j of both halves goes together (else the kept grid is no grid)."""
     inits: dict = {
         "split5": np.asarray([1, 2, 4, 4, 4], np.int64),
         "merge": np.asarray([1, 8, 4, 4], np.int64),
@@ -155,8 +157,16 @@ def test_channel_shuffle_freezes():
         _conv("m", "y", "c2", 8, 4, inits),
     ]
     model = _model(nodes, [_vi("x", [1, 3, 4, 4])], [_vi("y", [1, 4, 4, 4])], inits)
-    grp = _group(analyze(model), "c1")
-    assert grp.frozen is not None and grp.frozen.startswith("Reshape (shuffle/reshape)")
+    cg = analyze(model)
+    grp = _group(cg, "c1")
+    assert grp.frozen is None and grp.width == 2 and len(grp.classes) == 4
+    c1 = [cg.class_of(a) for a in cg.slot("c1").atoms]
+    assert c1[:4] == c1[4:]  # channel j and 4 + j: one class
+    merged = [cg.class_of(a) for a in cg.slot("m").atoms]
+    assert merged == [c for c in c1[:4] for _ in range(2)]  # interleaved
+    result = _prune_and_check(model, ratio=0.5, round_to=1)
+    targets = {t.name: numpy_helper.to_array(t).tolist() for t in result.model.graph.initializer}
+    assert targets["split5"] == [1, 2, 2, 4, 4] and targets["merge"] == [1, 4, 4, 4]
 
 
 def test_reshape_keeping_channels_is_followed():
@@ -309,7 +319,10 @@ def test_outputs_and_head_layouts_freeze():
     cg = analyze(_fixture("yolo_head"))
     reasons = {s: g.frozen for g in cg.groups for s in g.sources}
     assert reasons["/model.4/cv3.0/cv3.0.2/Conv"] == "reaches graph output 'output0'"
-    assert reasons["/model.4/cv2.0/cv2.0.2/Conv"].startswith("Reshape (/model.4/dfl/Reshape)")
+    assert (
+        reasons["/model.4/cv2.0/cv2.0.2/Conv"]
+        == "Softmax (/model.4/dfl/Softmax) normalizes over channels"
+    )
     assert reasons["/model.3/conv/Conv"] is None
     # The two scales' box convs share the Concat/Reshape into the DFL: one group.
     grp = _group(cg, "/model.4/cv2.0/cv2.0.2/Conv")
@@ -394,3 +407,33 @@ def test_channels_last_layernorm_is_pruned_with_its_channels():
     feeds = random_feeds(model, count=1, seed=0)
     cmp = compare(model, result.model, feeds, [Tolerance("max-abs", 1e9)])
     assert cmp.passed and np.isfinite(cmp.worst("max-abs"))  # runs, same output shapes
+
+
+def test_torch_chunk_bounds_computed_from_shape_are_folded():
+    """torch's x.chunk(2, 1) exports Slice bounds computed from Shape -> Gather -> Div: with
+    a static shape they are constants, and the halves are pruned (here swapped: the two
+    halves of c1 feed c2 in the other order)."""
+    inits: dict = {
+        "i1": np.asarray(1, np.int64),
+        "two": np.asarray(2, np.int64),
+        "zero": np.asarray([0], np.int64),
+        "big": np.asarray([2**62], np.int64),
+        "axis": np.asarray([1], np.int64),
+        "ax0": np.asarray([0], np.int64),
+    }
+    nodes = [
+        _conv("x", "a", "c1", 3, 16, inits, 3),
+        helper.make_node("Shape", ["a"], ["s"]),
+        helper.make_node("Gather", ["s", "i1"], ["c"], axis=0),
+        helper.make_node("Div", ["c", "two"], ["h"]),
+        helper.make_node("Unsqueeze", ["h", "ax0"], ["h1"]),
+        helper.make_node("Slice", ["a", "zero", "h1", "axis"], ["lo"], name="chunk0"),
+        helper.make_node("Slice", ["a", "h1", "big", "axis"], ["hi"], name="chunk1"),
+        helper.make_node("Concat", ["hi", "lo"], ["cat"], axis=1),
+        _conv("cat", "y", "c2", 16, 4, inits),
+    ]
+    model = _model(nodes, [_vi("x", [1, 3, 8, 8])], [_vi("y", [1, 4, 8, 8])], inits)
+    assert "computed bounds" in (_group(analyze(model), "c1").frozen or "")  # as exported
+    result = _prune_and_check(model, ratio=0.5, round_to=1)
+    assert result.counters["canonical_layout_ops_folded"] == 4  # Shape, Gather, Div, Unsqueeze
+    assert result.counters["groups_pruned"] == 1

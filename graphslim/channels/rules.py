@@ -524,6 +524,32 @@ def _reshape(node, cg):
     if len(dst) == c + 1 and tuple(dst[:c]) == tuple(src[:c]) and dst[c] == math.prod(src[c:]):
         cg.set_slot(node.output[0], c, _expand(s.atoms, math.prod(src[c + 1 :])))
         return
+    head, tail = tuple(src[:c]), tuple(src[c + 1 :])
+    if (
+        len(dst) == len(src) + 1
+        and tuple(dst[:c]) == head
+        and tuple(dst[c + 2 :]) == tail
+        and dst[c] * dst[c + 1] == src[c]
+    ):
+        # Channel shuffle, first half ([N, C, ...] -> [N, g, C/g, ...]): channel j of every
+        # one of the g rows must go together, or the kept grid is not a grid. The rows then
+        # carry the same classes: the channels live on axis c+1, axis c only repeats them.
+        g, w = dst[c], dst[c + 1]
+        for j in range(w):
+            cg.join([s.atoms[j]] * (g - 1), [s.atoms[r * w + j] for r in range(1, g)])
+        cg.set_slot(node.output[0], c + 1, s.atoms[:w])
+        return
+    if (
+        len(dst) == len(src) - 1
+        and c + 1 < len(src)
+        and tuple(dst[:c]) == head
+        and dst[c] == src[c] * src[c + 1]
+        and tuple(dst[c + 1 :]) == tuple(src[c + 2 :])
+    ):
+        # Channel shuffle, second half ([N, C/g, g, ...] -> [N, C, ...]): each channel is
+        # repeated over the merged axis.
+        cg.set_slot(node.output[0], c, _expand(s.atoms, src[c + 1]))
+        return
     cg.freeze(s.atoms, f"Reshape ({node_name(node)}) changes the channel layout {src} -> {dst}")
 
 
@@ -534,7 +560,7 @@ def _reshape_apply(node, cg, ed):
     if s is None or keep is None:
         return
     target = cg.const(node.input[1]).copy()
-    c = s.axis
+    c = cg.slot(node.output[0]).axis  # the input's channel axis, or the axis after a split
     if target[c] > 0:
         target[c] = len(keep)
         ed.set_input(node, 1, target)
