@@ -3,8 +3,11 @@
 Both models run on the same feeds; per output, over all feeds together:
 
 * ``max-abs``  = max |c - o|
-* ``max-rel``  = max |c - o| / max |o|   (error relative to the output's magnitude; robust where
-  element-wise relative error explodes on values near zero)
+* ``max-rel``  = max |c - o| / max |o|   (the largest error relative to the output's largest
+  magnitude: one scale per output. This is *not* Polygraphy's ``rel`` statistic, which is
+  element-wise, max |c - o| / |o| per element, and explodes on values near zero; ours never
+  does, but it can hide a large error on an output's small values, e.g. class scores next
+  to pixel boxes in one YOLO tensor: use a task check or a per-output tolerance for those)
 * ``mean-abs`` = mean |c - o|
 * ``p99-abs``  = 99th percentile of |c - o|
 * ``cosine``   = <c, o> / (|c| |o|)      (1.0 = same direction)
