@@ -380,3 +380,24 @@ def _tensor(node: onnx.NodeProto, value) -> onnx.TensorProto:
             t.CopyFrom(a.t)
             return t
     return numpy_helper.from_array(value)
+
+
+def fingerprint(model: onnx.ModelProto) -> str:
+    """A cheap content key for caching analyses of ``model``: the nodes, inputs and outputs
+    in full, each initializer's name, type, dims and a sample of its bytes (the first and
+    last 256 and 16 spread in between). Serializing a large model to hash it costs seconds;
+    weights that differ only between sampled bytes are not told apart, which analyses
+    keyed by this never need (they are keyed per pass run, and cleared after any edit)."""
+    import hashlib
+
+    h = hashlib.sha1()
+    g = model.graph
+    for part in (*g.node, *g.input, *g.output):
+        h.update(part.SerializeToString(deterministic=True))
+    for t in g.initializer:
+        h.update(f"{t.name}|{t.data_type}|{list(t.dims)}|".encode())
+        raw = t.raw_data if t.HasField("raw_data") else t.SerializeToString()
+        n = len(raw)
+        h.update(raw[:256] + raw[-256:] + bytes(raw[i * n // 17] for i in range(1, 17) if n))
+        h.update(str(n).encode())
+    return h.hexdigest()

@@ -38,7 +38,6 @@ import json
 import logging
 import math
 import os
-import re
 import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -53,7 +52,8 @@ from graphslim.channels import ChannelGraph, analyze
 from graphslim.metrics import COMPUTE_OPS, node_cost
 from graphslim.pruning.canonical import canonical_copy
 from graphslim.pruning.options import PruneOptions
-from graphslim.pruning.plan import prune_at
+from graphslim.pruning.plan import channels_removed, make_plan, pruned_copy
+from graphslim.pruning.reconstruct import conv_input_means
 from graphslim.validate import compare_outputs
 
 log = logging.getLogger(__name__)
@@ -274,18 +274,25 @@ def latency_model(
     input_shapes: dict | None = None,
     *,
     runs: int = 5,
+    known: tuple[dict[str, float], list[dict[str, float]]] | None = None,
 ) -> tuple[LatencyModel, list[float]]:
     """Fit the per-node latency model from profiles of ``original`` and ``uniform`` (the
     same graph pruned uniformly at several ratios) and calibrate it to their latency at
-    ``all``; also returns each model's wall ms (profiled, then at ``all``)."""
-    base_sizes = node_sizes(analyze(original, input_shapes))
+    ``all``; also returns each model's wall ms (profiled, then at ``all``). ``known``: the
+    original's node sizes and each uniform model's node fractions, when the caller has
+    them from its analysis (else each model is analyzed here)."""
+    if known is not None:
+        base_sizes, given = known
+    else:
+        base_sizes = node_sizes(analyze(original, input_shapes))
+        given = [
+            _fractions_between(base_sizes, node_sizes(analyze(m, input_shapes))) for m in uniform
+        ]
     profiles = profile([original, *uniform], feed, runs=runs)
     raw: dict[str, list[tuple[float, float]]] = defaultdict(list)
     fixed = []
     fractions: list[dict[str, float]] = []
-    for m, (times, wall) in zip([original, *uniform], profiles):
-        sizes = base_sizes if m is original else node_sizes(analyze(m, input_shapes))
-        frac = _fractions_between(base_sizes, sizes)
+    for frac, (times, wall) in zip([{}, *given], profiles):
         fractions.append(frac)
         seen = 0.0
         for n, ms in times.items():
@@ -327,23 +334,6 @@ def latency_model(
 # ------------------------------------------------------------------ measurement
 
 
-def _pruner(prune_options: dict, seed: int, feeds, input_shapes):
-    """prune(model, overrides, ratio) -> (pruned copy or None when nothing was removed,
-    counters), by the pruning library with ``prune_options`` (PruneOptions fields)."""
-    from graphslim.contract import PassContext
-
-    def prune(model: onnx.ModelProto, overrides: dict[str, float], ratio: float = 0.0):
-        options = PruneOptions(**(prune_options | {"ratio": ratio, "overrides": overrides}))
-        options.validate()
-        ctx = PassContext(seed=seed, feeds=feeds, input_shapes=input_shapes)
-        work = onnx.ModelProto()
-        work.CopyFrom(model)  # measure() hands it the canonical model
-        r = prune_at(work, options, ctx)
-        return (r.model, r.counters) if r.modified else (None, r.counters)
-
-    return prune
-
-
 def measure(
     model: onnx.ModelProto,
     feeds: Sequence[Feed],
@@ -373,20 +363,27 @@ def measure(
         raise ValueError("ratios must be in (0, 0.95]")
     if not feeds:
         raise ValueError("no feeds to measure on")
+    from graphslim.contract import PassContext
+
     opts = dict(prune_options or {})
-    exclude = tuple(opts.get("exclude", ()))
-    prune = _pruner(opts, seed, calib, input_shapes)
-    # Groups as the pruner sees them (Identity-read and Constant weights seen through).
+    options = PruneOptions(**{k: v for k, v in opts.items() if k not in ("ratio", "overrides")})
+    options.validate()
+    # Groups as the pruner sees them (Identity-read and Constant weights seen through). One
+    # analysis serves every candidate: each is the plan's model edited with other classes.
     model, _ = canonical_copy(model)
-    cg = analyze(model, input_shapes)
+    ctx = PassContext(seed=seed, feeds=calib, input_shapes=input_shapes)
+    plan = make_plan(model, options, ctx)
+    cg = plan.cg
+    means = conv_input_means(model, cg, calib) if options.compensate and calib else None
     base_sizes = node_sizes(cg)
     compute = {n.name or n.output[0] for n in cg.model.graph.node if n.op_type in COMPUTE_OPS}
     total_macs = sum(s for n, s in base_sizes.items() if n in compute) or 1.0
-    prunable = [
-        g
-        for g in cg.groups
-        if not g.frozen and not any(re.search(p, s) for p in exclude for s in g.sources)
-    ]
+    prunable = plan.prunable
+    none = {g.id: 0.0 for g in prunable}
+
+    def candidate(removed: set[int]) -> onnx.ModelProto:
+        return pruned_copy(model, ctx, plan, removed, means, compensate=options.compensate)
+
     with Session(model, label="original") as s:
         reference = [s.run(f) for f in feeds]
     if task is not None and metric is None:
@@ -406,12 +403,15 @@ def measure(
         if progress:
             progress(done, total, label)
 
-    uniform = []
+    uniform, uniform_fractions = [], []
     for r in ratios:
-        m, _ = prune(model, {}, r)
-        uniform.append(m if m is not None else model)
+        removed = plan.choose(r)
+        uniform.append(candidate(removed) if removed else model)
+        uniform_fractions.append(node_fractions(cg, removed))
         tick(f"uniform {r:g}")
-    lat, walls = latency_model(model, uniform, feeds[0], input_shapes, runs=runs)
+    lat, walls = latency_model(
+        model, uniform, feeds[0], input_shapes, runs=runs, known=(base_sizes, uniform_fractions)
+    )
     labels = ["original"] + [f"uniform-{r:g}" for r in ratios]
     n = len(labels)
     profiled = {f"{lb} (profile, basic)": w for lb, w in zip(labels, walls[:n])}
@@ -426,16 +426,16 @@ def measure(
             channels=g.channels,
             macs_share=g.macs / total_macs,
         )
-        pattern = "^" + re.escape(g.sources[0]) + "$"
         for r in ratios:
-            pruned, counters = prune(model, {pattern: r})
+            removed = plan.pick(none | {g.id: r})
+            pruned = candidate(removed) if removed else None
             if pruned is None:
                 curve.removed[r] = 0
                 curve.errors[r] = {"max-rel": 0.0, "cosine": 1.0, "mean-abs": 0.0}
                 curve.errors[r] |= unchanged
                 curve.latency_ms[r] = lat.base_ms
             else:
-                curve.removed[r] = int(counters.get("channels_removed", 0))
+                curve.removed[r] = channels_removed(plan, removed)
                 with Session(pruned, label=f"group {g.id} at {r:g}") as s:
                     got = [s.run({k: v for k, v in f.items() if k in s.input_names}) for f in feeds]
                 c = compare_outputs(reference, got, ())
@@ -444,8 +444,7 @@ def measure(
                     "cosine": c.worst("cosine"),
                     "mean-abs": c.worst("mean-abs"),
                 } | task_value(got)
-                sizes = node_sizes(analyze(pruned, input_shapes))
-                curve.latency_ms[r] = lat.predict(_fractions_between(base_sizes, sizes))
+                curve.latency_ms[r] = lat.predict(node_fractions(cg, removed))
             tick(f"group {g.id} ({g.sources[0]}) at {r:g}")
         curves.append(curve)
     return Sensitivity(

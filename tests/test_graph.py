@@ -361,3 +361,32 @@ def test_unique_name_and_tensor_value():
     np.testing.assert_array_equal(G.tensor_value(g, "w"), [3, 4])
     assert G.tensor_value(g, "y") is None
     assert G.count_by(["Conv", "Relu", "Conv", "Add"]) == {"Conv": 2, "Add": 1, "Relu": 1}
+
+
+def test_fingerprint_follows_structure_and_weights():
+    import copy
+
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from graphslim.graph import fingerprint
+
+    w = numpy_helper.from_array(np.arange(4096, dtype=np.float32).reshape(64, 64), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])],
+        [w],
+    )
+    m = helper.make_model(graph)
+    same = copy.deepcopy(m)
+    assert fingerprint(m) == fingerprint(same)
+    edited = copy.deepcopy(m)
+    edited.graph.initializer[0].CopyFrom(
+        numpy_helper.from_array(np.zeros((64, 64), np.float32), "w")
+    )
+    assert fingerprint(edited) != fingerprint(m)
+    renamed = copy.deepcopy(m)
+    renamed.graph.node[0].name = "other"
+    assert fingerprint(renamed) != fingerprint(m)

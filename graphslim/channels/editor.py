@@ -21,17 +21,19 @@ class Editor:
     private copy per distinct slicing (``<name>_pruned``, ``_1``, ...).
     """
 
-    def __init__(self, cg, removed: set[int]) -> None:
+    def __init__(self, cg, removed: set[int], model: onnx.ModelProto | None = None) -> None:
+        """``model``: edit this copy of ``cg.model`` instead (same graph, node for node; the
+        rules look channels up by tensor name), so one analysis serves many candidates."""
         self.cg = cg
         self.removed = removed
-        self.model = cg.model
+        self.model = cg.model if model is None else model
         self.opset = G.opset_version(cg.model)
         self._ops: dict[tuple[int, int], tuple[onnx.NodeProto, list]] = {}
-        self._inits = G.initializers(cg.model.graph)
-        self._taken = G.all_names(cg.model.graph)
+        self._inits = G.initializers(self.model.graph)
+        self._taken = G.all_names(self.model.graph)
         # Readers per tensor, kept current as inputs are rewired (one index, not a scan of
         # every node per question: that was quadratic on big graphs).
-        self._readers = Counter(i for n in cg.model.graph.node for i in n.input if i)
+        self._readers = Counter(i for n in self.model.graph.node for i in n.input if i)
 
     def _rewire(self, node: onnx.NodeProto, k: int, new: str) -> None:
         self._readers[node.input[k]] -= 1

@@ -29,10 +29,10 @@ of the model it returns.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable
 
+from graphslim import graph as G
 from graphslim.channels import ChannelGraph, ChannelGroup
 from graphslim.contract import PassContext
 from graphslim.pruning.options import PruneOptions, parse_budget
@@ -52,8 +52,8 @@ def sensitivity(model, ctx: PassContext, options: PruneOptions) -> Sensitivity:
         "remove_dead": options.remove_dead,
         "compensate": options.compensate,
     }
-    # The model's bytes are part of the key: a context may see several models.
-    digest = hashlib.sha1(model.SerializeToString(deterministic=True)).hexdigest()
+    # The model is part of the key: a context may see several models.
+    digest = G.fingerprint(model)
     key = f"prune-channels/sensitivity/{digest}/{sorted(prune.items())}/{options.budget_ratios}"
     if key not in ctx.cache:
         from graphslim.feeds import random_feeds

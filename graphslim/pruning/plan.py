@@ -124,7 +124,7 @@ def prune_at(
         "groups": len(cg.groups),
         "groups_pruned": sum(1 for g in plan.prunable if any(c in removed for c in g.classes)),
         "groups_frozen": sum(1 for g in cg.groups if g.frozen),
-        "channels_removed": sum(_removed_positions(cg, g, removed) for g in plan.prunable),
+        "channels_removed": channels_removed(plan, removed),
         "dead_channels_removed": len(plan.dead & removed),
         "ratio_used": round(ratio, 4),
     } | (extra or {})
@@ -163,18 +163,29 @@ def prune_at(
     return PassResult(model, True, counters, list(plan.skipped), notes)
 
 
-def pruned_copy(model: onnx.ModelProto, ctx: PassContext, plan: Plan, removed: set[int]):
-    """A copy of ``model`` (the plan's model) with the classes ``removed``, structure only
-    (no compensation): for timing a candidate."""
+def pruned_copy(
+    model: onnx.ModelProto,
+    ctx: PassContext,
+    plan: Plan,
+    removed: set[int],
+    means: dict | None = None,
+    compensate: bool = False,
+) -> onnx.ModelProto:
+    """A copy of ``model`` (the plan's model, unedited) with the classes ``removed``, on the
+    plan's analysis (no second one); with ``compensate``, removed means go into consumer
+    biases (``means`` from :func:`conv_input_means`, measured once for many candidates).
+    No refit: for timing and measuring candidates."""
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
-    twin = analyze(copy, ctx.input_shapes)
-    # Class ids come from the union-find's roots, which depend only on the graph: the same
-    # graph analyzed again numbers its classes alike. Checked, since the ids index `removed`.
-    if [sorted(g.classes) for g in twin.groups] != [sorted(g.classes) for g in plan.cg.groups]:
-        raise RuntimeError("prune-channels: channel classes differ between two analyses")
-    Editor(twin, removed).apply()
+    deltas = mean_compensation(model, plan.cg, removed, ctx, means) if compensate else {}
+    Editor(plan.cg, removed, model=copy).apply()
+    apply_compensation(copy, plan.cg, removed, deltas)
     return copy
+
+
+def channels_removed(plan: Plan, removed: set[int]) -> int:
+    """Output channels removed from the sources of the plan's prunable groups."""
+    return sum(_removed_positions(plan.cg, g, removed) for g in plan.prunable)
 
 
 def _override(grp: ChannelGroup, overrides: dict[str, float]) -> float | None:

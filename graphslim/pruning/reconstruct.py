@@ -176,8 +176,33 @@ def _rel(pred: np.ndarray, target: np.ndarray) -> float:
     return float(np.linalg.norm(pred - target) / (np.linalg.norm(target) + 1e-12))
 
 
+def conv_input_means(model: onnx.ModelProto, cg: ChannelGraph, feeds) -> dict[str, np.ndarray]:
+    """Per-channel mean of every group-1 Conv's input on ``feeds`` (tensor -> [C]): what
+    :func:`mean_compensation` needs for any set of removed classes, measured once."""
+    names = sorted(
+        {n.input[0] for n in model.graph.node
+         if n.op_type == "Conv" and G.attr(n, "group", 1) == 1
+         and (s := cg.slot(n.input[0])) is not None and s.axis == 1}
+    )  # fmt: skip
+    if not names or not feeds:
+        return {}
+    sums: dict[str, np.ndarray] = {}
+    with Session(with_outputs(model, names), label="channel means") as session:
+        for f in feeds:  # one feed at a time: activations reduced as they come
+            out = session.run(f, names)
+            for n in names:
+                x = np.asarray(out[n], np.float64)
+                m = x.reshape(x.shape[0], x.shape[1], -1).mean(axis=(0, 2))
+                sums[n] = sums.get(n, 0.0) + m
+    return {n: v / len(feeds) for n, v in sums.items()}
+
+
 def mean_compensation(
-    model: onnx.ModelProto, cg: ChannelGraph, removed: set[int], ctx: PassContext
+    model: onnx.ModelProto,
+    cg: ChannelGraph,
+    removed: set[int],
+    ctx: PassContext,
+    means: dict[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """Bias corrections that keep the *mean* of what removed channels contributed.
 
@@ -185,8 +210,8 @@ def mean_compensation(
     Its mean part, ``sum_k W[:, c, k] * E[x_c]``, is put back into the bias, which matters
     where removed channels are far from zero: after a depthwise Conv with a bias, a
     BatchNorm shift or a HardSwish, a pruned channel is a near-constant offset, not noise.
-    ``E[x_c]`` is the spatial and sample mean on the calibration feeds (borders, where
-    padding reads zeros, are ignored); without calibration feeds it comes from BatchNorm
+    ``E[x_c]`` is the spatial and sample mean on the calibration feeds (``means``, from
+    :func:`conv_input_means`, when the caller measured them already); without calibration feeds it comes from BatchNorm
     statistics where the graph has them (:func:`bn_channel_means`), else that Conv is not
     compensated. Returns Conv node name -> delta for its output channels, to add after
     pruning (rows of removed output channels dropped then).
@@ -204,14 +229,13 @@ def mean_compensation(
     if not layers:
         return {}
     inits = G.initializers(model.graph)
-    means: dict[str, np.ndarray] = {}
+    by_node: dict[str, np.ndarray] = {}
     if ctx.feeds:
-        outs = _run_with(model, sorted({n.input[0] for n, _ in layers}), ctx.feeds)
+        if means is None:
+            means = conv_input_means(model, cg, ctx.feeds)
         for node, gone in layers:
-            x = np.concatenate([o[node.input[0]] for o in outs]).astype(np.float64)
-            means[node.name or node.output[0]] = (
-                x[:, gone].reshape(x.shape[0], len(gone), -1).mean(axis=(0, 2))
-            )
+            if node.input[0] in means:
+                by_node[node.name or node.output[0]] = means[node.input[0]][gone]
     else:
         # Means of random noise say nothing about real data: without calibration feeds,
         # only channels whose distribution the graph states (BatchNorm statistics) are
@@ -220,10 +244,10 @@ def mean_compensation(
         for node, gone in layers:
             mean = bn_channel_means(node.input[0], made_by, inits)
             if mean is not None:
-                means[node.name or node.output[0]] = mean[gone]
+                by_node[node.name or node.output[0]] = mean[gone]
     deltas = {}
     for node, gone in layers:
-        mean = means.get(node.name or node.output[0])
+        mean = by_node.get(node.name or node.output[0])
         if mean is None:
             continue
         w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
