@@ -423,7 +423,11 @@ def analyze(
     from graphslim.model_io import load_model
     from graphslim.render import analysis_tables
 
-    rep = report(analyze_channels(load_model(model), _shapes(input_shape)))
+    from graphslim.pruning.canonical import canonical_copy
+
+    # What the pruner sees: Constant weights, Identity reads, folded constants seen through.
+    seen, _ = canonical_copy(load_model(model))
+    rep = report(analyze_channels(seen, _shapes(input_shape)))
     if json_out:
         out.print_json(json.dumps(rep))
         return
