@@ -90,11 +90,12 @@ def _shapes(text: str | None):
     return parse_shape_overrides(text) if text else None
 
 
-def _concrete_shapes(model, text: str | None, pipeline=None):
+def _concrete_shapes(model, text: str | None, pipeline=None, preprocess: str | None = None):
     """Shapes for feeds and analyses (graphslim.feeds.concrete_shapes); a guess is said."""
-    from graphslim.feeds import concrete_shapes
+    from graphslim.feeds import Preprocess, concrete_shapes
 
-    shapes, note = concrete_shapes(model, _shapes(text), pipeline)
+    pre = Preprocess.parse(preprocess) if preprocess else None
+    shapes, note = concrete_shapes(model, _shapes(text), pipeline, pre)
     if note:
         err.print(f"graphslim: {note}")
     return shapes
@@ -234,7 +235,7 @@ def run(
     _check_json_path(json_path, model, output)
     pipe = Pipeline.parse(pipeline) if pipeline is not None else Pipeline.from_toml(pipeline_file)
     m = load_model(model)
-    shapes = _concrete_shapes(m, input_shape, _pipeline_shapes(pipe))
+    shapes = _concrete_shapes(m, input_shape, _pipeline_shapes(pipe), preprocess)
     fed = _feeds(
         feeds, m, count=count, seed=seed, shapes=shapes, preprocess=preprocess, limit=limit
     )
@@ -421,9 +422,8 @@ def analyze(
     from graphslim.channels import analyze as analyze_channels
     from graphslim.channels import report
     from graphslim.model_io import load_model
-    from graphslim.render import analysis_tables
-
     from graphslim.pruning.canonical import canonical_copy
+    from graphslim.render import analysis_tables
 
     # What the pruner sees: Constant weights, Identity reads, folded constants seen through.
     seen, _ = canonical_copy(load_model(model))
@@ -480,7 +480,7 @@ def validate(
         a,
         count=count,
         seed=seed,
-        shapes=_concrete_shapes(a, input_shape),
+        shapes=_concrete_shapes(a, input_shape, preprocess=preprocess),
         preprocess=preprocess,
         limit=limit,
     )

@@ -251,13 +251,15 @@ def concrete_shapes(
     model: onnx.ModelProto,
     given: Mapping[str, Sequence[int]] | None = None,
     pipeline: Mapping[str, Sequence[int]] | None = None,
+    preprocess: Preprocess | None = None,
 ) -> tuple[dict[str, tuple[int, ...]] | None, str | None]:
     """Concrete input shapes for feeds and analyses of a model with symbolic dims, and a
     one-line note when they were guessed.
 
     Sources, first that has an input wins: ``pipeline`` (the pipeline's own
-    ``fix-input-shapes``), ``given`` (``--input-shape``), the model's metadata (ultralytics
-    writes ``imgsz`` = ``[640, 640]``: the last two dims of a rank-4 input), else a guess
+    ``fix-input-shapes``), ``given`` (``--input-shape``), the image size of ``preprocess``
+    (image feeds: H and W of a rank-4 input), the model's metadata (ultralytics writes
+    ``imgsz`` = ``[640, 640]``: the last two dims of a rank-4 input), else a guess
     (batch 1, other symbolic dims :data:`GUESS_SPATIAL`) that the note states. A static
     model gives ``(given or None, None)``. Only feeds and analyses use these shapes: the
     written model keeps its symbolic dims unless ``fix-input-shapes`` says otherwise.
@@ -265,6 +267,9 @@ def concrete_shapes(
     shapes = {k: tuple(int(d) for d in v) for k, v in {**(given or {}), **(pipeline or {})}.items()}
     specs = input_specs(model)
     imgsz = _metadata_imgsz(model)
+    nhwc = preprocess is not None and preprocess.layout == "NHWC"
+    if preprocess is not None and preprocess.size is not None:
+        imgsz = tuple(preprocess.size)
     guessed = []
     for spec in specs:
         if spec.name in shapes or spec.is_static or spec.shape is None:
@@ -275,8 +280,8 @@ def concrete_shapes(
                 dims.append(d)
             elif axis == 0:
                 dims.append(1)
-            elif imgsz is not None and len(spec.shape) == 4 and axis >= 2:
-                dims.append(imgsz[axis - 2])
+            elif imgsz is not None and len(spec.shape) == 4 and axis in ((1, 2) if nhwc else (2, 3)):
+                dims.append(imgsz[axis - (1 if nhwc else 2)])
             else:
                 dims.append(GUESS_SPATIAL)
                 guessed.append(spec.name)

@@ -466,3 +466,11 @@ def test_load_feeds_dispatch(tmp_path):
     write_image(tmp_path / "mixed.png", (0, 0, 0))
     with pytest.raises(FeedError, match="one kind"):
         load_feeds(tmp_path, model)
+
+
+def test_concrete_shapes_take_the_image_size_of_the_preprocess():
+    from graphslim.feeds import Preprocess, concrete_shapes
+
+    model = conv_model(["batch", 3, "height", "width"])
+    shapes, note = concrete_shapes(model, preprocess=Preprocess.parse("resize=48x192"))
+    assert shapes == {"x": (1, 3, 48, 192)} and note is None
