@@ -72,6 +72,19 @@ class PassContext:
     def __post_init__(self) -> None:
         self.rng = np.random.default_rng(self.seed)
 
+    def feeds_or_random(
+        self, model: onnx.ModelProto, count: int, *, warn: str | None = None
+    ) -> list[dict[str, np.ndarray]]:
+        """The calibration feeds, else ``count`` seeded random feeds from ``model``'s
+        signature (``warn``: logged when the random ones are used, saying what they cost)."""
+        if self.feeds:
+            return list(self.feeds)
+        from graphslim.feeds import random_feeds
+
+        if warn:
+            self.logger.warning(warn)
+        return random_feeds(model, count=count, seed=self.seed, shapes=self.input_shapes)
+
 
 @dataclass
 class PassResult:

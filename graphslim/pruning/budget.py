@@ -56,13 +56,9 @@ def sensitivity(model, ctx: PassContext, options: PruneOptions) -> Sensitivity:
     digest = G.fingerprint(model)
     key = f"prune-channels/sensitivity/{digest}/{sorted(prune.items())}/{options.budget_ratios}"
     if key not in ctx.cache:
-        from graphslim.feeds import random_feeds
-
-        feeds = list(ctx.feeds or [])[:4] or random_feeds(
-            model, count=2, seed=ctx.seed, shapes=ctx.input_shapes
-        )
-        if not ctx.feeds:
-            log.warning("prune-channels budget: no calibration feeds; measuring on random inputs")
+        feeds = ctx.feeds_or_random(
+            model, 2, warn="prune-channels budget: no calibration feeds; measuring on random inputs"
+        )[:4]
         ctx.cache[key] = measure(
             model,
             feeds,

@@ -80,11 +80,7 @@ def _prune_to_budget(model, options: PruneOptions, ctx: PassContext, plan: Plan)
 
 
 def _timing_feed(model, ctx: PassContext) -> dict:
-    if ctx.feeds:
-        return dict(ctx.feeds[0])
-    from graphslim.feeds import random_feeds
-
-    return random_feeds(model, count=1, seed=ctx.seed, shapes=ctx.input_shapes)[0]
+    return dict(ctx.feeds_or_random(model, 1)[0])
 
 
 def macs_asked(options: PruneOptions, plan: Plan) -> float | None:

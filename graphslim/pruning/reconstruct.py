@@ -33,15 +33,12 @@ log = logging.getLogger(__name__)
 
 
 def _feeds(model: onnx.ModelProto, ctx: PassContext):
-    if ctx.feeds:
-        return list(ctx.feeds)
-    from graphslim.feeds import random_feeds
-
-    log.warning(
-        "prune-channels reconstruct: no calibration feeds; refitting on random inputs, "
-        "which rarely helps real data (pass --feeds IMAGES)"
+    return ctx.feeds_or_random(
+        model,
+        4,
+        warn="prune-channels reconstruct: no calibration feeds; refitting on random inputs, "
+        "which rarely helps real data (pass --calib IMAGES)",
     )
-    return random_feeds(model, count=4, seed=ctx.seed, shapes=ctx.input_shapes)
 
 
 def _run_with(model: onnx.ModelProto, names: list[str], feeds) -> list[dict[str, np.ndarray]]:

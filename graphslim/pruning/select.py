@@ -61,11 +61,10 @@ def _following_bn_gamma(cg: ChannelGraph, node: onnx.NodeProto) -> np.ndarray | 
 
 
 def _activation_means(cg: ChannelGraph, groups, ctx: PassContext) -> dict[str, np.ndarray]:
-    from graphslim.feeds import random_feeds
     from graphslim.runtime import Session, with_outputs
 
     names = sorted({cg.sources[s].tensor for g in groups for s in g.sources})
-    feeds = ctx.feeds or random_feeds(cg.model, count=2, seed=ctx.seed, shapes=ctx.input_shapes)
+    feeds = ctx.feeds_or_random(cg.model, 2)
     probe = with_outputs(cg.model, names)
     sums: dict[str, np.ndarray] = {}
     with Session(probe, label="activation probe") as s:
