@@ -101,7 +101,8 @@ class OpenVINOSession:
         self.threads = int(self.compiled.get_property("INFERENCE_NUM_THREADS")) or (
             threads or os.cpu_count() or 1
         )
-        self.precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+        hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        self.precision = hint.to_string() if hasattr(hint, "to_string") else str(hint)
 
     def run(
         self, feed: dict[str, np.ndarray], output_names: Sequence[str] | None = None
@@ -131,6 +132,21 @@ class OpenVINOSession:
                 by_name[name] = value
         # Copies: the request reuses its output buffers on the next infer().
         return {n: np.array(by_name[n], copy=True) for n in names}
+
+    def executed_precisions(self, layer_types=("Convolution", "FullyConnected", "MatMul")):
+        """``{layer type: {precision: count}}`` of the compiled (executed) graph: whether
+        OpenVINO runs a QDQ model's convolutions as ``u8``/``i8`` kernels or fell back to
+        ``f32``. ``layer_types``: which executed layer types to count (None: all but Const)."""
+        counts: dict[str, dict[str, int]] = {}
+        for op in self.compiled.get_runtime_model().get_ordered_ops():
+            info = op.get_rt_info()
+            kind = info["layerType"].astype(str)
+            if kind == "Const" or (layer_types and kind not in layer_types):
+                continue
+            precision = info["runtimePrecision"].astype(str)
+            counts.setdefault(kind, {})
+            counts[kind][precision] = counts[kind].get(precision, 0) + 1
+        return counts
 
     def close(self) -> None:
         self.request = None
