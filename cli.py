@@ -1029,9 +1029,20 @@ def convert(
 
 
 trt_app = typer.Typer(
-    no_args_is_help=True, help="TensorRT engines (trt extra, NVIDIA GPU): build and time."
+    no_args_is_help=True,
+    help="TensorRT engines through Polygraphy (trt extra, NVIDIA GPU): build and time.",
 )
 app.add_typer(trt_app, name="trt")
+
+
+TimingCacheOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--timing-cache",
+        help="TensorRT timing cache file, read and updated (default "
+        "~/.cache/graphslim/trt/timing.cache; '' for none)",
+    ),
+]
 
 
 @trt_app.command("build")
@@ -1040,20 +1051,22 @@ def trt_build(
     output: Annotated[Path, typer.Option("-o", "--output", help="where to write the engine")],
     precision: Annotated[str, typer.Option(help="fp32 | fp16 | int8")] = "fp16",
     workspace: Annotated[int, typer.Option(help="builder workspace limit in MiB")] = 1024,
+    timing_cache: TimingCacheOpt = None,
 ) -> None:
-    """Build a TensorRT engine from MODEL."""
+    """Build a TensorRT engine from MODEL (Polygraphy's loaders, timing cache reused)."""
     from graphslim.backends import tensorrt as T
-    from graphslim.model_io import load_model
+    from graphslim.model_io import _atomic_write_bytes, load_model, refuse_overwrite
 
     if precision not in T.PRECISIONS:
         raise OptionsError(f"--precision {precision!r}: use one of {', '.join(T.PRECISIONS)}")
     why = T.unavailable()
     if why:
         raise T.BackendUnavailable(f"TensorRT backend unavailable: {why}")
+    refuse_overwrite(model, output)
     m = load_model(model)
     with err.status(f"building a {precision} engine"):
-        data = T.build(m, precision, workspace_mb=workspace)
-    output.write_bytes(data)
+        data = T.build(m, precision, workspace_mb=workspace, timing_cache=timing_cache)
+    _atomic_write_bytes(output, data)
     out.print(f"wrote {output} ({len(data):,} bytes)")
 
 
@@ -1065,11 +1078,13 @@ def trt_bench(
     ] = None,
     runs: Annotated[int, typer.Option(help="timed runs per engine")] = 100,
     workspace: Annotated[int, typer.Option(help="builder workspace limit in MiB")] = 1024,
+    timing_cache: TimingCacheOpt = None,
     input_shape: ShapeOpt = None,
     seed: Annotated[int, typer.Option(help="seed for the random input")] = 0,
     json_path: JsonOpt = None,
 ) -> None:
-    """Build engines at each precision, time them, and compare outputs with onnxruntime."""
+    """Build engines at each precision, time them (median, p90, throughput), and compare
+    their outputs with onnxruntime's through Polygraphy's comparator."""
     from rich.table import Table
 
     from graphslim.backends import tensorrt as T
@@ -1080,6 +1095,8 @@ def trt_bench(
     bad = [p for p in precisions if p not in T.PRECISIONS]
     if bad:
         raise OptionsError(f"--precision {bad[0]!r}: use one of {', '.join(T.PRECISIONS)}")
+    if runs < 1:
+        raise OptionsError("--runs must be >= 1")
     why = T.unavailable()
     if why:
         raise T.BackendUnavailable(f"TensorRT backend unavailable: {why}")
@@ -1092,7 +1109,7 @@ def trt_bench(
     rows = []
     for p in precisions:
         with err.status(f"building and timing a {p} engine"):
-            engine = T.build(m, p, workspace_mb=workspace)
+            engine = T.build(m, p, workspace_mb=workspace, timing_cache=timing_cache)
             timing = T.bench(engine, feeds[0], p, runs=runs)
             c = T.compare_with_onnxruntime(m, engine, feeds)
         rows.append(timing.to_dict() | {"max-rel": c.worst("max-rel"), "cosine": c.worst("cosine")})
