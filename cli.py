@@ -185,7 +185,8 @@ def run(
     bench_stages: Annotated[
         bool,
         typer.Option(
-            "--bench", help="time the input and every stage (onnxruntime CPU, alternating)"
+            "--bench",
+            help="time the input and every stage (alternating; in --runtime, default onnxruntime CPU)",
         ),
     ] = False,
     bench_runs: Annotated[int, typer.Option("--bench-runs", help="timed runs per stage")] = 20,
