@@ -1004,6 +1004,10 @@ def convert(
     refuse_overwrite(model, output)
     if to == "openvino":
         refuse_overwrite(model, output.with_suffix(".bin"))
+    if not output.parent.is_dir():
+        from graphslim.errors import ModelSaveError
+
+        raise ModelSaveError(f"{output}: folder {output.parent} does not exist; create it first")
     m = load_model(model)
     fed = _feeds(
         feeds, m, count=count, seed=seed, shapes=_shapes(input_shape), preprocess=preprocess

@@ -189,6 +189,15 @@ def test_cli_convert_to_openvino(monkeypatch, capsys, tmp_path):
     assert code == 2 and "end -o in .xml" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("target,name", [("ort", "m.ort"), ("openvino", "m.xml")])
+def test_cli_convert_into_a_missing_folder(monkeypatch, capsys, tmp_path, target, name):
+    if target == "openvino" and WHY is not None:
+        pytest.skip(f"OpenVINO runtime unavailable: {WHY}")
+    out = tmp_path / "missing" / name
+    code, _, err = main(monkeypatch, capsys, "convert", TINY_YOLO, "--to", target, "-o", out)
+    assert code == 2 and f"folder {out.parent} does not exist" in err
+
+
 def test_cli_unknown_runtime(monkeypatch, capsys):
     code, _, err = main(monkeypatch, capsys, "bench", TINY_YOLO, "--runtime", "tflite")
     assert code == 2 and "runtime 'tflite': use one of ort, openvino" in err
