@@ -63,6 +63,14 @@ TaskOpt = Annotated[
         help="task metrics on top: classify | detect | dense (meaningful on real --feeds)",
     ),
 ]
+RuntimeOpt = Annotated[
+    str,
+    typer.Option(
+        "--runtime",
+        help="runtime that runs the model: ort (onnxruntime CPU) | openvino (OpenVINO CPU, "
+        "extra 'openvino')",
+    ),
+]
 MinMetricOpt = Annotated[
     list[str] | None,
     typer.Option(
@@ -199,10 +207,12 @@ def run(
     bench_stages: Annotated[
         bool,
         typer.Option(
-            "--bench", help="time the input and every stage (onnxruntime CPU, alternating)"
+            "--bench",
+            help="time the input and every stage (alternating; in --runtime, default onnxruntime CPU)",
         ),
     ] = False,
     bench_runs: Annotated[int, typer.Option("--bench-runs", help="timed runs per stage")] = 20,
+    runtime: RuntimeOpt = "ort",
     task: TaskOpt = None,
     min_metric: Annotated[
         str | None,
@@ -229,6 +239,12 @@ def run(
         raise OptionsError(
             "give exactly one of -P/--pipeline 'a,b{k=v}' or -p/--pipeline-file FILE"
         )
+    if runtime != "ort":
+        if not bench_stages:
+            raise OptionsError("--runtime times the stages: give it with --bench")
+        from graphslim.runtime import check_runtime
+
+        check_runtime(runtime)
     from graphslim.model_io import refuse_overwrite
 
     refuse_overwrite(model, output)
@@ -304,6 +320,7 @@ def run(
                 feed,
                 runs=bench_runs,
                 progress=lambda d, n: prog.update(bar, completed=d),
+                runtime=runtime,
             )
         out.print(bench_table(timings))
     from graphslim.report import build_report, write_reports
@@ -463,6 +480,14 @@ def validate(
     ] = "auto",
     threshold: Annotated[float, typer.Option("--threshold", help="dense: map threshold")] = 0.5,
     min_metric: MinMetricOpt = None,
+    runtime: Annotated[
+        str,
+        typer.Option(
+            "--runtime",
+            help="runtime that runs CANDIDATE: ort | openvino (ORIGINAL always runs in "
+            "onnxruntime, the reference)",
+        ),
+    ] = "ort",
 ) -> None:
     """Compare CANDIDATE's outputs with ORIGINAL's; exit code 1 when a tolerance fails.
 
@@ -471,8 +496,10 @@ def validate(
     exit code."""
     from graphslim.model_io import load_model
     from graphslim.render import comparison_table
-    from graphslim.validate import DEFAULT_TOLERANCES, compare
+    from graphslim.runtime import check_runtime, run_model
+    from graphslim.validate import DEFAULT_TOLERANCES, compare_outputs
 
+    check_runtime(runtime)
     _check_json_path(json_path, original, candidate)
     a, b = load_model(original), load_model(candidate)
     fed = _feeds(
@@ -509,14 +536,15 @@ def validate(
         from graphslim.validate import reference_outputs
 
         ref = reference_outputs(a, fed)
-        c = compare(a, b, fed, tolerances, reference=ref)
+        got = run_model(b, _own_inputs(b, fed), label="candidate", runtime=runtime)
+        c = compare_outputs(ref, got, tolerances)
         metrics = None
         if the_task is not None:
-            from graphslim.runtime import run_model
-
-            metrics = the_task.evaluate(ref, run_model(b, fed, label="candidate"), fed)
-    out.print(comparison_table(c))
-    data = {"original": str(original), "candidate": str(candidate)} | c.to_dict()
+            metrics = the_task.evaluate(ref, got, fed)
+    where = "" if runtime == "ort" else f" (candidate in {runtime})"
+    out.print(comparison_table(c, f"validation{where}"))
+    data = {"original": str(original), "candidate": str(candidate), "runtime": runtime}
+    data |= c.to_dict()
     failed = []
     if metrics is not None:
         from graphslim.render import task_table
@@ -535,6 +563,14 @@ def validate(
         raise ValidationFailed(f"task gate failed: {'; '.join(failed)}")
 
 
+def _own_inputs(model, feeds):
+    """``feeds`` reduced to ``model``'s inputs (the reference may take more)."""
+    from graphslim.feeds import input_specs
+
+    names = {s.name for s in input_specs(model)}
+    return [{k: v for k, v in f.items() if k in names} for f in feeds]
+
+
 @app.command()
 def bench(
     model: Annotated[Path, typer.Argument(help="ONNX model")],
@@ -544,31 +580,50 @@ def bench(
     runs: Annotated[int, typer.Option(help="timed runs per model")] = 30,
     warmup: Annotated[int, typer.Option(help="untimed runs per model first")] = 5,
     threads: Annotated[
-        int | None, typer.Option(help="onnxruntime intra-op threads (default: all cores)")
+        int | None, typer.Option(help="intra-op threads per session (default: all cores)")
+    ] = None,
+    runtime: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--runtime",
+            help="ort | openvino, repeatable: every model runs in every runtime given, all "
+            "alternating (default ort)",
+        ),
     ] = None,
     input_shape: ShapeOpt = None,
     seed: Annotated[int, typer.Option(help="seed for the random input")] = 0,
     json_path: JsonOpt = None,
 ) -> None:
-    """onnxruntime CPU latency: median and p90; with two models, their ratio."""
+    """CPU latency (onnxruntime or OpenVINO): median and p90; with several models or runtimes,
+    each one's ratio to the first."""
     from rich.progress import Progress
 
     from graphslim.bench import bench as run_bench
     from graphslim.feeds import random_feeds
     from graphslim.model_io import load_model
     from graphslim.render import bench_table
+    from graphslim.runtime import check_runtime
 
     if runs < 1 or warmup < 0:
         raise OptionsError("--runs must be >= 1 and --warmup >= 0")
+    runtimes = list(dict.fromkeys(runtime or ["ort"]))
+    for rt in runtimes:
+        check_runtime(rt)
     _check_json_path(json_path, model, model2)
-    models = [(str(model), load_model(model))]
+    loaded = [(str(model), load_model(model))]
     if model2 is not None:
-        models.append((str(model2), load_model(model2)))
-    feed = random_feeds(models[0][1], count=1, seed=seed, shapes=_shapes(input_shape))[0]
+        loaded.append((str(model2), load_model(model2)))
+    # Model-major order: with one model and two runtimes the first row is ORT (the baseline).
+    entries = [
+        (label if len(runtimes) == 1 else f"{label} ({rt})", m, rt)
+        for label, m in loaded
+        for rt in runtimes
+    ]
+    feed = random_feeds(loaded[0][1], count=1, seed=seed, shapes=_shapes(input_shape))[0]
     with Progress(console=err, transient=True) as prog:
         task = prog.add_task("timing", total=runs)
         timings = run_bench(
-            models,
+            entries,
             feed,
             warmup=warmup,
             runs=runs,
@@ -576,7 +631,45 @@ def bench(
             progress=lambda d, n: prog.update(task, completed=d),
         )
     out.print(bench_table(timings))
-    _write_json(json_path, {"timings": [t.to_dict() for t in timings]})
+    _write_json(json_path, {"timings": [t.to_dict() for t in timings]} | _machine(runtimes))
+
+
+def _machine(runtimes) -> dict:
+    """Where a figure was measured: CPU, ISA flags, cores, load, runtime versions."""
+    import os
+    import platform
+
+    cpu, flags = platform.processor() or platform.machine(), []
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and cpu in ("", platform.machine()):
+                cpu = line.split(":", 1)[1].strip()
+            if line.startswith(("flags", "Features")) and not flags:
+                have = set(line.split(":", 1)[1].split())
+                wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "asimddp")
+                flags = [f for f in wanted if f in have]
+    except OSError:
+        pass
+    versions = {}
+    for rt in runtimes:
+        if rt == "ort":
+            import onnxruntime
+
+            versions["onnxruntime"] = onnxruntime.__version__
+        elif rt == "openvino":
+            from graphslim.backends.openvino import version
+
+            versions["openvino"] = version()
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {
+        "machine": {
+            "cpu": cpu,
+            "isa": flags,
+            "cores": os.cpu_count(),
+            "load_average": load,
+            "versions": versions,
+        }
+    }
 
 
 @app.command("report")
@@ -892,10 +985,15 @@ def sensitivity(
 @app.command()
 def convert(
     model: Annotated[Path, typer.Argument(help="ONNX model")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="where to write the .ort file")],
-    to: Annotated[str, typer.Option("--to", help="target format: ort")] = "ort",
+    output: Annotated[
+        Path,
+        typer.Option("-o", "--output", help="where to write the .ort file / the IR .xml (+ .bin)"),
+    ],
+    to: Annotated[
+        str, typer.Option("--to", help="target format: ort | openvino (IR .xml/.bin)")
+    ] = "ort",
     style: Annotated[
-        str, typer.Option(help="fixed (optimized for this CPU) | runtime (portable)")
+        str, typer.Option(help="ort: fixed (optimized for this CPU) | runtime (portable)")
     ] = "fixed",
     feeds: FeedsOpt = None,
     preprocess: PreprocessOpt = None,
@@ -904,38 +1002,77 @@ def convert(
     tol: TolOpt = None,
     seed: Annotated[int, typer.Option(help="seed for random feeds")] = 0,
 ) -> None:
-    """Convert MODEL to onnxruntime's .ort format, then load it and check it matches."""
-    from graphslim.backends import ort_format
-    from graphslim.model_io import load_model
+    """Convert MODEL to onnxruntime's .ort format or OpenVINO's IR, then load it back and
+    check it matches MODEL in onnxruntime."""
+    from graphslim.model_io import load_model, refuse_overwrite
     from graphslim.render import comparison_table
     from graphslim.validate import DEFAULT_TOLERANCES
 
-    if to != "ort":
+    targets = ("ort", "openvino")
+    if to not in targets:
         raise OptionsError(
-            f"--to {to!r}: only 'ort' is supported (use `graphslim trt build` for TensorRT)"
+            f"--to {to!r}: use one of {', '.join(targets)} (`graphslim trt build` for TensorRT)"
         )
-    if style not in ort_format.STYLES:
-        raise OptionsError(f"--style {style!r}: use one of {', '.join(ort_format.STYLES)}")
-    from graphslim.model_io import refuse_overwrite
+    if to == "ort":
+        from graphslim.backends import ort_format
 
+        if style not in ort_format.STYLES:
+            raise OptionsError(f"--style {style!r}: use one of {', '.join(ort_format.STYLES)}")
+    else:
+        from graphslim.runtime import check_runtime
+
+        check_runtime("openvino")
+        if output.suffix != ".xml":
+            raise OptionsError(
+                f"{output}: an OpenVINO IR is written as NAME.xml (+ NAME.bin); end -o in .xml"
+            )
     refuse_overwrite(model, output)
+    if to == "openvino":
+        refuse_overwrite(model, output.with_suffix(".bin"))
+    if not output.parent.is_dir():
+        from graphslim.errors import ModelSaveError
+
+        raise ModelSaveError(f"{output}: folder {output.parent} does not exist; create it first")
     m = load_model(model)
     fed = _feeds(
         feeds, m, count=count, seed=seed, shapes=_shapes(input_shape), preprocess=preprocess
     )
-    with err.status("converting with onnxruntime.tools.convert_onnx_models_to_ort"):
-        path = ort_format.convert(m, output, style=style)
-        c = ort_format.check(m, path, fed, _tolerances(tol) or DEFAULT_TOLERANCES)
-    out.print(comparison_table(c, f"{path} (ORT format) against {model}"))
+    tolerances = _tolerances(tol) or DEFAULT_TOLERANCES
+    if to == "ort":
+        with err.status("converting with onnxruntime.tools.convert_onnx_models_to_ort"):
+            path = ort_format.convert(m, output, style=style)
+            c = ort_format.check(m, path, fed, tolerances)
+        what, size = "ORT format", path.stat().st_size
+    else:
+        from graphslim.backends import openvino as OV
+
+        with err.status("converting with openvino.convert_model"):
+            path = OV.convert(m, output)
+            c = OV.check(m, path, fed, tolerances)
+        what = f"OpenVINO IR, run in OpenVINO {OV.version().split('-')[0]} f32"
+        size = path.stat().st_size + path.with_suffix(".bin").stat().st_size
+    out.print(comparison_table(c, f"{path} ({what}) against {model} in onnxruntime"))
     if not c.passed:
-        raise ValidationFailed(f"the .ort model does not match: {c.failure_summary()}")
-    out.print(f"wrote {path} ({path.stat().st_size:,} bytes)")
+        raise ValidationFailed(f"the converted model does not match: {c.failure_summary()}")
+    extra = f" + {path.with_suffix('.bin')}" if to == "openvino" else ""
+    out.print(f"wrote {path}{extra} ({size:,} bytes)")
 
 
 trt_app = typer.Typer(
-    no_args_is_help=True, help="TensorRT engines (trt extra, NVIDIA GPU): build and time."
+    no_args_is_help=True,
+    help="TensorRT engines through Polygraphy (trt extra, NVIDIA GPU): build and time.",
 )
 app.add_typer(trt_app, name="trt")
+
+
+TimingCacheOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--timing-cache",
+        help="TensorRT timing cache file, read and updated (default "
+        "~/.cache/graphslim/trt/timing.cache; '' for none)",
+    ),
+]
 
 
 @trt_app.command("build")
@@ -944,20 +1081,22 @@ def trt_build(
     output: Annotated[Path, typer.Option("-o", "--output", help="where to write the engine")],
     precision: Annotated[str, typer.Option(help="fp32 | fp16 | int8")] = "fp16",
     workspace: Annotated[int, typer.Option(help="builder workspace limit in MiB")] = 1024,
+    timing_cache: TimingCacheOpt = None,
 ) -> None:
-    """Build a TensorRT engine from MODEL."""
+    """Build a TensorRT engine from MODEL (Polygraphy's loaders, timing cache reused)."""
     from graphslim.backends import tensorrt as T
-    from graphslim.model_io import load_model
+    from graphslim.model_io import _atomic_write_bytes, load_model, refuse_overwrite
 
     if precision not in T.PRECISIONS:
         raise OptionsError(f"--precision {precision!r}: use one of {', '.join(T.PRECISIONS)}")
     why = T.unavailable()
     if why:
         raise T.BackendUnavailable(f"TensorRT backend unavailable: {why}")
+    refuse_overwrite(model, output)
     m = load_model(model)
     with err.status(f"building a {precision} engine"):
-        data = T.build(m, precision, workspace_mb=workspace)
-    output.write_bytes(data)
+        data = T.build(m, precision, workspace_mb=workspace, timing_cache=timing_cache)
+    _atomic_write_bytes(output, data)
     out.print(f"wrote {output} ({len(data):,} bytes)")
 
 
@@ -969,11 +1108,13 @@ def trt_bench(
     ] = None,
     runs: Annotated[int, typer.Option(help="timed runs per engine")] = 100,
     workspace: Annotated[int, typer.Option(help="builder workspace limit in MiB")] = 1024,
+    timing_cache: TimingCacheOpt = None,
     input_shape: ShapeOpt = None,
     seed: Annotated[int, typer.Option(help="seed for the random input")] = 0,
     json_path: JsonOpt = None,
 ) -> None:
-    """Build engines at each precision, time them, and compare outputs with onnxruntime."""
+    """Build engines at each precision, time them (median, p90, throughput), and compare
+    their outputs with onnxruntime's through Polygraphy's comparator."""
     from rich.table import Table
 
     from graphslim.backends import tensorrt as T
@@ -984,6 +1125,8 @@ def trt_bench(
     bad = [p for p in precisions if p not in T.PRECISIONS]
     if bad:
         raise OptionsError(f"--precision {bad[0]!r}: use one of {', '.join(T.PRECISIONS)}")
+    if runs < 1:
+        raise OptionsError("--runs must be >= 1")
     why = T.unavailable()
     if why:
         raise T.BackendUnavailable(f"TensorRT backend unavailable: {why}")
@@ -996,7 +1139,7 @@ def trt_bench(
     rows = []
     for p in precisions:
         with err.status(f"building and timing a {p} engine"):
-            engine = T.build(m, p, workspace_mb=workspace)
+            engine = T.build(m, p, workspace_mb=workspace, timing_cache=timing_cache)
             timing = T.bench(engine, feeds[0], p, runs=runs)
             c = T.compare_with_onnxruntime(m, engine, feeds)
         rows.append(timing.to_dict() | {"max-rel": c.worst("max-rel"), "cosine": c.worst("cosine")})

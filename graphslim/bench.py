@@ -1,4 +1,5 @@
-"""Latency of one or more models in onnxruntime (CPU), measured side by side.
+"""Latency of one or more models, measured side by side, in onnxruntime (CPU, the default) or
+another runtime of :data:`graphslim.runtime.RUNTIMES` (OpenVINO CPU), or a mix of them.
 
 Each model gets its own session with the same thread count and optimization level, is warmed
 up, then the models run *alternately* (A B A B ...) for ``runs`` rounds so that clock
@@ -7,6 +8,12 @@ thread spinning is off in every session (onnxruntime's idle workers would otherw
 and steal the cores of the session being timed). Reported per model: median,
 p90, mean and min in milliseconds; with two or more models, each one's median relative to
 the first.
+
+Runtime: ``runtime=`` applies to every model; an entry ``(label, model, runtime)`` overrides it
+for that model, so one call can time the same model in onnxruntime and in OpenVINO, still
+alternating. Other measurements that time models (the latency budget of pruning, the INT8
+placement search) take the same ``runtime`` string and open their sessions with
+:func:`graphslim.runtime.open_session`.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import onnx
 
-from graphslim.runtime import Session
+from graphslim.runtime import check_runtime, open_session
 
 
 @dataclass
@@ -31,13 +38,14 @@ class Timing:
     mean_ms: float
     min_ms: float
     ratio: float | None = None  # this median / first model's median
+    runtime: str = "ort"
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def bench(
-    models: Sequence[tuple[str, onnx.ModelProto]],
+    models: Sequence[tuple[str, onnx.ModelProto] | tuple[str, onnx.ModelProto, str]],
     feed: dict[str, np.ndarray],
     *,
     warmup: int = 5,
@@ -45,18 +53,30 @@ def bench(
     threads: int | None = None,
     optimization: str = "all",
     progress=None,
+    runtime: str = "ort",
 ) -> list[Timing]:
-    """Time each ``(label, model)`` on the same ``feed``; see the module doc for the method.
+    """Time each ``(label, model[, runtime])`` on the same ``feed``; see the module doc.
 
     ``progress``: optional callable ``(done, total)`` called after each round.
     """
+    entries = [(e[0], e[1], e[2] if len(e) > 2 else runtime) for e in models]
+    for rt in dict.fromkeys(e[2] for e in entries):
+        check_runtime(rt)
     # Side by side, no session's idle threads may spin (graphslim.runtime.Session): they
     # would steal the cores of the session being timed.
-    sessions = [
-        Session(m, threads=threads, optimization=optimization, label=lbl, spinning=len(models) == 1)
-        for lbl, m in models
-    ]
+    sessions = []
     try:
+        for lbl, m, rt in entries:
+            sessions.append(
+                open_session(
+                    m,
+                    runtime=rt,
+                    threads=threads,
+                    optimization=optimization,
+                    label=lbl,
+                    spinning=len(entries) == 1,
+                )
+            )
         feeds = [{k: v for k, v in feed.items() if k in s.input_names} for s in sessions]
         for s, f in zip(sessions, feeds):
             for _ in range(warmup):
@@ -70,7 +90,7 @@ def bench(
             if progress:
                 progress(r + 1, runs)
         out = []
-        for (label, _), s, ms in zip(models, sessions, samples):
+        for (label, _, rt), s, ms in zip(entries, sessions, samples):
             a = np.asarray(ms)
             out.append(
                 Timing(
@@ -81,6 +101,7 @@ def bench(
                     p90_ms=float(np.percentile(a, 90)),
                     mean_ms=float(a.mean()),
                     min_ms=float(a.min()),
+                    runtime=rt,
                 )
             )
         base = out[0].median_ms

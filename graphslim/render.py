@@ -148,8 +148,10 @@ def comparison_table(c: Comparison, title: str = "validation") -> Table:
 
 
 def bench_table(timings: Sequence[Timing]) -> Table:
+    names = {"ort": "onnxruntime", "openvino": "OpenVINO"}
+    used = dict.fromkeys(names.get(x.runtime, x.runtime) for x in timings)
     t = Table(
-        title=f"onnxruntime CPU latency ({timings[0].runs} runs each, alternating, "
+        title=f"{' + '.join(used)} CPU latency ({timings[0].runs} runs each, alternating, "
         f"{timings[0].threads} threads)",
         title_justify="left",
     )

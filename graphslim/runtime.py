@@ -1,7 +1,13 @@
-"""onnxruntime sessions for validation, shape probing, calibration and latency.
+"""Sessions for validation, shape probing, calibration and latency.
 
-Models under protobuf's 2 GB limit go to onnxruntime as bytes; larger ones are written with
-external data into a private temporary folder that lives as long as the session.
+:class:`Session` is onnxruntime (CPU), the default everywhere. Models under protobuf's 2 GB
+limit go to onnxruntime as bytes; larger ones are written with external data into a private
+temporary folder that lives as long as the session.
+
+Other runtimes (``RUNTIMES``) give sessions with the same interface (``run(feed,
+output_names)``, ``input_names``, ``output_names``, ``threads``, ``label``, ``close``, context
+manager) through :func:`open_session`; their packages are optional extras, imported only when
+such a session is opened (``import graphslim`` never imports them).
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from graphslim.errors import RuntimeFailure
 from graphslim.model_io import serialize_for_runtime
 
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
+# "ort": onnxruntime CPU; "openvino": OpenVINO CPU (graphslim.backends.openvino, extra openvino).
+RUNTIMES = ("ort", "openvino")
 
 
 class Session:
@@ -105,6 +113,44 @@ def with_outputs(model: onnx.ModelProto, names) -> onnx.ModelProto:
     return probe
 
 
+def check_runtime(runtime: str) -> None:
+    """Raise when ``runtime`` is unknown (OptionsError) or not installed (BackendUnavailable)."""
+    from graphslim.errors import OptionsError
+
+    if runtime not in RUNTIMES:
+        raise OptionsError(f"runtime {runtime!r}: use one of {', '.join(RUNTIMES)}")
+    if runtime == "openvino":
+        from graphslim.backends import BackendUnavailable
+        from graphslim.backends.openvino import unavailable
+
+        why = unavailable()
+        if why:
+            raise BackendUnavailable(f"OpenVINO runtime unavailable: {why}")
+
+
+def open_session(
+    model: onnx.ModelProto,
+    *,
+    runtime: str = "ort",
+    threads: int | None = None,
+    optimization: str = "basic",
+    label: str = "model",
+    spinning: bool = True,
+):
+    """A session of ``runtime`` over ``model`` (see the module doc for the interface).
+
+    ``optimization`` and ``spinning`` are onnxruntime settings; other runtimes ignore them
+    (OpenVINO always compiles with its full set of transformations)."""
+    check_runtime(runtime)
+    if runtime == "openvino":
+        from graphslim.backends.openvino import OpenVINOSession
+
+        return OpenVINOSession(model, threads=threads, label=label)
+    return Session(
+        model, threads=threads, optimization=optimization, label=label, spinning=spinning
+    )
+
+
 def run_model(
     model: onnx.ModelProto,
     feeds: Sequence[dict[str, np.ndarray]],
@@ -112,9 +158,11 @@ def run_model(
     *,
     optimization: str = "basic",
     label: str = "model",
+    runtime: str = "ort",
 ) -> list[dict[str, np.ndarray]]:
-    """Run ``model`` once per feed; returns one ``{output name: array}`` per feed."""
-    with Session(model, optimization=optimization, label=label) as s:
+    """Run ``model`` once per feed (in ``runtime``); returns one ``{output name: array}`` per
+    feed."""
+    with open_session(model, runtime=runtime, optimization=optimization, label=label) as s:
         return [s.run(f, output_names) for f in feeds]
 
 

@@ -117,3 +117,15 @@ def test_side_by_side_sessions_do_not_spin(models, feed, monkeypatch):
     seen.clear()
     bench(models[:1], feed, warmup=1, runs=1)  # alone: onnxruntime's default
     assert seen == ["default"]
+
+
+def test_runtime_is_recorded_and_checked_before_any_session(models, feed, monkeypatch):
+    timings = bench(models[:1], feed, warmup=0, runs=1)
+    assert timings[0].runtime == "ort" and timings[0].to_dict()["runtime"] == "ort"
+    opened = []
+    monkeypatch.setattr(Session, "__init__", lambda self, *a, **k: opened.append(1))
+    from graphslim.errors import OptionsError
+
+    with pytest.raises(OptionsError, match="runtime 'onnx': use one of ort, openvino"):
+        bench([(*models[0], "ort"), (*models[1], "onnx")], feed, runs=1)
+    assert opened == []  # refused up front, not after building the first sessions

@@ -52,4 +52,4 @@ def test_cli_convert_unknown_target(monkeypatch, capsys, tmp_path):
     code, cap = run(
         monkeypatch, capsys, "convert", TINY_YOLO, "--to", "tflite", "-o", tmp_path / "x"
     )
-    assert code == 2 and "only 'ort'" in cap.err
+    assert code == 2 and "use one of ort, openvino" in cap.err

@@ -1,35 +1,59 @@
-"""TensorRT engines: build from ONNX (FP32, FP16, INT8 from a QDQ model), time them, and
-compare their outputs with onnxruntime's (optional: the ``trt`` extra and an NVIDIA GPU).
+"""TensorRT engines through NVIDIA's Polygraphy: build from ONNX (FP32, FP16, INT8 from a QDQ
+model) with a timing cache, time them, and compare their outputs with onnxruntime's
+(optional: the ``trt`` extra = tensorrt + polygraphy, and an NVIDIA GPU; no PyTorch).
 
-* build: TensorRT's ONNX parser, a workspace limit, precision flags. ``int8`` needs a QDQ
-  model (``quantize-int8{target=tensorrt}``): TensorRT's explicit quantization takes the
-  scales from the QuantizeLinear/DequantizeLinear nodes; no calibrator is run here.
-* bench: device buffers from PyTorch (CUDA), ``execute_async_v3`` on one stream; warm-up,
-  then ``runs`` timed runs (host clock around launch + synchronize); median / p90 ms and
-  throughput = batch / median.
-* compare: the engine's outputs against onnxruntime CPU's on the same feeds, with the
-  statistics of :mod:`graphslim.validate`.
+* build: Polygraphy's ``NetworkFromOnnxBytes`` (TensorRT's ONNX parser) and
+  ``EngineBytesFromNetwork`` with ``CreateConfig``: a workspace limit, precision flags and a
+  *timing cache* (kernel timings kept in a file and reused by later builds of any model on
+  the same GPU and TensorRT version: rebuilds take seconds instead of minutes). ``int8``
+  needs a QDQ model (``quantize-int8{target=tensorrt}``): TensorRT's *explicit* quantization
+  takes the scales from the QuantizeLinear/DequantizeLinear nodes; no calibrator runs
+  (TensorRT 10 deprecated and 11 removed implicit INT8 calibration). Where the builder still
+  has the INT8 flag it is set with FP16 (layers outside Q/DQ pairs may run in FP16); without
+  it (TensorRT 11) the network is built *strongly typed*: precisions come from the graph.
+* bench: Polygraphy's ``TrtRunner`` with the input already on the device and outputs left
+  there (``copy_outputs_to_host=False``), so the time is the engine's (launch + synchronize),
+  not PCIe copies; warm-up, then ``runs`` timed runs; median / p90 ms and throughput = batch /
+  median.
+* compare: Polygraphy's ``Comparator.run`` over an ``OnnxrtRunner`` (onnxruntime CPU) and the
+  ``TrtRunner`` on the same feeds, then the statistics of :mod:`graphslim.validate` on the
+  two results (and pass/fail against ``tolerances``).
 
-Without TensorRT, PyTorch with CUDA, or a GPU, :func:`unavailable` says which, and every
-entry point raises :class:`BackendUnavailable` (one line, exit code 2 in the CLI).
+Without TensorRT, Polygraphy, or a GPU, :func:`unavailable` says which, and every entry point
+raises :class:`~graphslim.backends.BackendUnavailable` (one line, exit code 2 in the CLI).
 """
 
 from __future__ import annotations
 
+import ctypes
+import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
 
-from graphslim.errors import GraphslimError, RuntimeFailure
+from graphslim.backends import BackendUnavailable
+from graphslim.errors import RuntimeFailure
+
+__all__ = [
+    "PRECISIONS",
+    "BackendUnavailable",
+    "EngineTiming",
+    "bench",
+    "build",
+    "compare_with_onnxruntime",
+    "default_timing_cache",
+    "unavailable",
+]
+
+log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp16", "int8")
-
-
-class BackendUnavailable(GraphslimError):
-    """The backend's package or hardware is missing."""
+INSTALL_HINT = "pip install 'onnx-graphslim[trt]' on a machine with an NVIDIA GPU and driver"
 
 
 def unavailable() -> str | None:
@@ -37,14 +61,33 @@ def unavailable() -> str | None:
     try:
         import tensorrt  # noqa: F401
     except ImportError:
-        return "TensorRT is not installed (pip install 'onnx-graphslim[trt]' on a machine with an NVIDIA GPU)"
+        return f"TensorRT is not installed ({INSTALL_HINT})"
     try:
-        import torch
+        import polygraphy  # noqa: F401
     except ImportError:
-        return "the TensorRT backend needs PyTorch with CUDA for device buffers (pip install torch)"
-    if not torch.cuda.is_available():
-        return "no CUDA GPU is available (torch.cuda.is_available() is False)"
+        return f"Polygraphy is not installed ({INSTALL_HINT})"
+    count = _gpu_count()
+    if count is None:
+        return "the CUDA runtime library (libcudart) cannot be loaded: no NVIDIA driver/CUDA here"
+    if count == 0:
+        return "no CUDA GPU is available (cudaGetDeviceCount found none)"
     return None
+
+
+def _gpu_count() -> int | None:
+    """Number of CUDA devices through Polygraphy's libcudart wrapper; None without CUDA."""
+    try:
+        from polygraphy import cuda
+        from polygraphy.logger import G_LOGGER
+
+        with G_LOGGER.verbosity(G_LOGGER.CRITICAL):
+            handle = cuda.wrapper().handle
+        n = ctypes.c_int(0)
+        if handle.cudaGetDeviceCount(ctypes.byref(n)) != 0:
+            return 0
+        return n.value
+    except Exception:  # no libcudart, or Polygraphy refused to load it
+        return None
 
 
 def _require() -> None:
@@ -57,8 +100,22 @@ def _is_qdq(model: onnx.ModelProto) -> bool:
     return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
 
 
-def build(model: onnx.ModelProto, precision: str = "fp16", *, workspace_mb: int = 1024) -> bytes:
-    """A serialized engine for ``model`` at ``precision``."""
+def default_timing_cache() -> Path:
+    """``$XDG_CACHE_HOME/graphslim/trt/timing.cache`` (``~/.cache/...`` by default)."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "graphslim" / "trt" / "timing.cache"
+
+
+def build(
+    model: onnx.ModelProto,
+    precision: str = "fp16",
+    *,
+    workspace_mb: int = 1024,
+    timing_cache: str | Path | None = None,
+) -> bytes:
+    """A serialized engine for ``model`` at ``precision``. ``timing_cache``: a file read
+    before the build (when it exists) and written after it; None: :func:`default_timing_cache`;
+    ``""``: no cache."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
     if precision == "int8" and not _is_qdq(model):
@@ -67,23 +124,34 @@ def build(model: onnx.ModelProto, precision: str = "fp16", *, workspace_mb: int 
         )
     _require()
     import tensorrt as trt
+    from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxBytes
 
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse(model.SerializeToString()):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise RuntimeFailure(f"TensorRT's ONNX parser refused the model: {errors}")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
-    if precision in ("fp16", "int8"):
-        config.set_flag(trt.BuilderFlag.FP16)
-    if precision == "int8":
-        config.set_flag(trt.BuilderFlag.INT8)
-    engine = builder.build_serialized_network(network, config)
-    if engine is None:
-        raise RuntimeFailure(f"TensorRT could not build a {precision} engine (see its log above)")
+    cache = default_timing_cache() if timing_cache is None else timing_cache
+    cache = Path(cache) if cache else None
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+    has_int8_flag = hasattr(trt.BuilderFlag, "INT8")
+    if precision == "fp16" and not hasattr(trt.BuilderFlag, "FP16"):
+        raise RuntimeFailure(
+            f"TensorRT {trt.__version__} builds strongly typed networks only (no FP16 flag): "
+            "convert the model first (graphslim run -P convert-fp16) and build it as fp32"
+        )
+    strongly_typed = precision == "int8" and not has_int8_flag
+    network = NetworkFromOnnxBytes(model.SerializeToString(), strongly_typed=strongly_typed)
+    config = CreateConfig(
+        fp16=precision in ("fp16", "int8") and not strongly_typed,
+        int8=precision == "int8" and has_int8_flag,
+        memory_pool_limits={trt.MemoryPoolType.WORKSPACE: workspace_mb << 20},
+        load_timing_cache=str(cache) if cache is not None and cache.is_file() else None,
+    )
+    try:
+        engine = EngineBytesFromNetwork(
+            network, config=config, save_timing_cache=str(cache) if cache else None
+        )()
+    except Exception as exc:
+        raise RuntimeFailure(
+            f"TensorRT could not build a {precision} engine: {_first_line(exc)}"
+        ) from exc
     return bytes(engine)
 
 
@@ -99,54 +167,10 @@ class EngineTiming:
         return asdict(self)
 
 
-class Engine:
-    """A deserialized engine with device buffers for one fixed input shape."""
+def _runner(engine_bytes: bytes, name: str = "tensorrt"):
+    from polygraphy.backend.trt import EngineFromBytes, TrtRunner
 
-    def __init__(self, engine_bytes: bytes, feed: dict[str, np.ndarray]) -> None:
-        _require()
-        import tensorrt as trt
-        import torch
-
-        self._torch = torch
-        logger = trt.Logger(trt.Logger.WARNING)
-        self.engine = trt.Runtime(logger).deserialize_cuda_engine(engine_bytes)
-        self.context = self.engine.create_execution_context()
-        self.buffers: dict[str, object] = {}
-        self.outputs: list[str] = []
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        for name in names:
-            if self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
-                self.context.set_input_shape(name, tuple(feed[name].shape))
-        for name in names:
-            dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
-            shape = tuple(self.context.get_tensor_shape(name))
-            t = torch.from_numpy(np.zeros(shape, dtype)).cuda()
-            self.buffers[name] = t
-            self.context.set_tensor_address(name, t.data_ptr())
-            if self.engine.get_tensor_mode(name) != trt.TensorIOMode.INPUT:
-                self.outputs.append(name)
-        self.stream = torch.cuda.Stream()
-
-    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        for name, value in feed.items():
-            if name in self.buffers:
-                self.buffers[name].copy_(self._torch.from_numpy(np.ascontiguousarray(value)))
-        self._execute()
-        return {n: self.buffers[n].cpu().numpy() for n in self.outputs}
-
-    def _execute(self) -> None:
-        self.context.execute_async_v3(self.stream.cuda_stream)
-        self.stream.synchronize()
-
-    def time(self, *, runs: int = 100, warmup: int = 10) -> list[float]:
-        for _ in range(warmup):
-            self._execute()
-        ms = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            self._execute()
-            ms.append((time.perf_counter() - t0) * 1e3)
-        return ms
+    return TrtRunner(EngineFromBytes(engine_bytes), name=name)
 
 
 def bench(
@@ -157,23 +181,71 @@ def bench(
     runs: int = 100,
     warmup: int = 10,
 ) -> EngineTiming:
-    """Median / p90 latency and throughput of one engine on ``feed``."""
-    e = Engine(engine_bytes, feed)
-    e.run(feed)
-    ms = np.asarray(e.time(runs=runs, warmup=warmup))
-    batch = next(iter(feed.values())).shape[0] if feed else 1
-    median = float(np.median(ms))
-    return EngineTiming(precision, runs, median, float(np.percentile(ms, 90)), batch * 1e3 / median)
+    """Median / p90 latency and throughput of one engine on ``feed`` (device-resident I/O)."""
+    _require()
+    from polygraphy import cuda
+
+    device = {k: cuda.DeviceArray(v.shape, v.dtype) for k, v in feed.items()}
+    try:
+        for k, v in feed.items():
+            device[k].copy_from(np.ascontiguousarray(v))
+        with _runner(engine_bytes) as runner:
+            names = set(runner.get_input_metadata().keys())
+            inputs = {k: v for k, v in device.items() if k in names}
+            for _ in range(warmup):
+                runner.infer(inputs, copy_outputs_to_host=False)
+            ms = []
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                runner.infer(inputs, check_inputs=False, copy_outputs_to_host=False)
+                ms.append((time.perf_counter() - t0) * 1e3)
+    finally:
+        for d in device.values():
+            d.free()
+    a = np.asarray(ms)
+    batch = next(iter(feed.values())).shape[0] if feed and next(iter(feed.values())).ndim else 1
+    median = float(np.median(a))
+    return EngineTiming(precision, runs, median, float(np.percentile(a, 90)), batch * 1e3 / median)
 
 
 def compare_with_onnxruntime(
-    model: onnx.ModelProto, engine_bytes: bytes, feeds: Sequence[dict[str, np.ndarray]]
+    model: onnx.ModelProto,
+    engine_bytes: bytes,
+    feeds: Sequence[dict[str, np.ndarray]],
+    tolerances=(),
 ):
-    """The engine's outputs against onnxruntime CPU's (statistics only; no tolerance)."""
-    from graphslim.validate import compare_outputs, reference_outputs
+    """The engine's outputs against onnxruntime CPU's on ``feeds``, both run by Polygraphy's
+    ``Comparator``; returns a :class:`graphslim.validate.Comparison` (measured only unless
+    ``tolerances`` are given)."""
+    _require()
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+    from polygraphy.comparator import Comparator
+    from polygraphy.logger import G_LOGGER
 
-    reference = reference_outputs(model, feeds)
-    e = Engine(engine_bytes, feeds[0])
-    got = [e.run(f) for f in feeds]
-    got = [{k: g[k] for k in r if k in g} for r, g in zip(reference, got)]
-    return compare_outputs(reference, got, ())
+    from graphslim.validate import compare_outputs
+
+    runners = [
+        OnnxrtRunner(
+            SessionFromOnnx(model.SerializeToString(), providers=["cpu"]), name="onnxruntime"
+        ),
+        _runner(engine_bytes),
+    ]
+    # Polygraphy reports progress on stdout at INFO; library code stays quiet.
+    with G_LOGGER.verbosity(G_LOGGER.WARNING):
+        results = Comparator.run(runners, data_loader=[dict(f) for f in feeds])
+    (_, ref_iters), (_, trt_iters) = list(results.items())
+    reference = [{k: _numpy(v) for k, v in it.items()} for it in ref_iters]
+    got = [{k: _numpy(it[k]) for k in r if k in it} for r, it in zip(reference, trt_iters)]
+    return compare_outputs(reference, got, tolerances)
+
+
+def _numpy(value) -> np.ndarray:
+    # Polygraphy may hand back lazily loaded arrays; load them.
+    if hasattr(value, "load") and not isinstance(value, np.ndarray):
+        value = value.load()
+    return np.asarray(value)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return "; ".join(lines[:3]) if lines else type(exc).__name__

@@ -1,0 +1,212 @@
+"""OpenVINO (CPU): run, time and convert ONNX models (optional: the ``openvino`` extra).
+
+* :class:`OpenVINOSession` has the interface of :class:`graphslim.runtime.Session`
+  (``run(feed)``, ``input_names``, ``output_names``, ``threads``, ``close``), so everything
+  that takes ``runtime="openvino"`` (:mod:`graphslim.bench`, :func:`graphslim.runtime.run_model`)
+  runs the model here instead of in onnxruntime. The ONNX model is read by OpenVINO's ONNX
+  frontend and compiled for the ``CPU`` device with the ``LATENCY`` performance hint (one
+  stream) and ``INFERENCE_NUM_THREADS`` = ``threads`` when given.
+* Inference precision is ``f32`` unless asked otherwise: on CPUs with AVX-512 BF16 or AMX,
+  OpenVINO's default is bf16, which changes the numbers (about 3 significant digits) and would
+  make its latency incomparable with onnxruntime's float32. QuantizeLinear/DequantizeLinear
+  pairs (a QDQ INT8 model) still run as INT8 kernels: OpenVINO's low-precision transformations
+  fold them into quantized convolutions/matmuls whatever the precision hint.
+* :func:`convert` writes OpenVINO's IR (``.xml`` graph + ``.bin`` weights, weights kept in
+  float32) with ``openvino.convert_model`` / ``save_model``; :func:`check` loads the IR back and
+  compares its outputs with onnxruntime's on the same feeds.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from graphslim.backends import BackendUnavailable
+from graphslim.errors import RuntimeFailure
+from graphslim.model_io import save_model
+from graphslim.validate import DEFAULT_TOLERANCES, Comparison, Tolerance, compare_outputs
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "pip install 'onnx-graphslim[openvino]' (or: pip install openvino)"
+PRECISIONS = ("f32", "bf16", "f16", "default")
+
+
+def unavailable() -> str | None:
+    """Why OpenVINO cannot run here, or None when it can."""
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return f"OpenVINO is not installed ({INSTALL_HINT})"
+    return None
+
+
+def _ov():
+    why = unavailable()
+    if why:
+        raise BackendUnavailable(f"OpenVINO runtime unavailable: {why}")
+    import openvino
+
+    return openvino
+
+
+def version() -> str:
+    return _ov().__version__
+
+
+class OpenVINOSession:
+    """An OpenVINO CPU compiled model over an in-memory ONNX model (or an IR ``.xml`` path)."""
+
+    def __init__(
+        self,
+        model: onnx.ModelProto | str | Path,
+        *,
+        threads: int | None = None,
+        precision: str = "f32",
+        label: str = "model",
+        **_ignored,
+    ) -> None:
+        # **_ignored: onnxruntime-only settings (optimization level, thread spinning) that
+        # callers pass to every runtime alike.
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
+        ov = _ov()
+        self.label = label
+        config = {"PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        if precision != "default":
+            config["INFERENCE_PRECISION_HINT"] = precision
+        core = ov.Core()
+        try:
+            if isinstance(model, onnx.ModelProto):
+                with tempfile.TemporaryDirectory(prefix="graphslim-ov-") as tmp:
+                    path = Path(tmp) / "model.onnx"
+                    save_model(model, path)
+                    read = core.read_model(str(path))
+                    self.compiled = core.compile_model(read, "CPU", config)
+            else:
+                self.compiled = core.compile_model(str(model), "CPU", config)
+        except Exception as exc:
+            raise RuntimeFailure(f"OpenVINO cannot load {label}: {_first_line(exc)}") from exc
+        self.request = self.compiled.create_infer_request()
+        self.input_names = [p.get_any_name() for p in self.compiled.inputs]
+        self.output_names = [p.get_any_name() for p in self.compiled.outputs]
+        self.threads = int(self.compiled.get_property("INFERENCE_NUM_THREADS")) or (
+            threads or os.cpu_count() or 1
+        )
+        hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        self.precision = hint.to_string() if hasattr(hint, "to_string") else str(hint)
+
+    def run(
+        self, feed: dict[str, np.ndarray], output_names: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        unknown = [k for k in feed if k not in self.input_names]
+        if unknown:
+            raise RuntimeFailure(
+                f"{self.label}: feed has {unknown[0]!r}, which is not a model input "
+                f"(inputs: {', '.join(self.input_names)})"
+            )
+        names = list(output_names) if output_names else self.output_names
+        missing = [n for n in names if n not in self.output_names]
+        if missing:
+            raise RuntimeFailure(
+                f"{self.label}: OpenVINO has no output {missing[0]!r} "
+                f"(outputs: {', '.join(self.output_names)})"
+            )
+        try:
+            result = self.request.infer({k: feed[k] for k in self.input_names if k in feed})
+        except Exception as exc:
+            raise RuntimeFailure(
+                f"OpenVINO failed to run {self.label}: {_first_line(exc)}"
+            ) from exc
+        by_name = {}
+        for port, value in result.items():
+            for name in port.get_names():
+                by_name[name] = value
+        # Copies: the request reuses its output buffers on the next infer().
+        return {n: np.array(by_name[n], copy=True) for n in names}
+
+    def executed_precisions(self, layer_types=("Convolution", "FullyConnected", "MatMul")):
+        """``{layer type: {precision: count}}`` of the compiled (executed) graph: whether
+        OpenVINO runs a QDQ model's convolutions as ``u8``/``i8`` kernels or fell back to
+        ``f32``. ``layer_types``: which executed layer types to count (None: all but Const)."""
+        counts: dict[str, dict[str, int]] = {}
+        for op in self.compiled.get_runtime_model().get_ordered_ops():
+            info = op.get_rt_info()
+            kind = info["layerType"].astype(str)
+            if kind == "Const" or (layer_types and kind not in layer_types):
+                continue
+            precision = info["runtimePrecision"].astype(str)
+            counts.setdefault(kind, {})
+            counts[kind][precision] = counts[kind].get(precision, 0) + 1
+        return counts
+
+    def close(self) -> None:
+        self.request = None
+        self.compiled = None
+
+    def __enter__(self) -> OpenVINOSession:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def convert(model: onnx.ModelProto, output: str | Path) -> Path:
+    """Write ``model`` as OpenVINO IR: ``output`` (.xml) and the .bin beside it. Both are
+    written into a temporary folder first and moved into place (.bin, then .xml), so a failed
+    conversion leaves no half-written pair. Returns the .xml path."""
+    ov = _ov()
+    output = Path(output)
+    if output.suffix != ".xml":
+        raise ValueError("the OpenVINO IR path must end in .xml")
+    with tempfile.TemporaryDirectory(prefix="graphslim-ov-ir-", dir=output.parent) as tmp:
+        src = Path(tmp) / "model.onnx"
+        save_model(model, src)
+        xml = Path(tmp) / output.name
+        try:
+            converted = ov.convert_model(str(src))
+            ov.save_model(converted, str(xml), compress_to_fp16=False)
+        except Exception as exc:
+            raise RuntimeFailure(
+                f"OpenVINO could not convert the model: {_first_line(exc)}"
+            ) from exc
+        os.replace(xml.with_suffix(".bin"), output.with_suffix(".bin"))
+        os.replace(xml, output)
+    return output
+
+
+def check(
+    model: onnx.ModelProto,
+    path: str | Path,
+    feeds: Sequence[dict[str, np.ndarray]],
+    tolerances: Sequence[Tolerance] = DEFAULT_TOLERANCES,
+    *,
+    precision: str = "f32",
+) -> Comparison:
+    """Load the IR at ``path`` in OpenVINO and compare its outputs with the ONNX model's
+    outputs in onnxruntime on ``feeds``."""
+    from graphslim.validate import reference_outputs
+
+    reference = reference_outputs(model, feeds)
+    with OpenVINOSession(path, precision=precision, label=str(path)) as s:
+        got = [s.run({k: v for k, v in f.items() if k in s.input_names}) for f in feeds]
+    return compare_outputs(reference, got, tolerances)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    # OpenVINO's messages start with a C++ source location line ("Exception from src/...");
+    # the cause is on the following lines.
+    meat = [line for line in lines if not line.startswith(("Exception from", "Check '"))]
+    lines = meat or lines
+    if len(lines) > 3:
+        lines = lines[:3] + ["..."]
+    return "; ".join(lines) if lines else type(exc).__name__
