@@ -1045,10 +1045,11 @@ def convert(
         what, size = "ORT format", path.stat().st_size
     else:
         from graphslim.backends import openvino as OV
+        from graphslim.backends import openvino_ir as OV_IR
 
         with err.status("converting with openvino.convert_model"):
-            path = OV.convert(m, output)
-            c = OV.check(m, path, fed, tolerances)
+            path = OV_IR.convert(m, output)
+            c = OV_IR.check(m, path, fed, tolerances)
         what = f"OpenVINO IR, run in OpenVINO {OV.version().split('-')[0]} f32"
         size = path.stat().st_size + path.with_suffix(".bin").stat().st_size
     out.print(comparison_table(c, f"{path} ({what}) against {model} in onnxruntime"))

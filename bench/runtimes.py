@@ -180,6 +180,7 @@ def fp16(model_id, model, calib, shapes, feeds, reference, task) -> dict:
 
 def openvino(model_id, model, calib, feeds, reference, task, tmp, runs) -> dict:
     from graphslim.backends import openvino as OV
+    from graphslim.backends import openvino_ir as OV_IR
     from passes.quantize_int8 import QuantizeInt8
 
     int8 = QuantizeInt8(**INT8[model_id])(copy(model), PassContext(feeds=calib)).model
@@ -188,8 +189,8 @@ def openvino(model_id, model, calib, feeds, reference, task, tmp, runs) -> dict:
         got = [s.run({k: v for k, v in f.items() if k in s.input_names}) for f in feeds]
     match = flat(task.evaluate(reference, got, feeds))
     ort_int8 = flat(task.evaluate(reference, run_model(int8, feeds), feeds))
-    xml = OV.convert(model, tmp / f"{model_id}.xml")
-    ir = OV.check(model, xml, feeds, ())
+    xml = OV_IR.convert(model, tmp / f"{model_id}.xml")
+    ir = OV_IR.check(model, xml, feeds, ())
     load_before = os.getloadavg()
     timings = bench(
         [

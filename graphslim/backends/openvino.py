@@ -11,9 +11,9 @@
   make its latency incomparable with onnxruntime's float32. QuantizeLinear/DequantizeLinear
   pairs (a QDQ INT8 model) still run as INT8 kernels: OpenVINO's low-precision transformations
   fold them into quantized convolutions/matmuls whatever the precision hint.
-* :func:`convert` writes OpenVINO's IR (``.xml`` graph + ``.bin`` weights, weights kept in
-  float32) with ``openvino.convert_model`` / ``save_model``; :func:`check` loads the IR back and
-  compares its outputs with onnxruntime's on the same feeds.
+* IR conversion and its check against onnxruntime live in :mod:`graphslim.backends.openvino_ir`
+  (they compare outputs, and :mod:`graphslim.validate` runs models through
+  :mod:`graphslim.runtime`, which opens these sessions: kept apart, no import cycle).
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import onnx
 from graphslim.backends import BackendUnavailable
 from graphslim.errors import RuntimeFailure
 from graphslim.model_io import save_model
-from graphslim.validate import DEFAULT_TOLERANCES, Comparison, Tolerance, compare_outputs
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +46,7 @@ def unavailable() -> str | None:
     return None
 
 
-def _ov():
+def openvino_module():
     why = unavailable()
     if why:
         raise BackendUnavailable(f"OpenVINO runtime unavailable: {why}")
@@ -57,7 +56,7 @@ def _ov():
 
 
 def version() -> str:
-    return _ov().__version__
+    return openvino_module().__version__
 
 
 class OpenVINOSession:
@@ -76,7 +75,7 @@ class OpenVINOSession:
         # callers pass to every runtime alike.
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
-        ov = _ov()
+        ov = openvino_module()
         self.label = label
         config = {"PERFORMANCE_HINT": "LATENCY"}
         if threads:
@@ -94,7 +93,7 @@ class OpenVINOSession:
             else:
                 self.compiled = core.compile_model(str(model), "CPU", config)
         except Exception as exc:
-            raise RuntimeFailure(f"OpenVINO cannot load {label}: {_first_line(exc)}") from exc
+            raise RuntimeFailure(f"OpenVINO cannot load {label}: {first_line(exc)}") from exc
         self.request = self.compiled.create_infer_request()
         self.input_names = [p.get_any_name() for p in self.compiled.inputs]
         self.output_names = [p.get_any_name() for p in self.compiled.outputs]
@@ -123,9 +122,7 @@ class OpenVINOSession:
         try:
             result = self.request.infer({k: feed[k] for k in self.input_names if k in feed})
         except Exception as exc:
-            raise RuntimeFailure(
-                f"OpenVINO failed to run {self.label}: {_first_line(exc)}"
-            ) from exc
+            raise RuntimeFailure(f"OpenVINO failed to run {self.label}: {first_line(exc)}") from exc
         by_name = {}
         for port, value in result.items():
             for name in port.get_names():
@@ -159,49 +156,7 @@ class OpenVINOSession:
         self.close()
 
 
-def convert(model: onnx.ModelProto, output: str | Path) -> Path:
-    """Write ``model`` as OpenVINO IR: ``output`` (.xml) and the .bin beside it. Both are
-    written into a temporary folder first and moved into place (.bin, then .xml), so a failed
-    conversion leaves no half-written pair. Returns the .xml path."""
-    ov = _ov()
-    output = Path(output)
-    if output.suffix != ".xml":
-        raise ValueError("the OpenVINO IR path must end in .xml")
-    with tempfile.TemporaryDirectory(prefix="graphslim-ov-ir-", dir=output.parent) as tmp:
-        src = Path(tmp) / "model.onnx"
-        save_model(model, src)
-        xml = Path(tmp) / output.name
-        try:
-            converted = ov.convert_model(str(src))
-            ov.save_model(converted, str(xml), compress_to_fp16=False)
-        except Exception as exc:
-            raise RuntimeFailure(
-                f"OpenVINO could not convert the model: {_first_line(exc)}"
-            ) from exc
-        os.replace(xml.with_suffix(".bin"), output.with_suffix(".bin"))
-        os.replace(xml, output)
-    return output
-
-
-def check(
-    model: onnx.ModelProto,
-    path: str | Path,
-    feeds: Sequence[dict[str, np.ndarray]],
-    tolerances: Sequence[Tolerance] = DEFAULT_TOLERANCES,
-    *,
-    precision: str = "f32",
-) -> Comparison:
-    """Load the IR at ``path`` in OpenVINO and compare its outputs with the ONNX model's
-    outputs in onnxruntime on ``feeds``."""
-    from graphslim.validate import reference_outputs
-
-    reference = reference_outputs(model, feeds)
-    with OpenVINOSession(path, precision=precision, label=str(path)) as s:
-        got = [s.run({k: v for k, v in f.items() if k in s.input_names}) for f in feeds]
-    return compare_outputs(reference, got, tolerances)
-
-
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
     # OpenVINO's messages start with a C++ source location line ("Exception from src/...");
     # the cause is on the following lines.

@@ -17,6 +17,7 @@ import pytest
 import cli
 from graphslim.backends import BackendUnavailable
 from graphslim.backends import openvino as OV
+from graphslim.backends import openvino_ir as OV_IR
 from graphslim.bench import bench
 from graphslim.errors import OptionsError
 from graphslim.feeds import random_feeds
@@ -119,13 +120,13 @@ def test_import_graphslim_does_not_import_openvino():
 
 @needs_ov
 def test_convert_to_ir_and_check(model, feeds, tmp_path):
-    xml = OV.convert(model, tmp_path / "tiny.xml")
+    xml = OV_IR.convert(model, tmp_path / "tiny.xml")
     assert xml.is_file() and xml.with_suffix(".bin").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.bin", "tiny.xml"]  # no temp left
-    c = OV.check(model, xml, feeds, EXACT)
+    c = OV_IR.check(model, xml, feeds, EXACT)
     assert c.passed, c.failure_summary()
     with pytest.raises(ValueError, match="must end in .xml"):
-        OV.convert(model, tmp_path / "tiny.onnx")
+        OV_IR.convert(model, tmp_path / "tiny.onnx")
 
 
 @needs_ov
