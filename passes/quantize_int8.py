@@ -14,7 +14,10 @@ Targets (``activation_type`` / ``weight_type`` override them):
 * ``cpu-x86``: uint8 asymmetric activations, int8 symmetric weights. onnxruntime's x86
   kernels (AVX2 ``VPMADDUBSW``, AVX-512 VNNI ``VPDPBUSD``) multiply u8 x s8; with s8
   activations (onnxruntime's default) a trained YOLOv8n ran 1.8x *slower* than FP32 on a VNNI
-  machine, with u8 at 0.51x.
+  machine, with u8 at 0.51x. Without VNNI (AVX2, AVX-512 without VNNI) the u8 x s8 kernel sums
+  product pairs in a saturating int16, so there the weights get 7 bits (``reduce_range``):
+  ``cpu-x86`` detects this machine's ISA, ``cpu-x86-vnni`` / ``cpu-x86-avx2`` name a deployment
+  machine's (:mod:`passes._quant_isa`). The ISA, its source and the choice are in the notes.
 * ``cpu-arm``: int8 asymmetric activations, int8 symmetric weights -- the TFLite/XNNPACK int8
   scheme; onnxruntime's ARM64 kernels have s8s8 dot-product (SDOT/I8MM) paths and its docs
   report no accuracy difference between u8 and s8 there. Not measured on ARM by us.
@@ -52,17 +55,20 @@ import onnx
 from graphslim.contract import Pass, PassContext, PassResult, option
 from graphslim.errors import PreconditionError
 from graphslim.feeds import FeedError, load_feeds, random_feeds
+from passes import _quant_isa as I
 from passes import _quant_prepare as P
 from passes import _quant_sensitivity as S
 
 log = logging.getLogger(__name__)
 
-Target = Literal["cpu-x86", "cpu-arm", "tensorrt"]
+Target = Literal["cpu-x86", "cpu-x86-vnni", "cpu-x86-avx2", "cpu-arm", "tensorrt"]
 QType = Literal["auto", "uint8", "int8"]
 
 # target -> (activation type, activation symmetric)
 TARGETS: dict[str, tuple[str, bool]] = {
     "cpu-x86": ("uint8", False),
+    "cpu-x86-vnni": ("uint8", False),
+    "cpu-x86-avx2": ("uint8", False),
     "cpu-arm": ("int8", False),
     "tensorrt": ("int8", True),
 }
@@ -86,7 +92,15 @@ class QuantizeInt8Options:
     percentile: float = option(99.999, help="percentile of |x| for method=percentile")
     per_channel: bool = option(True, help="one weight scale per output channel")
     target: Target = option(
-        "cpu-x86", help="cpu-x86: u8 act/s8 weights; cpu-arm: s8/s8; tensorrt: symmetric s8/s8"
+        "cpu-x86",
+        help="cpu-x86: u8 act/s8 weights, settings for this machine's ISA (VNNI: full range; "
+        "AVX2/AVX-512 without VNNI: reduce_range); cpu-x86-vnni / cpu-x86-avx2: for a "
+        "deployment machine of that ISA; cpu-arm: s8/s8; tensorrt: symmetric s8/s8",
+    )
+    reduce_range: Literal["auto", "on", "off"] = option(
+        "auto",
+        help="7-bit weights; auto: on for x86 without VNNI (its u8*s8 kernel saturates), off "
+        "elsewhere",
     )
     activation_type: QType = option("auto", help="override the target's activation type")
     weight_type: QType = option("auto", help="override the target's weight type (int8)")
@@ -158,11 +172,15 @@ class QuantizeInt8(Pass):
         _restore(qdq, model)
         counters.update(_count(qdq, len(feeds), len(excluded), len(auto), error))
         act, wt, sym = q.types
+        counters["reduce_range"] = int(q.reduce_range)
         notes.append(
             f"target {o.target}: {act} {'symmetric' if sym else 'asymmetric'} activations, "
-            f"{wt} symmetric {'per-channel' if o.per_channel else 'per-tensor'} weights, "
+            f"{wt} symmetric {'per-channel' if o.per_channel else 'per-tensor'} weights"
+            f"{' (7-bit, reduce_range)' if q.reduce_range else ''}, "
             f"{o.method} calibration on {len(feeds)} sample(s)"
         )
+        if q.x86 is not None:
+            notes.append(q.x86.note())
         return PassResult(qdq, True, counters, skipped, notes, details)
 
 
@@ -225,6 +243,13 @@ class _Quantizer:
         act = act if o.activation_type == "auto" else o.activation_type
         wt = "int8" if o.weight_type == "auto" else o.weight_type
         self.types = (act, wt, sym)
+        self.x86 = I.choose(o.target) if o.target.startswith("cpu-x86") else None
+        if o.reduce_range != "auto":
+            self.reduce_range = o.reduce_range == "on"
+        else:  # only u8 x s8 saturates (module doc of passes._quant_isa)
+            self.reduce_range = bool(
+                self.x86 and self.x86.reduce_range and act == "uint8" and wt == "int8"
+            )
         qt = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
         method = {
             "minmax": CalibrationMethod.MinMax,
@@ -237,7 +262,7 @@ class _Quantizer:
         self.kwargs = dict(
             quant_format=QuantFormat.QDQ,
             per_channel=o.per_channel,
-            reduce_range=False,
+            reduce_range=self.reduce_range,
             activation_type=qt[act],
             weight_type=qt[wt],
             calibrate_method=method,

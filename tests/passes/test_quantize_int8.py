@@ -16,6 +16,7 @@ from graphslim.errors import OptionsError, PreconditionError
 from graphslim.feeds import random_feeds
 from graphslim.pipeline import Pipeline
 from graphslim.runtime import run_model
+from passes import _quant_isa as I
 from passes import _quant_sensitivity as S
 from passes.quantize_int8 import QuantizeInt8
 
@@ -297,3 +298,83 @@ def test_bad_options_are_rejected():
         QuantizeInt8(calibration_size=0)
     with pytest.raises(OptionsError):
         QuantizeInt8(target="gpu")
+
+
+# ----------------------------------------------------------------------------- x86 ISA paths
+
+
+def _weights_int8(q: onnx.ModelProto) -> list[np.ndarray]:
+    return [_init(q, _weight_dq(q, c).input[0]) for c in _nodes(q, "Conv") if _weight_dq(q, c)]
+
+
+@pytest.mark.parametrize(
+    ("flags", "isa"),
+    [
+        ({"avx2", "avx512f", "avx512bw", "avx512_vnni"}, "vnni"),
+        ({"avx2", "avx_vnni"}, "vnni"),  # Alder Lake style AVX-VNNI
+        ({"avx2", "avx512vnni"}, "vnni"),  # py-cpuinfo's spelling
+        ({"avx2", "avx512f", "avx512bw"}, "avx512"),  # Skylake-SP: AVX-512 without VNNI
+        ({"avx2", "fma"}, "avx2"),
+        (set(), "unknown"),
+    ],
+)
+def test_isa_from_cpu_flags(flags, isa):
+    assert I.isa_of(flags) == isa
+    assert I.choose("cpu-x86", flags, "test").reduce_range is (isa != "vnni")
+
+
+@pytest.mark.parametrize(
+    ("target", "flags", "isa", "reduced"),
+    [
+        ("cpu-x86", {"avx2", "avx512bw", "avx512_vnni"}, "vnni", False),
+        ("cpu-x86", {"avx2", "fma"}, "avx2", True),
+        ("cpu-x86", {"avx2", "avx512f", "avx512bw"}, "avx512", True),
+        # an explicit deployment ISA wins over this machine's flags
+        ("cpu-x86-avx2", {"avx2", "avx512bw", "avx512_vnni"}, "avx2", True),
+        ("cpu-x86-vnni", {"avx2"}, "vnni", False),
+    ],
+)
+def test_x86_settings_follow_the_isa(harness, monkeypatch, target, flags, isa, reduced):
+    """Simulated machines: the weights' integer range and the record follow the ISA, and a
+    reduced-range model cannot saturate VPMADDUBSW's int16 pair sums for any u8 activation."""
+    monkeypatch.setattr(I, "cpu_flags", lambda: (set(flags), "test flags"))
+    model = harness.fixture("residual_add")
+    q, r = _quantize(model, target=target)
+    acts, weights, _ = _zero_point_types(q)
+    assert acts == {np.dtype(np.uint8)} and weights == {np.dtype(np.int8)}
+    assert r.counters["reduce_range"] == int(reduced)
+    assert any(f"x86 ISA {isa}" in n for n in r.notes), r.notes
+    ws = _weights_int8(q)
+    assert ws
+    peak = max(int(np.abs(w.astype(np.int32)).max()) for w in ws)
+    # symmetric per-channel: each channel's largest weight maps to the range's end
+    assert peak == (64 if reduced else 127)
+    for w in ws:
+        # worst pair sum u8 x s8 along the reduction axis (input channels x kernel), as the
+        # AVX2 kernel forms it: 255 * (|w_2k| + |w_2k+1|)
+        flat = np.abs(w.astype(np.int32)).reshape(w.shape[0], -1)
+        if flat.shape[1] % 2:
+            flat = np.pad(flat, ((0, 0), (0, 1)))
+        pair = 255 * (flat[:, 0::2] + flat[:, 1::2])
+        if reduced:
+            assert pair.max() <= 32767
+    # the result still answers like the float model on its calibration data
+    feeds = random_feeds(model, count=2, seed=0)
+    ref, got = run_model(model, feeds), run_model(q, feeds, optimization="all")
+    assert S.output_error(ref, got) < 0.2
+
+
+def test_reduce_range_option_overrides_the_isa(harness, monkeypatch):
+    monkeypatch.setattr(I, "cpu_flags", lambda: ({"avx2"}, "test flags"))
+    _, r = _quantize(harness.fixture("residual_add"), reduce_range="off")
+    assert r.counters["reduce_range"] == 0
+    _, r = _quantize(harness.fixture("residual_add"), target="cpu-arm", reduce_range="on")
+    assert r.counters["reduce_range"] == 1
+    _, r = _quantize(harness.fixture("residual_add"), target="cpu-arm")
+    assert r.counters["reduce_range"] == 0 and not any("x86 ISA" in n for n in r.notes)
+
+
+def test_machine_record_names_cpu_and_isa():
+    m = I.machine()
+    assert {"cpu_model", "isa", "isa_flags", "cores", "loadavg"} <= set(m)
+    assert m["isa"] in I.ISAS
