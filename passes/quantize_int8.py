@@ -36,6 +36,17 @@ or ``max_excluded`` nodes are kept in float; a step is kept only when it lowers 
 at least ``min_gain`` (a float node costs speed), so the result is never worse than no
 exclusion. The search stops early after ``PATIENCE`` candidates in a row without gain.
 
+Before any search, an output-path Concat whose inputs' calibrated ranges differ by more than
+32x (a detection head's box pixels next to its class scores, :mod:`passes._quant_ranges`) is kept
+in float with the layout ops after it; its inputs keep their own scales. Without this, one scale
+rounds every score to 0 and no exclusion elsewhere can bring them back.
+
+Latency guard (``latency_guard``; on for CPU targets with real calibration data): the result
+is timed against the input, alternately in one process (:func:`graphslim.bench.bench`, median of
+``latency_runs``); if INT8 is not faster on this machine, the pass keeps the input
+(``modified`` False) and says so with both figures. This is a wall-clock measurement, so the
+outcome can differ between machines and, near 1.0x, between runs.
+
 The result keeps the graph's input and output names and the input's metadata_props,
 producer and doc string; the opset may rise to 13.
 """
@@ -57,6 +68,7 @@ from graphslim.errors import PreconditionError
 from graphslim.feeds import FeedError, load_feeds, random_feeds
 from passes import _quant_isa as I
 from passes import _quant_prepare as P
+from passes import _quant_ranges as R
 from passes import _quant_sensitivity as S
 
 log = logging.getLogger(__name__)
@@ -120,6 +132,18 @@ class QuantizeInt8Options:
         help="auto_exclude keeps a node in float only if the output error drops by this fraction",
     )
 
+    mixed_concat_float: bool = option(
+        True,
+        help="keep in float an output-path Concat whose inputs' calibrated ranges differ by "
+        "more than 32x (box pixels next to scores), each input quantized with its own scale",
+    )
+    latency_guard: Literal["auto", "on", "off"] = option(
+        "auto",
+        help="time INT8 against FP32 (onnxruntime CPU) and keep the input when INT8 is not "
+        "faster; auto: on for CPU targets with real calibration data",
+    )
+    latency_runs: int = option(10, help="alternating timed runs for the latency guard")
+
     def validate(self) -> None:
         if self.calibration_size < 1:
             raise ValueError("calibration_size must be >= 1")
@@ -129,6 +153,8 @@ class QuantizeInt8Options:
             raise ValueError("tolerance must be >= 0")
         if self.max_excluded < 0:
             raise ValueError("max_excluded must be >= 0")
+        if self.latency_runs < 1:
+            raise ValueError("latency_runs must be >= 1")
         if not 0 <= self.min_gain < 1:
             raise ValueError("min_gain must be in [0, 1)")
 
@@ -150,6 +176,27 @@ class QuantizeInt8(Pass):
             pre, pre_notes = P.prepare(model, work)
             notes += pre_notes
             excluded, skipped = P.resolve_exclude(pre, o.exclude)
+            user_excluded = len(excluded)
+            mixed = R.mixing_concats(pre, feeds) if o.mixed_concat_float else []
+            for m in mixed:
+                keep = [n for n in [m["node"], *m["after"]] if n not in excluded]
+                excluded += keep
+                peaks = ", ".join(f"{v:.3g}" for v in m["input_peaks"].values())
+                why = (
+                    f"Concat on the output path mixes ranges (input peaks {peaks}: x"
+                    f"{m['ratio']:.0f} > {R.MIX_RATIO:g}); one scale would erase the small "
+                    "inputs: kept in float, each input quantized with its own scale"
+                )
+                skipped += [
+                    (
+                        n,
+                        why
+                        if n == m["node"]
+                        else f"after mixing Concat {m['node']}: kept in float",
+                    )
+                    for n in keep
+                ]
+                notes.append(f"mixed-range Concat {m['node']} kept in float (x{m['ratio']:.0f})")
             q = _Quantizer(work / "pre.onnx", feeds, o, work)
             qdq = q.run(excluded, "user")
             if not S.quantized_nodes(qdq):
@@ -170,7 +217,8 @@ class QuantizeInt8(Pass):
             elif o.auto_exclude:
                 notes.append(f"auto_exclude: output error {error:.4g} already within tolerance")
         _restore(qdq, model)
-        counters.update(_count(qdq, len(feeds), len(excluded), len(auto), error))
+        counters.update(_count(qdq, len(feeds), user_excluded, len(auto), error))
+        counters["excluded_mixed_concat"] = len(excluded) - user_excluded
         act, wt, sym = q.types
         counters["reduce_range"] = int(q.reduce_range)
         notes.append(
@@ -181,6 +229,26 @@ class QuantizeInt8(Pass):
         )
         if q.x86 is not None:
             notes.append(q.x86.note())
+        guard = o.latency_guard == "on" or (
+            o.latency_guard == "auto"
+            and o.target != "tensorrt"
+            and o.calibration.strip().lower() != "random"
+        )
+        if guard:
+            fp32_ms, int8_ms = _latency(model, qdq, feeds[0], o.latency_runs)
+            ratio = int8_ms / fp32_ms
+            counters.update(latency_fp32_ms=fp32_ms, latency_int8_ms=int8_ms, latency_ratio=ratio)
+            figures = (
+                f"INT8 {int8_ms:.2f} ms vs FP32 {fp32_ms:.2f} ms = {ratio:.2f}x (median of "
+                f"{o.latency_runs} alternating onnxruntime CPU runs on this machine)"
+            )
+            if ratio >= 1.0:
+                why = f"INT8 is not faster than FP32 here: {figures}; the input is kept"
+                log.warning("quantize-int8: %s", why)
+                return PassResult(
+                    model, False, counters, skipped + [("<model>", why)], notes + [why], details
+                )
+            notes.append(f"latency: {figures}")
         return PassResult(qdq, True, counters, skipped, notes, details)
 
 
@@ -356,6 +424,14 @@ def _search(q: _Quantizer, o: QuantizeInt8Options, pre, qdq, error, excluded, re
         row["error_after"] = error
         details.append(row)
     return qdq, error, auto, details
+
+
+def _latency(model, qdq, feed, runs: int) -> tuple[float, float]:
+    """Median milliseconds of FP32 and INT8, timed alternately (:func:`graphslim.bench.bench`)."""
+    from graphslim.bench import bench
+
+    fp32, int8 = bench([("fp32", model), ("int8", qdq)], feed, runs=runs)
+    return fp32.median_ms, int8.median_ms
 
 
 def _op(model: onnx.ModelProto, name: str) -> str:
