@@ -28,7 +28,9 @@ Steps, all in a temporary folder: opset < 13 is converted to 13 (per-channel
 DequantizeLinear needs its ``axis``); unnamed nodes get stable names (``{op}_{index}``);
 ``quant_pre_process`` (ONNX shape inference and onnxruntime's basic optimisations, e.g. BN
 folding; no symbolic shape inference: it litters the working directory when it fails); calibration; quantization.
-With ``auto_exclude`` the search keeps in float the node that adds the most measured
+With ``auto_exclude`` the search first tries a suffix: the quantized nodes nearest the
+outputs, bisected to the fewest that give most of the gain (:mod:`passes._quant_search`); then,
+within the remaining ``max_excluded`` budget, it keeps in float the node that adds the most measured
 quantization noise (:mod:`passes._quant_sensitivity`: per-channel SQNR of every intermediate
 tensor against FP32 on calibration data), with its input producers when that alone does not help,
 one step at a time, until the output error on the calibration feeds is within ``tolerance``
@@ -69,6 +71,7 @@ from graphslim.feeds import FeedError, load_feeds, random_feeds
 from passes import _quant_isa as I
 from passes import _quant_prepare as P
 from passes import _quant_ranges as R
+from passes import _quant_search as Q
 from passes import _quant_sensitivity as S
 
 log = logging.getLogger(__name__)
@@ -208,7 +211,24 @@ class QuantizeInt8(Pass):
             details: list[dict] = []
             auto: list[str] = []
             if o.auto_exclude and error > o.tolerance and o.max_excluded > 0:
-                qdq, error, auto, details = _search(q, o, pre, qdq, error, excluded, reference)
+                qdq, path, error, auto, row = Q.suffix_search(
+                    q, o, pre, qdq, error, excluded, reference, _run
+                )
+                details.append(row)
+                if error > o.tolerance and len(auto) < o.max_excluded:
+                    qdq, error, more, rows = _search(
+                        q,
+                        o,
+                        pre,
+                        qdq,
+                        error,
+                        excluded + auto,
+                        reference,
+                        o.max_excluded - len(auto),
+                        path,
+                    )
+                    auto += more
+                    details += rows
                 notes.append(
                     f"auto_exclude kept {len(auto)} node(s) in float: {', '.join(auto) or 'none'}"
                     f"; output error {counters['output_error_no_auto']:.4g} -> {error:.4g}"
@@ -372,11 +392,13 @@ def _run(model: onnx.ModelProto, feeds) -> list[dict[str, np.ndarray]]:
     return run_model(model, feeds, optimization="all", label="quantize-int8")
 
 
-def _search(q: _Quantizer, o: QuantizeInt8Options, pre, qdq, error, excluded, reference):
-    """Greedy auto-exclusion (module doc); returns (model, error, auto nodes, details)."""
-    o_tol, budget = o.tolerance, o.max_excluded
+def _search(
+    q: _Quantizer, o: QuantizeInt8Options, pre, qdq, error, excluded, reference, budget, best_path
+):
+    """Greedy auto-exclusion (module doc) of at most ``budget`` nodes, from the model at
+    ``best_path``; returns (model, error, auto nodes, details)."""
+    o_tol = o.tolerance
     recorder = S.TensorRecorder(q.pre_path, q.feeds[:ANALYSIS_FEEDS], q.work)
-    best_path = q.last_path
     auto: list[str] = []
     tried: set[str] = set()
     details: list[dict] = []

@@ -494,3 +494,20 @@ def test_latency_guard_times_real_sessions(harness):
     model = harness.fixture("residual_add")
     _, r = _quantize(model, latency_guard="on", latency_runs=2)
     assert r.counters["latency_fp32_ms"] > 0 and r.counters["latency_int8_ms"] > 0
+
+
+def test_suffix_search_finds_damage_at_the_outputs_without_names(harness):
+    """With the Concat rule off, the search from the outputs backwards finds the Concat."""
+    model = _mixed_head(harness)
+    feeds = random_feeds(model, count=4, seed=1, low=0.0, high=1.0)
+    ctx = PassContext(feeds=feeds)
+    q, r = _quantize(
+        model, ctx, calibration="", mixed_concat_float=False, auto_exclude=True, tolerance=0.05
+    )
+    first = r.details[0]
+    assert first["strategy"] == "suffix" and first["trials"]
+    cat = _nodes(model, "Concat")[0]
+    kept = [n for d in r.details for n in d["kept_float"]]
+    assert any(n.startswith("Concat") or n == cat.name for n in kept), kept
+    assert r.counters["output_error"] < r.counters["output_error_no_auto"]
+    assert _score_error(model, q, feeds) < 0.1
