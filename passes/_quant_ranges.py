@@ -118,3 +118,24 @@ def _peaks(
             if v.size:
                 peaks[name] = max(peaks[name], float(np.abs(v).max()))
     return peaks
+
+
+def float_mixed_concats(model: onnx.ModelProto, feeds, excluded: list[str]):
+    """The nodes to keep float for every mixing Concat (not already in ``excluded``), with a
+    ``(node, reason)`` per node and one note per Concat."""
+    keep: list[str] = []
+    skipped: list[tuple[str, str]] = []
+    notes: list[str] = []
+    for m in mixing_concats(model, feeds):
+        new = [n for n in [m["node"], *m["after"]] if n not in excluded and n not in keep]
+        keep += new
+        peaks = ", ".join(f"{v:.3g}" for v in m["input_peaks"].values())
+        why = (
+            f"Concat on the output path mixes ranges (input peaks {peaks}: x{m['ratio']:.0f} > "
+            f"{MIX_RATIO:g}); one scale would erase the small inputs: kept in float, each input "
+            "quantized with its own scale"
+        )
+        after = f"after mixing Concat {m['node']}: kept in float"
+        skipped += [(n, why if n == m["node"] else after) for n in new]
+        notes.append(f"mixed-range Concat {m['node']} kept in float (x{m['ratio']:.0f})")
+    return keep, skipped, notes

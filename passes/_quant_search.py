@@ -1,4 +1,6 @@
-"""auto_exclude, first stage: keep a *suffix* of the graph in float, searched from the outputs.
+"""auto_exclude's two stages: a float *suffix* searched from the outputs, then a greedy search.
+
+First stage, the suffix.
 
 Per-node SQNR (the greedy stage in :mod:`passes.quantize_int8`) ranks nodes by the noise they
 add, which points into the backbone when every layer adds a little; a detector's damage is
@@ -27,6 +29,9 @@ import onnx
 from passes import _quant_sensitivity as S
 
 log = logging.getLogger("passes.quantize_int8")
+
+ANALYSIS_FEEDS = 4  # feeds used to record intermediate tensors for the greedy stage
+PATIENCE = 4  # the greedy stage stops after this many candidates in a row brought no gain
 
 
 def suffix_order(pre: onnx.ModelProto, candidates: set[str]) -> list[str]:
@@ -83,3 +88,62 @@ def suffix_search(q, o, pre, qdq, error: float, excluded: list[str], reference, 
     row["kept_float"] = order[:hi]
     row["error_after"] = e
     return model, path, e, order[:hi], row
+
+
+def greedy_search(q, o, pre, qdq, error, excluded, reference, run, budget, best_path):
+    """Second stage: the node adding the most measured noise first (module doc of
+    :mod:`passes.quantize_int8`), at most ``budget`` nodes, from the model at ``best_path``;
+    returns (model, error, auto nodes, details)."""
+    o_tol = o.tolerance
+    recorder = S.TensorRecorder(q.pre_path, q.feeds[:ANALYSIS_FEEDS], q.work)
+    auto: list[str] = []
+    tried: set[str] = set()
+    details: list[dict] = []
+    trials = misses = 0
+    sqnr, measured = {}, None
+    while error > o_tol and len(auto) < budget and trials < 2 * budget + 2:
+        if misses >= PATIENCE:
+            log.info("auto_exclude: %d candidates in a row brought no gain; stopping", misses)
+            break
+        if measured != best_path:  # re-measure only after the model changed
+            sqnr, measured = recorder.sqnr(best_path), best_path
+        candidates = S.quantized_nodes(qdq) - set(excluded) - set(auto) - tried
+        ranked = S.node_drops(pre, sqnr, candidates)
+        if not ranked:
+            break
+        node, drop, out_db = ranked[0]
+        tried.add(node)
+        options = [[node]]
+        ups = [p for p in S.input_producers(pre, node) if p in S.quantized_nodes(qdq)]
+        ups = [p for p in ups if p not in auto and p not in excluded]
+        if ups and len(auto) + 1 + len(ups) <= budget:
+            options.append([node, *ups])
+        row = {
+            "node": node,
+            "op_type": _op(pre, node),
+            "drop_db": round(drop, 2),
+            "sqnr_db": round(out_db, 2),
+            "error_before": error,
+            "kept_float": [],
+            "trials": [],
+        }
+        for group in options:
+            trials += 1
+            cand = q.run(excluded + auto + group, f"auto{len(auto)}")
+            err = S.output_error(reference, run(cand, q.feeds))
+            log.info("auto_exclude: %s -> output error %.4g (was %.4g)", group, err, error)
+            row["trials"].append({"nodes": group, "error": err})
+            if err < error * (1 - max(o.min_gain, 1e-6)):
+                qdq, error, best_path = cand, err, q.last_path
+                auto += group
+                tried.update(group)
+                row["kept_float"] = group
+                break
+        misses = 0 if row["kept_float"] else misses + 1
+        row["error_after"] = error
+        details.append(row)
+    return qdq, error, auto, details
+
+
+def _op(model: onnx.ModelProto, name: str) -> str:
+    return next((n.op_type for n in model.graph.node if n.name == name), "?")

@@ -36,7 +36,7 @@ tensor against FP32 on calibration data), with its input producers when that alo
 one step at a time, until the output error on the calibration feeds is within ``tolerance``
 or ``max_excluded`` nodes are kept in float; a step is kept only when it lowers the error by
 at least ``min_gain`` (a float node costs speed), so the result is never worse than no
-exclusion. The search stops early after ``PATIENCE`` candidates in a row without gain.
+exclusion. The search stops early after ``_quant_search.PATIENCE`` candidates in a row without gain.
 
 Before any search, an output-path Concat whose inputs' calibrated ranges differ by more than
 32x (a detection head's box pixels next to its class scores, :mod:`passes._quant_ranges`) is kept
@@ -88,8 +88,6 @@ TARGETS: dict[str, tuple[str, bool]] = {
     "tensorrt": ("int8", True),
 }
 RANDOM_CAP = 8  # random calibration: at most this many feeds (they carry no information)
-ANALYSIS_FEEDS = 4  # feeds used to record intermediate tensors for auto_exclude
-PATIENCE = 4  # auto_exclude stops after this many candidates in a row brought no gain
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -180,26 +178,11 @@ class QuantizeInt8(Pass):
             notes += pre_notes
             excluded, skipped = P.resolve_exclude(pre, o.exclude)
             user_excluded = len(excluded)
-            mixed = R.mixing_concats(pre, feeds) if o.mixed_concat_float else []
-            for m in mixed:
-                keep = [n for n in [m["node"], *m["after"]] if n not in excluded]
+            if o.mixed_concat_float:
+                keep, why, more_notes = R.float_mixed_concats(pre, feeds, excluded)
                 excluded += keep
-                peaks = ", ".join(f"{v:.3g}" for v in m["input_peaks"].values())
-                why = (
-                    f"Concat on the output path mixes ranges (input peaks {peaks}: x"
-                    f"{m['ratio']:.0f} > {R.MIX_RATIO:g}); one scale would erase the small "
-                    "inputs: kept in float, each input quantized with its own scale"
-                )
-                skipped += [
-                    (
-                        n,
-                        why
-                        if n == m["node"]
-                        else f"after mixing Concat {m['node']}: kept in float",
-                    )
-                    for n in keep
-                ]
-                notes.append(f"mixed-range Concat {m['node']} kept in float (x{m['ratio']:.0f})")
+                skipped += why
+                notes += more_notes
             q = _Quantizer(work / "pre.onnx", feeds, o, work)
             qdq = q.run(excluded, "user")
             if not S.quantized_nodes(qdq):
@@ -216,7 +199,7 @@ class QuantizeInt8(Pass):
                 )
                 details.append(row)
                 if error > o.tolerance and len(auto) < o.max_excluded:
-                    qdq, error, more, rows = _search(
+                    qdq, error, more, rows = Q.greedy_search(
                         q,
                         o,
                         pre,
@@ -224,6 +207,7 @@ class QuantizeInt8(Pass):
                         error,
                         excluded + auto,
                         reference,
+                        _run,
                         o.max_excluded - len(auto),
                         path,
                     )
@@ -392,72 +376,12 @@ def _run(model: onnx.ModelProto, feeds) -> list[dict[str, np.ndarray]]:
     return run_model(model, feeds, optimization="all", label="quantize-int8")
 
 
-def _search(
-    q: _Quantizer, o: QuantizeInt8Options, pre, qdq, error, excluded, reference, budget, best_path
-):
-    """Greedy auto-exclusion (module doc) of at most ``budget`` nodes, from the model at
-    ``best_path``; returns (model, error, auto nodes, details)."""
-    o_tol = o.tolerance
-    recorder = S.TensorRecorder(q.pre_path, q.feeds[:ANALYSIS_FEEDS], q.work)
-    auto: list[str] = []
-    tried: set[str] = set()
-    details: list[dict] = []
-    trials = misses = 0
-    sqnr, measured = {}, None
-    while error > o_tol and len(auto) < budget and trials < 2 * budget + 2:
-        if misses >= PATIENCE:
-            log.info("auto_exclude: %d candidates in a row brought no gain; stopping", misses)
-            break
-        if measured != best_path:  # re-measure only after the model changed
-            sqnr, measured = recorder.sqnr(best_path), best_path
-        candidates = S.quantized_nodes(qdq) - set(excluded) - set(auto) - tried
-        ranked = S.node_drops(pre, sqnr, candidates)
-        if not ranked:
-            break
-        node, drop, out_db = ranked[0]
-        tried.add(node)
-        options = [[node]]
-        ups = [p for p in S.input_producers(pre, node) if p in S.quantized_nodes(qdq)]
-        ups = [p for p in ups if p not in auto and p not in excluded]
-        if ups and len(auto) + 1 + len(ups) <= budget:
-            options.append([node, *ups])
-        row = {
-            "node": node,
-            "op_type": _op(pre, node),
-            "drop_db": round(drop, 2),
-            "sqnr_db": round(out_db, 2),
-            "error_before": error,
-            "kept_float": [],
-            "trials": [],
-        }
-        for group in options:
-            trials += 1
-            cand = q.run(excluded + auto + group, f"auto{len(auto)}")
-            err = S.output_error(reference, _run(cand, q.feeds))
-            log.info("auto_exclude: %s -> output error %.4g (was %.4g)", group, err, error)
-            row["trials"].append({"nodes": group, "error": err})
-            if err < error * (1 - max(o.min_gain, 1e-6)):
-                qdq, error, best_path = cand, err, q.last_path
-                auto += group
-                tried.update(group)
-                row["kept_float"] = group
-                break
-        misses = 0 if row["kept_float"] else misses + 1
-        row["error_after"] = error
-        details.append(row)
-    return qdq, error, auto, details
-
-
 def _latency(model, qdq, feed, runs: int) -> tuple[float, float]:
     """Median milliseconds of FP32 and INT8, timed alternately (:func:`graphslim.bench.bench`)."""
     from graphslim.bench import bench
 
     fp32, int8 = bench([("fp32", model), ("int8", qdq)], feed, runs=runs)
     return fp32.median_ms, int8.median_ms
-
-
-def _op(model: onnx.ModelProto, name: str) -> str:
-    return next((n.op_type for n in model.graph.node if n.name == name), "?")
 
 
 # ----------------------------------------------------------------------------- result
