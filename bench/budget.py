@@ -40,7 +40,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -49,6 +48,8 @@ import onnx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from _common import environment, write_results  # noqa: E402  (bench/_common.py)
 
 from graphslim import detect, zoo  # noqa: E402
 from graphslim.bench import bench  # noqa: E402
@@ -255,27 +256,16 @@ def _load(v: list) -> str:
 
 
 def write(results: list[dict], recipe: dict | None, args) -> None:
-    import onnxruntime as ort
-
-    out_dir = Path(__file__).resolve().parent / "results"
-    out_dir.mkdir(exist_ok=True)
-    env = {
-        "cpu_count": os.cpu_count(),
-        "machine": platform.machine(),
-        "python": platform.python_version(),
-        "onnxruntime": ort.__version__,
-        "runs": args.runs,
-        "sensitivity_feeds": args.sens_feeds,
-        "calibration_images": CALIBRATION,
-        "evaluation_images": EVALUATION,
-    }
-    (out_dir / "budget.json").write_text(
-        json.dumps({"env": env, "results": results, "recipe": recipe}, indent=2, default=float)
+    env = environment(
+        runs=args.runs,
+        sensitivity_feeds=args.sens_feeds,
+        calibration_images=CALIBRATION,
+        evaluation_images=EVALUATION,
     )
     lines = [
         "# Latency budget search vs uniform pruning (onnxruntime CPU)",
         "",
-        f"onnxruntime {env['onnxruntime']} CPU, {env['cpu_count']} cores ({env['machine']}; "
+        f"onnxruntime {env['onnxruntime']} CPU, {env['cores']} cores ({env['arch']}; "
         f"load average in the table); each variant timed against the original in its own pair, "
         f"{args.runs} alternating runs (ratio of medians). Budget "
         "`prune-channels{budget=latency=B}` for B in "
@@ -357,7 +347,7 @@ def write(results: list[dict], recipe: dict | None, args) -> None:
                     f"{ft.get('agreement_before')} -> {ft.get('agreement_after')}); {why}"
                 )
             lines.append(f"  - finetune: {why}")
-    (out_dir / "budget.md").write_text("\n".join(lines) + "\n")
+    write_results("budget", env, {"results": results, "recipe": recipe}, lines)
     print("\n".join(lines))
 
 

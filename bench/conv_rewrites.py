@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import platform
 import sys
@@ -39,6 +38,8 @@ from onnx import numpy_helper
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from _common import environment, write_results  # noqa: E402  (bench/_common.py)
 
 from graphslim import graph as G  # noqa: E402
 from graphslim import zoo  # noqa: E402
@@ -256,13 +257,11 @@ def main() -> None:
         "seconds": round(time.perf_counter() - t0, 1),
     }
     text = markdown(rows, meta)
-    out = Path(__file__).resolve().parent / "results"
-    out.mkdir(exist_ok=True)
-    (out / "conv_rewrites.md").write_text("# conv rewrites\n\n" + text)
-    (out / "conv_rewrites.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    md = write_results("conv_rewrites", environment(), {"meta": meta, "rows": rows},
+                       "# conv rewrites\n\n" + text)
     print()
     print(text)
-    print(f"wrote {out / 'conv_rewrites.md'} and .json in {meta['seconds']} s")
+    print(f"wrote {md} and .json in {meta['seconds']} s")
 
 
 if __name__ == "__main__":

@@ -42,6 +42,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _common import environment, write_results  # noqa: E402  (bench/_common.py)
+
 from graphslim import Pipeline, zoo  # noqa: E402
 from graphslim.metrics import param_count  # noqa: E402
 from graphslim.runtime import run_model  # noqa: E402
@@ -365,8 +367,8 @@ def main(argv: list[str] | None = None) -> int:
                 results[key] = earlier[key]
     text = render(results)
     print(text)
-    (out / "finetune.md").write_text(text + "\n")
-    (out / "finetune.json").write_text(json.dumps(results, indent=2) + "\n")
+    results.pop("env", None)  # the machine is recorded anew by write_results
+    write_results("finetune", environment(torch=torch.__version__), results, text)
     return 0
 
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
-import json
 import logging
 import os
 import platform
@@ -48,6 +47,8 @@ import onnx  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from _common import environment, write_results  # noqa: E402  (bench/_common.py)
 
 from graphslim import zoo  # noqa: E402
 from graphslim.feeds import random_feeds  # noqa: E402
@@ -265,8 +266,6 @@ def main(argv: list[str] | None = None) -> int:
     full = args.models is None and args.passes is None
     stem = args.out or (RESULTS / "generality" if full else None)
     if stem is not None:
-        stem.parent.mkdir(parents=True, exist_ok=True)
-        stem.with_suffix(".md").write_text(text)
         payload = {
             "seconds": round(seconds, 1),
             "machine": platform.machine(),
@@ -274,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
             "passes": pass_names,
             "rows": [asdict(r) for r in ordered],
         }
-        stem.with_suffix(".json").write_text(json.dumps(payload, indent=1, default=float) + "\n")
+        write_results(Path(stem).with_suffix(""), environment(), payload, text)
     failed = sum(c.status == "failed" for r in ordered for c in r.cells.values())
     return 1 if failed else 0
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import logging
 import os
 import platform
@@ -50,6 +49,8 @@ import onnx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from _common import environment, write_results  # noqa: E402  (bench/_common.py)
 
 from graphslim import zoo  # noqa: E402
 from graphslim.bench import bench  # noqa: E402
@@ -612,10 +613,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     blocks = tables(ours, theirs, latency, recon, speed, calibration)
     render(blocks)
-    out = Path(__file__).resolve().parent / "results"
-    out.mkdir(exist_ok=True)
     stem = "prune_channels" if not args.quick else "prune_channels.quick"
-    (out / f"{stem}.md").write_text(markdown(blocks, meta))
     data = {
         "meta": meta,
         "validity": ours,
@@ -624,8 +622,8 @@ def main(argv: list[str] | None = None) -> int:
         "reconstruct": recon,
         "tool_speed": speed,
     }
-    (out / f"{stem}.json").write_text(json.dumps(data, indent=1, default=str))
-    print(f"wrote {out / (stem + '.md')} and .json in {meta['seconds']} s")
+    md = write_results(stem, environment(), data, markdown(blocks, meta))
+    print(f"wrote {md} and .json in {meta['seconds']} s")
     return 0
 
 

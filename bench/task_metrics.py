@@ -27,9 +27,7 @@ writes bench/results/task_metrics.md and .json next to this file.
 
 from __future__ import annotations
 
-import json
 import logging
-import platform
 import shutil
 import sys
 import tempfile
@@ -41,6 +39,8 @@ import onnx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from _common import environment, write_results  # noqa: E402  (bench/_common.py)
 
 from graphslim import zoo  # noqa: E402
 from graphslim.contract import PassContext  # noqa: E402
@@ -131,21 +131,11 @@ def _f(v: float) -> str:
 
 
 def write(rows: list[dict]) -> None:
-    import onnxruntime as ort
-
-    out_dir = Path(__file__).resolve().parent / "results"
-    out_dir.mkdir(exist_ok=True)
-    env = {
-        "machine": platform.machine(),
-        "python": platform.python_version(),
-        "onnxruntime": ort.__version__,
-        "model": "yolox-det",
-        "preprocess": PREPROCESS,
-        "calibration_images": CALIBRATION,
-        "evaluation_images": EVALUATION,
-    }
-    (out_dir / "task_metrics.json").write_text(
-        json.dumps({"env": env, "rows": rows}, indent=2, default=float) + "\n"
+    env = environment(
+        model="yolox-det",
+        preprocess=PREPROCESS,
+        calibration_images=CALIBRATION,
+        evaluation_images=EVALUATION,
     )
     lines = [
         "# Task metrics: yolox-det, compressed variants against the original",
@@ -161,8 +151,8 @@ def write(rows: list[dict]) -> None:
         *(_line(r) for r in rows),
         "",
     ]
-    (out_dir / "task_metrics.md").write_text("\n".join(lines))
-    print(f"wrote {out_dir / 'task_metrics.md'} and .json")
+    md = write_results("task_metrics", env, {"rows": rows}, lines)
+    print(f"wrote {md} and .json")
 
 
 if __name__ == "__main__":

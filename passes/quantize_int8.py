@@ -14,7 +14,10 @@ Targets (``activation_type`` / ``weight_type`` override them):
 * ``cpu-x86``: uint8 asymmetric activations, int8 symmetric weights. onnxruntime's x86
   kernels (AVX2 ``VPMADDUBSW``, AVX-512 VNNI ``VPDPBUSD``) multiply u8 x s8; with s8
   activations (onnxruntime's default) a trained YOLOv8n ran 1.8x *slower* than FP32 on a VNNI
-  machine, with u8 at 0.51x.
+  machine, with u8 at 0.51x. Without VNNI (AVX2, AVX-512 without VNNI) the u8 x s8 kernel sums
+  product pairs in a saturating int16, so there the weights get 7 bits (``reduce_range``):
+  ``cpu-x86`` detects this machine's ISA, ``cpu-x86-vnni`` / ``cpu-x86-avx2`` name a deployment
+  machine's (:mod:`passes._quant_isa`). The ISA, its source and the choice are in the notes.
 * ``cpu-arm``: int8 asymmetric activations, int8 symmetric weights -- the TFLite/XNNPACK int8
   scheme; onnxruntime's ARM64 kernels have s8s8 dot-product (SDOT/I8MM) paths and its docs
   report no accuracy difference between u8 and s8 there. Not measured on ARM by us.
@@ -25,13 +28,26 @@ Steps, all in a temporary folder: opset < 13 is converted to 13 (per-channel
 DequantizeLinear needs its ``axis``); unnamed nodes get stable names (``{op}_{index}``);
 ``quant_pre_process`` (ONNX shape inference and onnxruntime's basic optimisations, e.g. BN
 folding; no symbolic shape inference: it litters the working directory when it fails); calibration; quantization.
-With ``auto_exclude`` the search keeps in float the node that adds the most measured
+With ``auto_exclude`` the search first tries a suffix: the quantized nodes nearest the
+outputs, bisected to the fewest that give most of the gain (:mod:`passes._quant_search`); then,
+within the remaining ``max_excluded`` budget, it keeps in float the node that adds the most measured
 quantization noise (:mod:`passes._quant_sensitivity`: per-channel SQNR of every intermediate
 tensor against FP32 on calibration data), with its input producers when that alone does not help,
 one step at a time, until the output error on the calibration feeds is within ``tolerance``
 or ``max_excluded`` nodes are kept in float; a step is kept only when it lowers the error by
 at least ``min_gain`` (a float node costs speed), so the result is never worse than no
-exclusion. The search stops early after ``PATIENCE`` candidates in a row without gain.
+exclusion. The search stops early after ``_quant_search.PATIENCE`` candidates in a row without gain.
+
+Before any search, an output-path Concat whose inputs' calibrated ranges differ by more than
+32x (a detection head's box pixels next to its class scores, :mod:`passes._quant_ranges`) is kept
+in float with the layout ops after it; its inputs keep their own scales. Without this, one scale
+rounds every score to 0 and no exclusion elsewhere can bring them back.
+
+Latency guard (``latency_guard``; on for CPU targets with real calibration data): the result
+is timed against the input, alternately in one process (:func:`graphslim.bench.bench`, median of
+``latency_runs``); if INT8 is not faster on this machine, the pass keeps the input
+(``modified`` False) and says so with both figures. This is a wall-clock measurement, so the
+outcome can differ between machines and, near 1.0x, between runs.
 
 The result keeps the graph's input and output names and the input's metadata_props,
 producer and doc string; the opset may rise to 13.
@@ -52,23 +68,26 @@ import onnx
 from graphslim.contract import Pass, PassContext, PassResult, option
 from graphslim.errors import PreconditionError
 from graphslim.feeds import FeedError, load_feeds, random_feeds
+from passes import _quant_isa as I
 from passes import _quant_prepare as P
+from passes import _quant_ranges as R
+from passes import _quant_search as Q
 from passes import _quant_sensitivity as S
 
 log = logging.getLogger(__name__)
 
-Target = Literal["cpu-x86", "cpu-arm", "tensorrt"]
+Target = Literal["cpu-x86", "cpu-x86-vnni", "cpu-x86-avx2", "cpu-arm", "tensorrt"]
 QType = Literal["auto", "uint8", "int8"]
 
 # target -> (activation type, activation symmetric)
 TARGETS: dict[str, tuple[str, bool]] = {
     "cpu-x86": ("uint8", False),
+    "cpu-x86-vnni": ("uint8", False),
+    "cpu-x86-avx2": ("uint8", False),
     "cpu-arm": ("int8", False),
     "tensorrt": ("int8", True),
 }
 RANDOM_CAP = 8  # random calibration: at most this many feeds (they carry no information)
-ANALYSIS_FEEDS = 4  # feeds used to record intermediate tensors for auto_exclude
-PATIENCE = 4  # auto_exclude stops after this many candidates in a row brought no gain
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,7 +105,15 @@ class QuantizeInt8Options:
     percentile: float = option(99.999, help="percentile of |x| for method=percentile")
     per_channel: bool = option(True, help="one weight scale per output channel")
     target: Target = option(
-        "cpu-x86", help="cpu-x86: u8 act/s8 weights; cpu-arm: s8/s8; tensorrt: symmetric s8/s8"
+        "cpu-x86",
+        help="cpu-x86: u8 act/s8 weights, settings for this machine's ISA (VNNI: full range; "
+        "AVX2/AVX-512 without VNNI: reduce_range); cpu-x86-vnni / cpu-x86-avx2: for a "
+        "deployment machine of that ISA; cpu-arm: s8/s8; tensorrt: symmetric s8/s8",
+    )
+    reduce_range: Literal["auto", "on", "off"] = option(
+        "auto",
+        help="7-bit weights; auto: on for x86 without VNNI (its u8*s8 kernel saturates), off "
+        "elsewhere",
     )
     activation_type: QType = option("auto", help="override the target's activation type")
     weight_type: QType = option("auto", help="override the target's weight type (int8)")
@@ -106,6 +133,18 @@ class QuantizeInt8Options:
         help="auto_exclude keeps a node in float only if the output error drops by this fraction",
     )
 
+    mixed_concat_float: bool = option(
+        True,
+        help="keep in float an output-path Concat whose inputs' calibrated ranges differ by "
+        "more than 32x (box pixels next to scores), each input quantized with its own scale",
+    )
+    latency_guard: Literal["auto", "on", "off"] = option(
+        "auto",
+        help="time INT8 against FP32 (onnxruntime CPU) and keep the input when INT8 is not "
+        "faster; auto: on for CPU targets with real calibration data",
+    )
+    latency_runs: int = option(10, help="alternating timed runs for the latency guard")
+
     def validate(self) -> None:
         if self.calibration_size < 1:
             raise ValueError("calibration_size must be >= 1")
@@ -115,6 +154,8 @@ class QuantizeInt8Options:
             raise ValueError("tolerance must be >= 0")
         if self.max_excluded < 0:
             raise ValueError("max_excluded must be >= 0")
+        if self.latency_runs < 1:
+            raise ValueError("latency_runs must be >= 1")
         if not 0 <= self.min_gain < 1:
             raise ValueError("min_gain must be in [0, 1)")
 
@@ -136,6 +177,12 @@ class QuantizeInt8(Pass):
             pre, pre_notes = P.prepare(model, work)
             notes += pre_notes
             excluded, skipped = P.resolve_exclude(pre, o.exclude)
+            user_excluded = len(excluded)
+            if o.mixed_concat_float:
+                keep, why, more_notes = R.float_mixed_concats(pre, feeds, excluded)
+                excluded += keep
+                skipped += why
+                notes += more_notes
             q = _Quantizer(work / "pre.onnx", feeds, o, work)
             qdq = q.run(excluded, "user")
             if not S.quantized_nodes(qdq):
@@ -147,7 +194,25 @@ class QuantizeInt8(Pass):
             details: list[dict] = []
             auto: list[str] = []
             if o.auto_exclude and error > o.tolerance and o.max_excluded > 0:
-                qdq, error, auto, details = _search(q, o, pre, qdq, error, excluded, reference)
+                qdq, path, error, auto, row = Q.suffix_search(
+                    q, o, pre, qdq, error, excluded, reference, _run
+                )
+                details.append(row)
+                if error > o.tolerance and len(auto) < o.max_excluded:
+                    qdq, error, more, rows = Q.greedy_search(
+                        q,
+                        o,
+                        pre,
+                        qdq,
+                        error,
+                        excluded + auto,
+                        reference,
+                        _run,
+                        o.max_excluded - len(auto),
+                        path,
+                    )
+                    auto += more
+                    details += rows
                 notes.append(
                     f"auto_exclude kept {len(auto)} node(s) in float: {', '.join(auto) or 'none'}"
                     f"; output error {counters['output_error_no_auto']:.4g} -> {error:.4g}"
@@ -156,13 +221,38 @@ class QuantizeInt8(Pass):
             elif o.auto_exclude:
                 notes.append(f"auto_exclude: output error {error:.4g} already within tolerance")
         _restore(qdq, model)
-        counters.update(_count(qdq, len(feeds), len(excluded), len(auto), error))
+        counters.update(_count(qdq, len(feeds), user_excluded, len(auto), error))
+        counters["excluded_mixed_concat"] = len(excluded) - user_excluded
         act, wt, sym = q.types
+        counters["reduce_range"] = int(q.reduce_range)
         notes.append(
             f"target {o.target}: {act} {'symmetric' if sym else 'asymmetric'} activations, "
-            f"{wt} symmetric {'per-channel' if o.per_channel else 'per-tensor'} weights, "
+            f"{wt} symmetric {'per-channel' if o.per_channel else 'per-tensor'} weights"
+            f"{' (7-bit, reduce_range)' if q.reduce_range else ''}, "
             f"{o.method} calibration on {len(feeds)} sample(s)"
         )
+        if q.x86 is not None:
+            notes.append(q.x86.note())
+        guard = o.latency_guard == "on" or (
+            o.latency_guard == "auto"
+            and o.target != "tensorrt"
+            and o.calibration.strip().lower() != "random"
+        )
+        if guard:
+            fp32_ms, int8_ms = _latency(model, qdq, feeds[0], o.latency_runs)
+            ratio = int8_ms / fp32_ms
+            counters.update(latency_fp32_ms=fp32_ms, latency_int8_ms=int8_ms, latency_ratio=ratio)
+            figures = (
+                f"INT8 {int8_ms:.2f} ms vs FP32 {fp32_ms:.2f} ms = {ratio:.2f}x (median of "
+                f"{o.latency_runs} alternating onnxruntime CPU runs on this machine)"
+            )
+            if ratio >= 1.0:
+                why = f"INT8 is not faster than FP32 here: {figures}; the input is kept"
+                log.warning("quantize-int8: %s", why)
+                return PassResult(
+                    model, False, counters, skipped + [("<model>", why)], notes + [why], details
+                )
+            notes.append(f"latency: {figures}")
         return PassResult(qdq, True, counters, skipped, notes, details)
 
 
@@ -225,6 +315,13 @@ class _Quantizer:
         act = act if o.activation_type == "auto" else o.activation_type
         wt = "int8" if o.weight_type == "auto" else o.weight_type
         self.types = (act, wt, sym)
+        self.x86 = I.choose(o.target) if o.target.startswith("cpu-x86") else None
+        if o.reduce_range != "auto":
+            self.reduce_range = o.reduce_range == "on"
+        else:  # only u8 x s8 saturates (module doc of passes._quant_isa)
+            self.reduce_range = bool(
+                self.x86 and self.x86.reduce_range and act == "uint8" and wt == "int8"
+            )
         qt = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
         method = {
             "minmax": CalibrationMethod.MinMax,
@@ -237,7 +334,7 @@ class _Quantizer:
         self.kwargs = dict(
             quant_format=QuantFormat.QDQ,
             per_channel=o.per_channel,
-            reduce_range=False,
+            reduce_range=self.reduce_range,
             activation_type=qt[act],
             weight_type=qt[wt],
             calibrate_method=method,
@@ -279,62 +376,12 @@ def _run(model: onnx.ModelProto, feeds) -> list[dict[str, np.ndarray]]:
     return run_model(model, feeds, optimization="all", label="quantize-int8")
 
 
-def _search(q: _Quantizer, o: QuantizeInt8Options, pre, qdq, error, excluded, reference):
-    """Greedy auto-exclusion (module doc); returns (model, error, auto nodes, details)."""
-    o_tol, budget = o.tolerance, o.max_excluded
-    recorder = S.TensorRecorder(q.pre_path, q.feeds[:ANALYSIS_FEEDS], q.work)
-    best_path = q.last_path
-    auto: list[str] = []
-    tried: set[str] = set()
-    details: list[dict] = []
-    trials = misses = 0
-    sqnr, measured = {}, None
-    while error > o_tol and len(auto) < budget and trials < 2 * budget + 2:
-        if misses >= PATIENCE:
-            log.info("auto_exclude: %d candidates in a row brought no gain; stopping", misses)
-            break
-        if measured != best_path:  # re-measure only after the model changed
-            sqnr, measured = recorder.sqnr(best_path), best_path
-        candidates = S.quantized_nodes(qdq) - set(excluded) - set(auto) - tried
-        ranked = S.node_drops(pre, sqnr, candidates)
-        if not ranked:
-            break
-        node, drop, out_db = ranked[0]
-        tried.add(node)
-        options = [[node]]
-        ups = [p for p in S.input_producers(pre, node) if p in S.quantized_nodes(qdq)]
-        ups = [p for p in ups if p not in auto and p not in excluded]
-        if ups and len(auto) + 1 + len(ups) <= budget:
-            options.append([node, *ups])
-        row = {
-            "node": node,
-            "op_type": _op(pre, node),
-            "drop_db": round(drop, 2),
-            "sqnr_db": round(out_db, 2),
-            "error_before": error,
-            "kept_float": [],
-            "trials": [],
-        }
-        for group in options:
-            trials += 1
-            cand = q.run(excluded + auto + group, f"auto{len(auto)}")
-            err = S.output_error(reference, _run(cand, q.feeds))
-            log.info("auto_exclude: %s -> output error %.4g (was %.4g)", group, err, error)
-            row["trials"].append({"nodes": group, "error": err})
-            if err < error * (1 - max(o.min_gain, 1e-6)):
-                qdq, error, best_path = cand, err, q.last_path
-                auto += group
-                tried.update(group)
-                row["kept_float"] = group
-                break
-        misses = 0 if row["kept_float"] else misses + 1
-        row["error_after"] = error
-        details.append(row)
-    return qdq, error, auto, details
+def _latency(model, qdq, feed, runs: int) -> tuple[float, float]:
+    """Median milliseconds of FP32 and INT8, timed alternately (:func:`graphslim.bench.bench`)."""
+    from graphslim.bench import bench
 
-
-def _op(model: onnx.ModelProto, name: str) -> str:
-    return next((n.op_type for n in model.graph.node if n.name == name), "?")
+    fp32, int8 = bench([("fp32", model), ("int8", qdq)], feed, runs=runs)
+    return fp32.median_ms, int8.median_ms
 
 
 # ----------------------------------------------------------------------------- result

@@ -16,6 +16,7 @@ from graphslim.errors import OptionsError, PreconditionError
 from graphslim.feeds import random_feeds
 from graphslim.pipeline import Pipeline
 from graphslim.runtime import run_model
+from passes import _quant_isa as I
 from passes import _quant_sensitivity as S
 from passes.quantize_int8 import QuantizeInt8
 
@@ -25,6 +26,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def _quantize(model, ctx=None, **opts) -> tuple[onnx.ModelProto, object]:
     opts.setdefault("calibration", "random")
     opts.setdefault("calibration_size", 2)
+    opts.setdefault("latency_guard", "off")  # wall-clock; its own tests simulate the timing
     r = QuantizeInt8(**opts)(copy.deepcopy(model), ctx or PassContext())
     return r.model, r
 
@@ -297,3 +299,215 @@ def test_bad_options_are_rejected():
         QuantizeInt8(calibration_size=0)
     with pytest.raises(OptionsError):
         QuantizeInt8(target="gpu")
+
+
+# ----------------------------------------------------------------------------- x86 ISA paths
+
+
+def _weights_int8(q: onnx.ModelProto) -> list[np.ndarray]:
+    return [_init(q, _weight_dq(q, c).input[0]) for c in _nodes(q, "Conv") if _weight_dq(q, c)]
+
+
+@pytest.mark.parametrize(
+    ("flags", "isa"),
+    [
+        ({"avx2", "avx512f", "avx512bw", "avx512_vnni"}, "vnni"),
+        ({"avx2", "avx_vnni"}, "vnni"),  # Alder Lake style AVX-VNNI
+        ({"avx2", "avx512vnni"}, "vnni"),  # py-cpuinfo's spelling
+        ({"avx2", "avx512f", "avx512bw"}, "avx512"),  # Skylake-SP: AVX-512 without VNNI
+        ({"avx2", "fma"}, "avx2"),
+        (set(), "unknown"),
+    ],
+)
+def test_isa_from_cpu_flags(flags, isa):
+    assert I.isa_of(flags) == isa
+    assert I.choose("cpu-x86", flags, "test").reduce_range is (isa != "vnni")
+
+
+@pytest.mark.parametrize(
+    ("target", "flags", "isa", "reduced"),
+    [
+        ("cpu-x86", {"avx2", "avx512bw", "avx512_vnni"}, "vnni", False),
+        ("cpu-x86", {"avx2", "fma"}, "avx2", True),
+        ("cpu-x86", {"avx2", "avx512f", "avx512bw"}, "avx512", True),
+        # an explicit deployment ISA wins over this machine's flags
+        ("cpu-x86-avx2", {"avx2", "avx512bw", "avx512_vnni"}, "avx2", True),
+        ("cpu-x86-vnni", {"avx2"}, "vnni", False),
+    ],
+)
+def test_x86_settings_follow_the_isa(harness, monkeypatch, target, flags, isa, reduced):
+    """Simulated machines: the weights' integer range and the record follow the ISA, and a
+    reduced-range model cannot saturate VPMADDUBSW's int16 pair sums for any u8 activation."""
+    monkeypatch.setattr(I, "cpu_flags", lambda: (set(flags), "test flags"))
+    model = harness.fixture("residual_add")
+    q, r = _quantize(model, target=target)
+    acts, weights, _ = _zero_point_types(q)
+    assert acts == {np.dtype(np.uint8)} and weights == {np.dtype(np.int8)}
+    assert r.counters["reduce_range"] == int(reduced)
+    assert any(f"x86 ISA {isa}" in n for n in r.notes), r.notes
+    ws = _weights_int8(q)
+    assert ws
+    peak = max(int(np.abs(w.astype(np.int32)).max()) for w in ws)
+    # symmetric per-channel: each channel's largest weight maps to the range's end
+    assert peak == (64 if reduced else 127)
+    for w in ws:
+        # worst pair sum u8 x s8 along the reduction axis (input channels x kernel), as the
+        # AVX2 kernel forms it: 255 * (|w_2k| + |w_2k+1|)
+        flat = np.abs(w.astype(np.int32)).reshape(w.shape[0], -1)
+        if flat.shape[1] % 2:
+            flat = np.pad(flat, ((0, 0), (0, 1)))
+        pair = 255 * (flat[:, 0::2] + flat[:, 1::2])
+        if reduced:
+            assert pair.max() <= 32767
+    # the result still answers like the float model on its calibration data
+    feeds = random_feeds(model, count=2, seed=0)
+    ref, got = run_model(model, feeds), run_model(q, feeds, optimization="all")
+    assert S.output_error(ref, got) < 0.2
+
+
+def test_reduce_range_option_overrides_the_isa(harness, monkeypatch):
+    monkeypatch.setattr(I, "cpu_flags", lambda: ({"avx2"}, "test flags"))
+    _, r = _quantize(harness.fixture("residual_add"), reduce_range="off")
+    assert r.counters["reduce_range"] == 0
+    _, r = _quantize(harness.fixture("residual_add"), target="cpu-arm", reduce_range="on")
+    assert r.counters["reduce_range"] == 1
+    _, r = _quantize(harness.fixture("residual_add"), target="cpu-arm")
+    assert r.counters["reduce_range"] == 0 and not any("x86 ISA" in n for n in r.notes)
+
+
+def test_machine_record_names_cpu_and_isa():
+    m = I.machine()
+    assert {"cpu_model", "isa", "isa_flags", "cores", "loadavg"} <= set(m)
+    assert m["isa"] in I.ISAS
+
+
+# ----------------------------------------------------------------------------- detection heads
+
+
+def _mixed_head(harness) -> onnx.ModelProto:
+    """A detection-head ending: conv features -> boxes in pixels (x 640) and scores (Sigmoid),
+    concatenated on the channel axis into ``[1, 4 + 2, H*W]`` like YOLOv8's output."""
+    rng = np.random.default_rng(0)
+    w = rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32)
+    wb = rng.normal(0, 0.3, (4, 8, 1, 1)).astype(np.float32)
+    ws = rng.normal(0, 0.3, (2, 8, 1, 1)).astype(np.float32)
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    head (float[1, 3, 16, 16] x) => (float[1, 6, 256] out) {
+        f = Conv <pads = [1, 1, 1, 1]> (x, w)
+        r = Relu (f)
+        b = Conv (r, wb)
+        bs = Sigmoid (b)
+        box = Mul (bs, k)
+        s = Conv (r, ws)
+        score = Sigmoid (s)
+        cat = Concat <axis = 1> (box, score)
+        out = Reshape (cat, shape)
+    }
+    """
+    model = onnx.parser.parse_model(text)
+    model.graph.initializer.extend(
+        [
+            numpy_helper.from_array(w, "w"),
+            numpy_helper.from_array(wb, "wb"),
+            numpy_helper.from_array(ws, "ws"),
+            numpy_helper.from_array(np.array(640.0, np.float32), "k"),
+            numpy_helper.from_array(np.array([1, 6, 256], np.int64), "shape"),
+        ]
+    )
+    onnx.checker.check_model(model)
+    return model
+
+
+def _score_error(model, q, feeds) -> float:
+    ref, got = run_model(model, feeds), run_model(q, feeds, optimization="all")
+    o = np.stack([r["out"][:, 4:] for r in ref])
+    c = np.stack([g["out"][:, 4:] for g in got])
+    return float(np.linalg.norm(c - o) / np.linalg.norm(o))
+
+
+def test_mixed_range_concat_stays_float_and_keeps_the_scores(harness):
+    model = _mixed_head(harness)
+    feeds = random_feeds(model, count=4, seed=1, low=0.0, high=1.0)
+    ctx = PassContext(feeds=feeds)
+    q, r = _quantize(model, ctx, calibration="")
+    q_off, r_off = _quantize(model, ctx, calibration="", mixed_concat_float=False)
+    # the Concat and the Reshape after it stay float: no DQ feeds them
+    dq = _dq_of(q)
+    cat = _nodes(q, "Concat")[0]
+    assert not any(i in dq for i in cat.input) or all(
+        dq[i].input[0] != dq[cat.input[0]].input[0] for i in cat.input[1:] if i in dq
+    )
+    assert not any(n.input[0] == cat.output[0] for n in _nodes(q, "QuantizeLinear"))
+    assert r.counters["excluded_mixed_concat"] == 2
+    assert r_off.counters["excluded_mixed_concat"] == 0
+    assert any("mixes ranges" in why for _, why in r.skipped)
+    # numbers against onnxruntime: one shared scale (640/255 per step) wipes out the scores
+    assert _score_error(model, q_off, feeds) > 0.5
+    assert _score_error(model, q, feeds) < 0.05
+
+
+def test_only_the_range_mixing_concat_of_a_yolo_head_stays_float(harness):
+    # tiny_yolo ends like YOLOv8: Concat(xy, wh) in pixels, then Concat(boxes, sigmoid scores)
+    model = harness.fixture("tiny_yolo")
+    _, r = _quantize(model)
+    assert r.counters["excluded_mixed_concat"] == 1
+    mixed = [n for n, why in r.skipped if "mixes ranges" in why]
+    assert mixed == ["/model.11/Concat_4"]  # not Concat_3 (like ranges)
+
+
+def test_latency_guard_keeps_the_input_when_int8_is_not_faster(harness, monkeypatch):
+    import passes.quantize_int8 as Q
+
+    model = harness.fixture("residual_add")
+    monkeypatch.setattr(Q, "_latency", lambda *a: (2.0, 3.0))  # simulated: INT8 slower
+    out, r = _quantize(model, latency_guard="on")
+    assert r.modified is False
+    assert out.SerializeToString() == model.SerializeToString()
+    assert r.counters["latency_ratio"] == pytest.approx(1.5)
+    assert any("not faster" in n and "3.00 ms" in n and "2.00 ms" in n for n in r.notes)
+    monkeypatch.setattr(Q, "_latency", lambda *a: (2.0, 1.0))  # simulated: INT8 faster
+    out, r = _quantize(model, latency_guard="on")
+    assert r.modified is True and r.counters["latency_ratio"] == pytest.approx(0.5)
+    assert any(n.startswith("latency: INT8 1.00 ms") for n in r.notes)
+
+
+def test_latency_guard_auto_is_off_for_random_calibration_and_tensorrt(harness, monkeypatch):
+    import passes.quantize_int8 as Q
+
+    def boom(*a):
+        raise AssertionError("timed")
+
+    monkeypatch.setattr(Q, "_latency", boom)
+    model = harness.fixture("residual_add")
+    _quantize(model, latency_guard="auto")  # calibration=random
+    feeds = random_feeds(model, count=2, seed=0)
+    _quantize(
+        model, PassContext(feeds=feeds), calibration="", target="tensorrt", latency_guard="auto"
+    )
+    with pytest.raises(AssertionError, match="timed"):
+        _quantize(model, PassContext(feeds=feeds), calibration="", latency_guard="auto")
+
+
+def test_latency_guard_times_real_sessions(harness):
+    """The real timing path runs (its figures are not asserted: wall clock)."""
+    model = harness.fixture("residual_add")
+    _, r = _quantize(model, latency_guard="on", latency_runs=2)
+    assert r.counters["latency_fp32_ms"] > 0 and r.counters["latency_int8_ms"] > 0
+
+
+def test_suffix_search_finds_damage_at_the_outputs_without_names(harness):
+    """With the Concat rule off, the search from the outputs backwards finds the Concat."""
+    model = _mixed_head(harness)
+    feeds = random_feeds(model, count=4, seed=1, low=0.0, high=1.0)
+    ctx = PassContext(feeds=feeds)
+    q, r = _quantize(
+        model, ctx, calibration="", mixed_concat_float=False, auto_exclude=True, tolerance=0.05
+    )
+    first = r.details[0]
+    assert first["strategy"] == "suffix" and first["trials"]
+    cat = _nodes(model, "Concat")[0]
+    kept = [n for d in r.details for n in d["kept_float"]]
+    assert any(n.startswith("Concat") or n == cat.name for n in kept), kept
+    assert r.counters["output_error"] < r.counters["output_error_no_auto"]
+    assert _score_error(model, q, feeds) < 0.1
