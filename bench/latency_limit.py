@@ -19,9 +19,7 @@ Writes bench/results/latency_limit.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 from pathlib import Path
 
@@ -29,6 +27,8 @@ import onnx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from _common import environment, write_results  # noqa: E402  (bench/_common.py)
 
 from graphslim import zoo  # noqa: E402
 from graphslim.bench import bench  # noqa: E402
@@ -70,38 +70,14 @@ def run_one(model_id: str, runs: int) -> dict:
     }
 
 
-def machine() -> dict:
-    import numpy
-    import onnxruntime
-
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    flags = next(
-        (ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), []
-    )
-    cpu = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), platform.processor())  # fmt: skip
-    return {
-        "cpu": cpu,
-        "isa": [f for f in ("avx512_vnni", "avx_vnni", "avx512f", "avx2") if f in flags],
-        "cores": os.cpu_count(),
-        "onnxruntime": onnxruntime.__version__,
-        "numpy": numpy.__version__,
-    }
-
-
 def write(rows: list[dict], runs: int) -> None:
-    out = ROOT / "bench" / "results"
-    out.mkdir(exist_ok=True)
-    env = machine()
-    (out / "latency_limit.json").write_text(
-        json.dumps({"machine": env, "runs": runs, "rows": rows}, indent=2)
-    )
+    env = environment(runs=runs)
     lines = [
         "# Latency vs its per-op limit: prune-channels{ratio=0.5}",
         "",
-        f"Machine: {env['cpu']} ({', '.join(env['isa'])}), {env['cores']} cores, onnxruntime "
-        f"{env['onnxruntime']}; `python bench/latency_limit.py --runs {runs}`. Measured = ratio "
-        "of medians at `all`, alternating; limit = every original node's profiled time "
-        "(`basic`) scaled by its work ratio (graphslim/explain.py); over = measured / limit.",
+        f"`python bench/latency_limit.py --runs {runs}`. Measured = ratio of medians at `all`, "
+        "alternating; limit = every original node's profiled time (`basic`) scaled by its "
+        "work ratio (graphslim/explain.py); over = measured / limit.",
         "",
         "| model | MACs | measured | limit | over | lagging op types (time ratio vs work ratio, share) | load avg before / after |",
         "|---|---|---|---|---|---|---|",
@@ -117,8 +93,8 @@ def write(rows: list[dict], runs: int) -> None:
             f"({r['ms_original']:.1f} -> {r['ms_pruned']:.1f} ms) | {r['limit_ratio']:.2f}x | "
             f"{r['over_limit']:.2f} | {'; '.join(r['lagging_ops'])} | {load} |"
         )
-    (out / "latency_limit.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    md = write_results("latency_limit", env, {"rows": rows}, lines)
+    print(md.read_text())
 
 
 def main() -> None:

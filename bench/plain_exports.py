@@ -19,9 +19,7 @@ Writes bench/results/plain_exports.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -31,6 +29,8 @@ import onnx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "fixtures"))
+
+from _common import environment, write_results  # noqa: E402  (bench/_common.py)
 
 from graphslim import zoo  # noqa: E402
 from graphslim.feeds import random_feeds  # noqa: E402
@@ -128,44 +128,12 @@ def run_one(model_id: str, args) -> dict:
     return row
 
 
-def machine() -> dict:
-    import numpy
-    import onnxruntime
-
-    flags = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-        cpu = next(
-            (ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-             if ln.startswith("model name")), platform.processor())  # fmt: skip
-    except OSError:
-        cpu = platform.processor()
-    isa = [f for f in ("avx512_vnni", "avx_vnni", "avx512f", "avx2") if f in flags]
-    return {
-        "cpu": cpu,
-        "isa": isa,
-        "cores": os.cpu_count(),
-        "onnxruntime": onnxruntime.__version__,
-        "numpy": numpy.__version__,
-        "onnx": onnx.__version__,
-        "python": platform.python_version(),
-    }
-
-
 def write(rows: list[dict]) -> None:
-    out = ROOT / "bench" / "results"
-    out.mkdir(exist_ok=True)
-    env = machine()
-    (out / "plain_exports.json").write_text(json.dumps({"machine": env, "rows": rows}, indent=2))
+    env = environment()
     lines = [
         "# prune-channels{ratio=0.5} on plain exports, no preparatory pass",
         "",
-        f"Machine: {env['cpu']} ({', '.join(env['isa'])}), {env['cores']} cores; onnxruntime "
-        f"{env['onnxruntime']}, onnx {env['onnx']}, numpy {env['numpy']}. "
-        "`python bench/plain_exports.py` (exports need torch, torchvision, ultralytics).",
+        "`python bench/plain_exports.py` (the exports need torch, torchvision, ultralytics).",
         "",
         "torchvision / ultralytics models: random weights, torch's default BatchNorm init, "
         "exported by the legacy torch.onnx exporter without a simplifier (deduplicated zero "
@@ -190,8 +158,8 @@ def write(rows: list[dict]) -> None:
             f"{(p['macs_asked'] or 0):.3f} | {'yes' if p['valid'] and q['valid'] else 'NO'} | "
             f"{p['groups_pruned']} / {p['groups_frozen']} | {reason} | {budget} |"
         )
-    (out / "plain_exports.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    md = write_results("plain_exports", env, {"rows": rows}, lines)
+    print(md.read_text())
 
 
 def main() -> None:
