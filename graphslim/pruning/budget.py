@@ -54,11 +54,14 @@ def sensitivity(model, ctx: PassContext, options: PruneOptions) -> Sensitivity:
     }
     # The model is part of the key: a context may see several models.
     digest = G.fingerprint(model)
-    key = f"prune-channels/sensitivity/{digest}/{sorted(prune.items())}/{options.budget_ratios}"
+    key = (
+        f"prune-channels/sensitivity/{digest}/{sorted(prune.items())}/{options.budget_ratios}"
+        f"/{options.budget_feeds}"
+    )
     if key not in ctx.cache:
         feeds = ctx.feeds_or_random(
             model, 2, warn="prune-channels budget: no calibration feeds; measuring on random inputs"
-        )[:4]
+        )[: options.budget_feeds]
         ctx.cache[key] = measure(
             model,
             feeds,

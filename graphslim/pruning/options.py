@@ -52,6 +52,11 @@ class PruneOptions:
         help="fail when the MACs reached miss the asked ratio/target by more than a tenth "
         "(frozen groups); by default the record and table say so",
     )
+    budget_feeds: int = option(
+        2,
+        help="calibration feeds the budget's sensitivity runs on (each candidate runs on "
+        "every one: more is slower; the error ranking is what matters, see bench/budget.py)",
+    )
     budget_checks: int = option(
         5,
         help="latency budget: rounds of build + measure against the input (onnxruntime CPU), "
@@ -79,6 +84,8 @@ class PruneOptions:
                 raise ValueError("give budget or target_macs, not both")
         if not self.budget_ratios or not all(0 < r <= 0.95 for r in self.budget_ratios):
             raise ValueError("budget_ratios must be in (0, 0.95]")
+        if self.budget_feeds < 1:
+            raise ValueError("budget_feeds must be >= 1")
         if self.budget_checks < 0:
             raise ValueError("budget_checks must be >= 0")
 
