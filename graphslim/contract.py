@@ -9,12 +9,19 @@ A pass is a class with
   It is the one schema for Python kwargs, TOML pipeline files and inline CLI strings;
 * ``after`` / ``before``: names of passes that, when present in the same pipeline, must run
   before / after this one (checked, never silently reordered);
+* ``in_place``: True when the pass edits the model it is given and returns that same object;
+  False when it returns a new model and leaves its input untouched (onnx_ir's ``in_place`` /
+  ``changes_input``);
+* ``requires(model)`` / ``ensures(model, result)``: checks before and after ``call``, run by
+  ``__call__`` whether or not a pipeline calls the pass (default: nothing required; every
+  tensor a modified result reads is defined);
 * ``call(model, ctx) -> PassResult``.
 
 A pass declines nodes it will not touch by listing ``(node, reason)`` in ``skipped``; it raises
 :class:`~graphslim.errors.PreconditionError` only when it cannot take the model at all.
-``Pass.__call__`` is final: it runs ``call`` and checks the contract (result type, in-place
-model, truthful ``modified``).
+``Pass.__call__`` is final: it runs ``requires``, ``call`` and ``ensures`` and checks the
+contract: the result type; ``in_place`` kept (the same object back, or an input left as it
+was); a truthful ``modified`` (the byte checks run on models under 256 MB).
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import onnx
 
-from graphslim.errors import OptionsError
+from graphslim.errors import OptionsError, PassFailedError
 from graphslim.model_io import model_nbytes
 
 Numerics = Literal["exact", "lossy"]
@@ -106,6 +113,7 @@ class Pass:
     Options: ClassVar[type] = NoOptions
     after: ClassVar[tuple[str, ...]] = ()
     before: ClassVar[tuple[str, ...]] = ()
+    in_place: ClassVar[bool] = True
 
     def __init__(self, options: Any = None, /, **kwargs: Any) -> None:
         if options is not None and kwargs:
@@ -119,14 +127,39 @@ class Pass:
     def call(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:  # pragma: no cover
         raise NotImplementedError  # every concrete pass overrides this; checked by the registry
 
+    def requires(self, model: onnx.ModelProto) -> None:
+        """Raise :class:`~graphslim.errors.PreconditionError` when the pass cannot take
+        ``model`` at all (the message says how to fix it). Default: anything goes."""
+
+    def ensures(self, model: onnx.ModelProto, result: PassResult) -> None:
+        """Check what must hold after ``call``. Default: every tensor a node of a modified
+        result reads is defined (a cheap structural check for direct calls; the pipeline
+        also runs the ONNX checker on models that passed it coming in)."""
+        if result.modified:
+            from graphslim.graph import dangling_reads
+
+            bad = dangling_reads(result.model.graph)
+            if bad:
+                node, tensor = bad[0]
+                raise PassFailedError(
+                    f"pass '{self.name}' produced a graph where {node} reads '{tensor}', "
+                    "which nothing defines"
+                )
+
     def __call__(self, model: onnx.ModelProto, ctx: PassContext | None = None) -> PassResult:
         ctx = ctx if ctx is not None else PassContext()
+        self.requires(model)
         before = model.SerializeToString(deterministic=True) if _small(model) else None
         result = self.call(model, ctx)
         if not isinstance(result, PassResult):
             raise TypeError(f"pass {self.name} returned {type(result).__name__}, not PassResult")
         if not isinstance(result.model, onnx.ModelProto):
             raise TypeError(f"pass {self.name} returned a {type(result.model).__name__} model")
+        if self.in_place and result.model is not model:
+            raise AssertionError(f"pass {self.name} is in_place but returned a new model")
+        if not self.in_place and result.model is not model and before is not None:
+            if model.SerializeToString(deterministic=True) != before:
+                raise AssertionError(f"pass {self.name} is not in_place but changed its input")
         if result.modified and result.model.ir_version < 4:
             # Before IR 4 initializers are also graph inputs; passes add and reshape
             # initializers without caring, so the contract keeps that invariant for all.
@@ -137,6 +170,7 @@ class Pass:
             after = result.model.SerializeToString(deterministic=True)
             if after != before:
                 raise AssertionError(f"pass {self.name} changed the model but said modified=False")
+        self.ensures(model, result)
         return result
 
     def describe_options(self) -> dict[str, Any]:

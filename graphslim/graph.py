@@ -62,6 +62,21 @@ def outer_scope_reads(graph: onnx.GraphProto) -> set[str]:
     return reads
 
 
+def dangling_reads(graph: onnx.GraphProto) -> list[tuple[str, str]]:
+    """(node, tensor) for every read of a tensor that no graph input, initializer or node
+    of ``graph`` defines (subgraphs' outer reads included), then ('<output>', name) for
+    graph outputs nothing writes."""
+    defined = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    defined |= {o for n in graph.node for o in n.output if o}
+    bad = [
+        (node.name or node.output[0], name)
+        for node in graph.node
+        for name in node_reads(node)
+        if name not in defined
+    ]
+    return bad + [("<output>", o.name) for o in graph.output if o.name not in defined]
+
+
 def graph_output_names(graph: onnx.GraphProto) -> set[str]:
     return {o.name for o in graph.output}
 

@@ -83,6 +83,37 @@ def weightless_copy(model: onnx.ModelProto, keep_elements: int = 4096) -> onnx.M
     return light
 
 
+CHECK_WEIGHTLESS_BYTES = 64 * 2**20
+"""Above this size the checker gets a weightless copy: it serializes what it is given, which
+costs seconds on a big model to re-check payloads that numpy wrote and onnxruntime loads
+right after anyway; the structure it checks is the same."""
+
+
+def checkable(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` itself, or for a big one (also over protobuf's 2 GB) a copy the ONNX checker
+    takes quickly: big tensors lose their data, and their dims too (the checker rejects a
+    tensor whose data does not fill its shape); the structure it checks (names, order, ops,
+    attributes, opsets) is unchanged."""
+    from graphslim.model_io import model_nbytes
+
+    if model_nbytes(model) < CHECK_WEIGHTLESS_BYTES:
+        return model
+    light = weightless_copy(model)
+    tensors = list(light.graph.initializer) + [
+        a.t for n in light.graph.node for a in n.attribute if a.type == onnx.AttributeProto.TENSOR
+    ]
+    for t in tensors:
+        if t.data_type != onnx.TensorProto.STRING and not _has_data(t):
+            del t.dims[:]
+            t.dims.append(0)
+    return light
+
+
+def _has_data(t: onnx.TensorProto) -> bool:
+    fields = ("float_data", "int32_data", "int64_data", "double_data", "uint64_data")
+    return t.HasField("raw_data") or any(len(getattr(t, f)) for f in fields)
+
+
 def _drop_payload(t: onnx.TensorProto) -> None:
     for f in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
         t.ClearField(f)

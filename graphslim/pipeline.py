@@ -31,8 +31,7 @@ import onnx
 from graphslim import graph as G
 from graphslim.contract import Pass, PassContext, PassResult, options_dict
 from graphslim.errors import GraphslimError, PassFailedError, PipelineError
-from graphslim.metrics import ModelStats, model_stats
-from graphslim.model_io import model_nbytes
+from graphslim.metrics import ModelStats, checkable, model_stats
 from graphslim.registry import Registry, default_registry
 from graphslim.validate import DEFAULT_TOLERANCES, Comparison, Tolerance, compare, reference_outputs
 
@@ -353,7 +352,8 @@ class Pipeline:
             try:
                 result: PassResult = p(current, ctx)
             except GraphslimError as exc:
-                named = str(exc) if str(exc).startswith(f"{p.name}:") else f"{p.name}: {exc}"
+                own = str(exc).startswith((f"{p.name}:", f"pass '{p.name}'"))
+                named = str(exc) if own else f"{p.name}: {exc}"
                 raise type(exc)(named + _after(done)) from exc
             except Exception as exc:
                 raise PassFailedError(
@@ -461,50 +461,18 @@ def _tidy(model: onnx.ModelProto, name: str, done: list[str]) -> None:
     G.remove_stale_value_info(g)
 
 
-CHECK_WEIGHTLESS_BYTES = 64 * 2**20
-"""Above this size the checker gets a weightless copy: it serializes what it is given, which
-costs seconds on a big model to re-check payloads that numpy wrote and onnxruntime loads
-right after anyway; the structure it checks is the same."""
-
-
-def _check_target(model: onnx.ModelProto) -> onnx.ModelProto:
-    return model if model_nbytes(model) < CHECK_WEIGHTLESS_BYTES else _light(model)
-
-
 def _checks(model: onnx.ModelProto) -> bool:
     try:
-        onnx.checker.check_model(_check_target(model))
+        onnx.checker.check_model(checkable(model))
         return True
     except Exception as exc:
         log.warning("the input model does not pass the ONNX checker (%s); not checking passes", exc)
         return False
 
 
-def _light(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy the checker can take (also when the model is over protobuf's 2 GB): big tensors lose
-    their data, and their dims too (the checker rejects a tensor whose data does not fill its
-    shape); the structure it checks (names, order, ops, attributes, opsets) is unchanged."""
-    from graphslim.metrics import weightless_copy
-
-    light = weightless_copy(model)
-    tensors = list(light.graph.initializer) + [
-        a.t for n in light.graph.node for a in n.attribute if a.type == onnx.AttributeProto.TENSOR
-    ]
-    for t in tensors:
-        if t.data_type != onnx.TensorProto.STRING and not _has_data(t):
-            del t.dims[:]
-            t.dims.append(0)
-    return light
-
-
-def _has_data(t: onnx.TensorProto) -> bool:
-    fields = ("float_data", "int32_data", "int64_data", "double_data", "uint64_data")
-    return t.HasField("raw_data") or any(len(getattr(t, f)) for f in fields)
-
-
 def _check_or_fail(model: onnx.ModelProto, name: str, done: list[str]) -> None:
     try:
-        onnx.checker.check_model(_check_target(model))
+        onnx.checker.check_model(checkable(model))
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PassFailedError(

@@ -76,6 +76,7 @@ class Finetune(Pass):
     name = "finetune"
     summary = "knowledge distillation from the pipeline's input model on the --calib feeds"
     numerics = "lossy"
+    in_place = False  # returns a new model; the input is left as it was
     Options = FinetuneOptions
     after = ("prune-channels", "factorize-conv", "depthwise-separable", "dynamic-conv")
     before = ("quantize-int8",)

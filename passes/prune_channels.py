@@ -36,6 +36,7 @@ class PruneChannels(Pass):
     name = "prune-channels"
     summary = "structured channel pruning with channel groups (residual/concat/split safe)"
     numerics = "lossy"
+    in_place = False  # returns a new model; the input is left as it was
     Options = PruneOptions
     after = ("constants-to-initializers", "fold-bn", "simplify")
     before = ("quantize-int8",)

@@ -164,6 +164,7 @@ class QuantizeInt8(Pass):
     name = "quantize-int8"
     summary = "static INT8 (QDQ) with real calibration, target-aware types, auto-exclusion"
     numerics = "lossy"
+    in_place = False  # returns a new model; the input is left as it was
     Options = QuantizeInt8Options
 
     def call(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:

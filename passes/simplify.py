@@ -47,6 +47,7 @@ class Simplify(Pass):
     name = "simplify"
     summary = "onnxsim constant folding + exact fusions, checked, input kept on failure"
     numerics = "exact"
+    in_place = False  # returns a new model; the input is left as it was
     Options = SimplifyOptions
 
     def call(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:

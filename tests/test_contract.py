@@ -427,3 +427,53 @@ def test_default_registry_lists_the_built_in_passes():
         assert cls.numerics == "exact"
     with pytest.raises(OptionsError, match="did you mean 'fold-bn'"):
         reg.get("fold-nb")
+
+
+class _NewModel(Pass):
+    """Returns an edited copy (declared in_place: a contract breach)."""
+
+    name = "new-model"
+    summary = "returns a copy"
+    numerics = "exact"
+
+    def call(self, model, ctx):
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        copy.graph.node[0].name = "renamed"
+        return PassResult(copy, True)
+
+
+class _EditsInput(Pass):
+    """Edits its input although it declares that it returns a new model."""
+
+    name = "edits-input"
+    summary = "edits its input"
+    numerics = "exact"
+    in_place = False
+
+    def call(self, model, ctx):
+        model.graph.node[0].name = "renamed"
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        return PassResult(copy, True)
+
+
+def test_in_place_is_checked_both_ways():
+    with pytest.raises(AssertionError, match="new-model is in_place but returned a new model"):
+        _NewModel()(tiny_model())
+    with pytest.raises(AssertionError, match="edits-input is not in_place but changed its input"):
+        _EditsInput()(tiny_model())
+    _NewModel.in_place = False  # declared truthfully, the same pass is fine
+    try:
+        model = tiny_model()
+        before = model.SerializeToString()
+        result = _NewModel()(model)
+        assert result.model is not model and model.SerializeToString() == before
+    finally:
+        _NewModel.in_place = True
+
+
+def test_builtin_passes_declare_how_they_return():
+    reg = default_registry()
+    new = {n for n in reg.names() if not reg.get(n).in_place}
+    assert new == {"prune-channels", "quantize-int8", "simplify", "finetune"}

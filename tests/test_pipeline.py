@@ -105,9 +105,22 @@ class Refuse(Pass):
 
 
 class BreakChecker(Pass):
-    """Makes the Relu read a tensor nothing writes."""
+    """Gives the Relu an attribute Relu does not have (wired, but the checker rejects it)."""
 
     name = "break-checker"
+    summary = "invalid model"
+    numerics = "exact"
+
+    def call(self, model, ctx):
+        relu = next(n for n in model.graph.node if n.op_type == "Relu")
+        relu.attribute.append(onnx.helper.make_attribute("not_a_relu_attribute", 1))
+        return PassResult(model, True)
+
+
+class Dangle(Pass):
+    """Makes the Relu read a tensor nothing writes."""
+
+    name = "dangle"
     summary = "invalid model"
     numerics = "exact"
 
@@ -428,6 +441,18 @@ def test_a_checker_invalid_result_is_caught():
     assert msg.startswith("pass 'break-checker' produced a model the ONNX checker rejects")
     assert "(after passes [cleanup])" in msg
     assert "\n" not in msg
+
+
+def test_a_dangling_read_is_caught_by_the_pass_itself_called_directly():
+    """ensures() runs in Pass.__call__: no pipeline needed to catch a broken result."""
+    with pytest.raises(
+        PassFailedError, match="pass 'dangle' produced a graph where .* reads 'nowhere'"
+    ):
+        Dangle()(bn_model())
+    with pytest.raises(PassFailedError) as exc:
+        Pipeline(["cleanup", Dangle()]).run(bn_model())
+    assert str(exc.value).startswith("pass 'dangle' produced a graph where")
+    assert str(exc.value).endswith("(after passes [cleanup])")
 
 
 def test_a_cycle_made_by_a_pass_is_a_pass_failure():
