@@ -191,7 +191,8 @@ class TaskGate:
         need = self.threshold(m)
         text = f"{self.task.kind} {self.metric} {m.value(self.metric):.4f} < minimum {need:g}"
         if self.relative and need is not None:
-            text += f" ({self.minimum:g} of the original's)"
+            orig = float(m.metrics.get(_ORIGINAL_SCORE.get(self.metric, ""), 1.0))
+            text += f" ({self.minimum:g} x the original's {orig:.3g})"
         lost = _lost(m)
         return f"{text}; {lost}" if lost else text
 
