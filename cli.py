@@ -383,28 +383,20 @@ def _detector_hint(comparison, fed, source) -> None:
     detections, and print this very command with --task detect."""
     import shlex
 
-    from graphslim.tasks import detector_layout
-    from graphslim.tasks.gate import _input_hw
+    from graphslim.tasks import detection_head
 
-    hw = _input_hw(fed[0]) if fed else None
-    head = next(
-        (
-            (o, detector_layout(o.shape, hw))
-            for o in comparison.outputs
-            if detector_layout(o.shape, hw)
-        ),
-        None,
-    )
+    shapes = {o.name: o.shape for o in comparison.outputs}
+    head = detection_head(shapes, fed[0]) if fed else None
     if head is None:
         return
-    o, layout = head
+    name, layout = head
     args = ["graphslim", *sys.argv[1:], "--task", "detect"]
     if source is None or str(source).lower() == "random":
         args += ["--feeds", "IMAGE_FOLDER"] + (
             [] if "--preprocess" in args else ["--preprocess", "yolo"]
         )
     out.print(
-        f"note: output '{o.name}' {list(o.shape)} is a {layout} detection head; the element-wise "
+        f"note: output '{name}' {list(shapes[name])} is a {layout} detection head; the element-wise "
         "check above cannot see whether detections survive (a small error can drop every "
         f"box). Check the detections with:\n  {shlex.join(args)}",
         highlight=False,

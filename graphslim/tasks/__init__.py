@@ -41,7 +41,7 @@ from graphslim.tasks.gate import (
     evaluate_models,
     task_from_outputs,
 )
-from graphslim.tasks.infer import detector_layout, infer_task
+from graphslim.tasks.infer import detection_head, detector_layout, infer_task
 from graphslim.tasks.labels import (
     csv_labels,
     image_geometry,
@@ -65,6 +65,7 @@ __all__ = [
     "DEFAULT_MINIMUM",
     "GateSpec",
     "GateVerdict",
+    "detection_head",
     "detector_layout",
     "infer_task",
     "METRICS",

@@ -40,6 +40,19 @@ def detector_layout(shape: Sequence[int], input_hw: tuple[int, int] | None) -> s
     return None
 
 
+def detection_head(shapes: dict[str, Sequence[int]], feed: dict) -> tuple[str, str] | None:
+    """``(output name, layout)`` of the first of ``shapes`` (output name -> shape) that is a
+    known detection head over the input size of ``feed``, or None."""
+    from graphslim.tasks.gate import _input_hw
+
+    hw = _input_hw(feed)
+    for name, shape in shapes.items():
+        layout = detector_layout(shape, hw)
+        if layout:
+            return name, layout
+    return None
+
+
 def infer_task(
     outputs: dict[str, np.ndarray], input_hw: tuple[int, int] | None
 ) -> tuple[str, str] | None:
