@@ -218,18 +218,26 @@ def run(
         str | None,
         typer.Option(
             "--min-metric",
-            help="with --task: NAME=VALUE gate checked after every pass, e.g. map50=0.9",
+            help="with --task: NAME=VALUE gate checked after every pass, e.g. map50=0.9 "
+            "(default: the task's first metric at 0.5 of the original's, judged at the end)",
         ),
     ] = None,
     on_fail: Annotated[
-        str,
-        typer.Option("--on-fail", help="when the gate fails: stop (exit 1) | rollback the pass"),
-    ] = "stop",
+        str | None,
+        typer.Option(
+            "--on-fail",
+            help="when the gate fails: stop (at that pass, exit 1) | rollback (undo the pass) "
+            "| final (keep going, judge the result: exit 1). Default: stop with --min-metric, "
+            "the pipeline file's [gate], else final",
+        ),
+    ] = None,
 ) -> None:
     """Run a pipeline of passes over MODEL and write the result to OUTPUT.
 
     Next to OUTPUT it writes <stem>.report.json, <stem>.report.md and <stem>.report.png
-    (MACs, latency with --bench, error and task metrics per stage)."""
+    (MACs, latency with --bench, error and task metrics per stage). With --task (or a
+    pipeline file with a [gate]) a final task metric below the gate's minimum fails the run
+    (exit 1) and the report names the pass that broke it."""
     from graphslim.contract import PassContext
     from graphslim.model_io import load_model, save_model
     from graphslim.pipeline import Pipeline
@@ -262,16 +270,9 @@ def run(
         calib_feeds = _feeds(
             calib, m, count=count, seed=seed, shapes=shapes, preprocess=preprocess, limit=limit
         )
-    ctx = PassContext(seed=seed, input_shapes=shapes, feeds=calib_feeds)
-    gate = None
-    if min_metric is not None and task is None:
-        raise OptionsError("--min-metric needs --task classify|detect|dense")
-    if task is not None:
-        from graphslim.tasks import METRICS, TaskGate, make_task
-
-        the_task, fed = make_task(task, m, fed, source=feeds, preprocess=preprocess, limit=limit)
-        metric, minimum = _min_metric(min_metric) if min_metric else (METRICS[task][0], None)
-        gate = TaskGate(the_task, metric, minimum, fed, on_fail=on_fail)
+    live = _LiveProgress()
+    ctx = PassContext(seed=seed, input_shapes=shapes, feeds=calib_feeds, progress=live.update)
+    gate, fed = _run_gate(task, min_metric, on_fail, pipe.gate, m, fed, feeds, preprocess, limit)
     stage_models = []
     if bench_stages:
         stage_models.append(("input", m))
@@ -282,7 +283,7 @@ def run(
         stage_models_all.append(rec.name)
 
     stage_models_all: list[str] = []
-    with err.status("running passes") as status:
+    with live:
         result = pipe.run(
             m,
             ctx=ctx,
@@ -290,8 +291,8 @@ def run(
             validate_each=validate_each,
             tolerances=_tolerances(tol),
             input_shapes=shapes,
-            progress=lambda name, i, n: status.update(f"pass {i + 1}/{n}: {name}"),
-            gate=gate,
+            progress=lambda name, i, n: live.step(f"pass {i + 1}/{n}: {name}"),
+            gate=gate if gate is not None else False,
             on_stage=keep_stage,
         )
     out.print(pipeline_table(result))
@@ -303,7 +304,13 @@ def run(
     if result.task is not None:
         from graphslim.render import task_table
 
-        out.print(task_table(result.task, "final task metrics"))
+        out.print(task_table(result.task, "final task metrics", result.gate))
+        if result.gate is not None:
+            from graphslim.render import gate_line
+
+            out.print(gate_line(result.gate), soft_wrap=True)
+    elif result.validation is not None:
+        _detector_hint(result.validation, fed, feeds)
     timings = None
     if bench_stages:
         from rich.progress import Progress
@@ -313,15 +320,27 @@ def run(
         from graphslim.render import bench_table
 
         feed = fed[0] if fed else random_feeds(m, count=1, seed=seed, shapes=shapes)[0]
-        with Progress(console=err, transient=True) as prog:
-            bar = prog.add_task(f"timing {len(stage_models)} stages", total=bench_runs)
-            timings = run_bench(
-                stage_models,
-                feed,
-                runs=bench_runs,
-                progress=lambda d, n: prog.update(bar, completed=d),
-                runtime=runtime,
-            )
+        timing = f"timing {len(stage_models)} stages"
+        if err.is_terminal:
+            with Progress(console=err, transient=True) as prog:
+                bar = prog.add_task(timing, total=bench_runs)
+                timings = run_bench(
+                    stage_models,
+                    feed,
+                    runs=bench_runs,
+                    progress=lambda d, n: prog.update(bar, completed=d),
+                    runtime=runtime,
+                )
+        else:
+            with _LiveProgress() as plain:
+                plain.step(timing)
+                timings = run_bench(
+                    stage_models,
+                    feed,
+                    runs=bench_runs,
+                    progress=lambda d, n: plain.update("round", d, n),
+                    runtime=runtime,
+                )
         out.print(bench_table(timings))
     from graphslim.report import build_report, write_reports
 
@@ -346,8 +365,129 @@ def run(
             f"validation failed ({result.validation.failure_summary()}); nothing written "
             "(use --write-anyway to keep it)"
         )
+    dead = result.gate is not None and result.gate.passed is False
+    if dead and not write_anyway:
+        from graphslim.tasks import TaskGateFailed
+
+        raise TaskGateFailed(
+            f"task gate failed: {result.gate.message}; nothing written (use --write-anyway to "
+            "keep it, --min-metric to set your own minimum)"
+        )
     save_model(result.model, output, protect=model)
     out.print(f"wrote {output}")
+    if dead:
+        from graphslim.tasks import TaskGateFailed
+
+        raise TaskGateFailed(f"task gate failed: {result.gate.message}; written anyway")
+
+
+def _run_gate(task, min_metric, on_fail, spec, model, fed, source, preprocess, limit):
+    """The run's task gate and the feeds it measures on: --task / --min-metric / --on-fail
+    over the pipeline file's [gate] (a GateSpec, or None). Without either, no gate. With
+    --task alone: the task's first metric at 0.5 of the original's, judged on the final
+    model (on_fail "final": the run finishes and its report names the pass that broke it)."""
+    from dataclasses import replace
+
+    from graphslim.tasks import METRICS, GateSpec, TaskGate, make_task, task_from_outputs
+
+    if task is None and spec is None:
+        if min_metric is not None or on_fail is not None:
+            flag = "--min-metric" if min_metric is not None else "--on-fail"
+            raise OptionsError(f"{flag} needs --task classify|detect|dense")
+        return None, fed
+    kind, output = task or spec.task, None
+    if kind == "auto":
+        found = task_from_outputs(model, fed)
+        if found is None:
+            err.print(
+                "[bold red]warning:[/] the pipeline's task gate cannot tell the task from the "
+                "model's outputs; running WITHOUT it, so nothing checks that the result still "
+                "does its job: name the task with --task classify|detect|dense"
+            )
+            return None, fed
+        kind, output = found
+    the_task, fed = make_task(
+        kind, model, fed, source=source, preprocess=preprocess, limit=limit, output=output
+    )
+    if min_metric is not None:
+        metric, minimum = _min_metric(min_metric)
+        return TaskGate(the_task, metric, minimum, fed, on_fail=on_fail or "stop"), fed
+    base = spec or GateSpec(task=kind, on_fail="final")
+    if base.metric is not None and base.metric not in METRICS[kind]:
+        base = replace(base, metric=None)
+    return replace(base, on_fail=on_fail or base.on_fail).build(the_task, fed), fed
+
+
+def _detector_hint(comparison, fed, source) -> None:
+    """Without --task on a known detection head: say that the element-wise table cannot see
+    detections, and print this very command with --task detect."""
+    import shlex
+
+    from graphslim.tasks import detection_head
+
+    shapes = {o.name: o.shape for o in comparison.outputs}
+    head = detection_head(shapes, fed[0]) if fed else None
+    if head is None:
+        return
+    name, layout = head
+    args = ["graphslim", *sys.argv[1:], "--task", "detect"]
+    if source is None or str(source).lower() == "random":
+        args += ["--feeds", "IMAGE_FOLDER"] + (
+            [] if "--preprocess" in args else ["--preprocess", "yolo"]
+        )
+    out.print(
+        f"note: output '{name}' {list(shapes[name])} is a {layout} detection head; the element-wise "
+        "check above cannot see whether detections survive (a small error can drop every "
+        f"box). Check the detections with:\n  {shlex.join(args)}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+class _LiveProgress:
+    """Progress of a long command: a rich spinner on a terminal; plain lines on stderr when it
+    is a pipe or a file (one per step, at most one per 10 s within a step; see
+    graphslim.progress.Heartbeat)."""
+
+    def __init__(self) -> None:
+        from graphslim.progress import Heartbeat
+
+        self.terminal = err.is_terminal
+        self.beat = (
+            None
+            if self.terminal
+            else Heartbeat(lambda line: print(line, file=sys.stderr, flush=True))
+        )
+        self.status = None
+        self.text = ""
+
+    def __enter__(self):
+        if self.terminal:
+            self.status = err.status("running passes")
+            self.status.__enter__()
+        else:
+            self.beat.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.status is not None:
+            self.status.__exit__(*exc)
+        if self.beat is not None:
+            self.beat.__exit__(*exc)
+
+    def step(self, text: str) -> None:
+        self.text = text
+        if self.status is not None:
+            self.status.update(text)
+        elif self.beat is not None:
+            self.beat.step(text)
+
+    def update(self, text: str, done: int | None = None, total: int | None = None) -> None:
+        if self.status is not None:
+            count = f" {done}/{total}" if done is not None and total else ""
+            self.status.update(f"{self.text}: {text}{count}")
+        elif self.beat is not None:
+            self.beat.update(text, done, total)
 
 
 def _copy(model):
@@ -492,8 +632,8 @@ def validate(
     """Compare CANDIDATE's outputs with ORIGINAL's; exit code 1 when a tolerance fails.
 
     With --task, task metrics (top-1/top-5, mAP, per-pixel IoU) are shown too; then the
-    element-wise table is measured only (unless --tol is given) and --min-metric gates the
-    exit code."""
+    element-wise table is measured only (unless --tol is given) and the task gates the exit
+    code: --min-metric, or by default the task's first metric at 0.5 of the original's."""
     from graphslim.model_io import load_model
     from graphslim.render import comparison_table
     from graphslim.runtime import check_runtime, run_model
@@ -548,14 +688,27 @@ def validate(
     failed = []
     if metrics is not None:
         from graphslim.render import task_table
+        from graphslim.tasks import TaskGate
 
-        out.print(task_table(metrics.to_dict()))
+        verdict = None
+        if gates:
+            failed = [
+                f"{n} {metrics.value(n):.4f} < {v:g}"
+                for n, v in gates
+                if not metrics.value(n) >= v  # NaN fails too
+            ]
+        else:  # no minimum of the user's: the default gate says whether the task survived
+            verdict = TaskGate.default(the_task, fed).verdict(metrics, [])
+            data["gate"] = verdict.to_dict()
+            failed = [verdict.message] if verdict.passed is False else []
+        out.print(task_table(metrics.to_dict(), verdict=verdict))
+        if verdict is not None:
+            from graphslim.render import gate_line
+
+            out.print(gate_line(verdict), soft_wrap=True)
         data["task"] = metrics.to_dict()
-        failed = [
-            f"{n} {metrics.value(n):.4f} < {v:g}"
-            for n, v in gates
-            if not metrics.value(n) >= v  # NaN fails too
-        ]
+    else:
+        _detector_hint(c, fed, feeds)
     _write_json(json_path, data)
     if not c.passed:
         raise ValidationFailed(f"validation failed: {c.failure_summary()}")

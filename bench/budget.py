@@ -210,7 +210,7 @@ def run_recipe(images: dict, args, gated: bool) -> dict:
     pipe = Pipeline.from_toml(ROOT / "recipes" / "edge-cpu.toml")
     # As `graphslim run MODEL -p recipes/edge-cpu.toml --calib CAL --feeds EVAL`.
     ctx = PassContext(seed=0, feeds=calib)
-    gate = None
+    gate = False  # the passes alone, without the recipe's own [gate]
     if gated:
         task = Task("detect", decoder="yolox", input_hw=size)
         gate = TaskGate(task, "map50", 0.5, evals, on_fail="rollback")

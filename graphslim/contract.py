@@ -67,6 +67,8 @@ class PassContext:
     them; ``cache`` holds analyses keyed by name, cleared by the pipeline after a pass that
     modified the model. ``reference``: the model the pipeline started from (the teacher of
     the ``finetune`` pass); :meth:`graphslim.Pipeline.run` sets it when the caller did not.
+    ``progress``: the caller's ``(text, done, total)`` display for long passes; a pass calls
+    :meth:`report` (nothing happens without a display).
     """
 
     seed: int = 0
@@ -75,6 +77,7 @@ class PassContext:
     cache: dict[str, Any] = field(default_factory=dict)
     reference: onnx.ModelProto | None = None
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("graphslim.pass"))
+    progress: Callable[[str, int | None, int | None], None] | None = None
 
     def __post_init__(self) -> None:
         self.rng = np.random.default_rng(self.seed)
@@ -91,6 +94,12 @@ class PassContext:
         if warn:
             self.logger.warning(warn)
         return random_feeds(model, count=count, seed=self.seed, shapes=self.input_shapes)
+
+    def report(self, text: str, done: int | None = None, total: int | None = None) -> None:
+        """Tell the caller's progress display what a long pass is doing (``sensitivity``,
+        ``40``, ``120``)."""
+        if self.progress is not None:
+            self.progress(text, done, total)
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Pipelines: an ordered list of passes, written three equal ways.
 
 * Python:  ``Pipeline([Simplify(), FoldBN()]).run(model)`` or ``Pipeline.parse("simplify,fold-bn")``
-* TOML:    ``[[pass]]`` tables, each with ``name`` and the pass's options
+* TOML:    ``[[pass]]`` tables, each with ``name`` and the pass's options, and an optional
+  ``[gate]`` table: the task gate the pipeline brings (:class:`graphslim.tasks.GateSpec`)
 * Inline:  ``simplify,fix-input-shapes{shapes=images:1,3,640,640},fold-bn``
 
 The user's order is kept. A pass's ``after`` / ``before`` constraints are checked and a
@@ -141,10 +142,11 @@ def parse_toml(path: str | Path) -> list[PassSpec]:
         raise PipelineError(f"{p}: not valid TOML: {exc}") from None
     except UnicodeDecodeError:
         raise PipelineError(f"{p}: not a text file") from None
-    extra = set(data) - {"pass"}
+    extra = set(data) - {"pass", "gate"}
     if extra:
         raise PipelineError(
-            f"{p}: unknown top-level key '{sorted(extra)[0]}'; a pipeline file holds [[pass]] tables"
+            f"{p}: unknown top-level key '{sorted(extra)[0]}'; a pipeline file holds [[pass]] "
+            "tables and an optional [gate] table"
         )
     tables = data.get("pass")
     if not isinstance(tables, list) or not tables:
@@ -160,6 +162,26 @@ def parse_toml(path: str | Path) -> list[PassSpec]:
         opts = {k: v for k, v in t.items() if k != "name"}
         specs.append(PassSpec(str(t["name"]), opts))
     return specs
+
+
+def parse_gate(path: str | Path):
+    """The ``[gate]`` table of a TOML pipeline file as a :class:`graphslim.tasks.GateSpec`, or
+    None when the file has none."""
+    from graphslim.tasks import GateSpec
+
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise PipelineError(f"{p}: cannot read the pipeline file: {exc}") from None
+    if "gate" not in data:
+        return None
+    try:
+        return GateSpec.from_table(data["gate"], str(p))
+    except TypeError as exc:
+        raise PipelineError(f"{p}: [gate]: {exc}") from None
+    except GraphslimError as exc:
+        raise PipelineError(str(exc)) from None
 
 
 def build(specs: Sequence[PassSpec], registry: Registry | None = None) -> list[Pass]:
@@ -249,6 +271,7 @@ class PipelineResult:
     initial: StageStats
     validation: Comparison | None
     task: dict[str, Any] | None = None  # the final model's task metrics (with a gate)
+    gate: Any = None  # the gate's GateVerdict on the final model (with a gate)
 
     @property
     def final(self) -> StageStats:
@@ -265,6 +288,7 @@ class PipelineResult:
             "passes": [r.to_dict() for r in self.records],
             "validation": self.validation.to_dict() if self.validation else None,
             "task": self.task,
+            "gate": self.gate.to_dict() if self.gate is not None else None,
         }
 
 
@@ -283,6 +307,7 @@ class Pipeline:
                 built.extend(build([spec], reg))
         check_order(built)
         self.passes = built
+        self.gate = None  # a GateSpec: the task gate the pipeline file brings ([gate])
 
     @classmethod
     def parse(cls, text: str, *, registry: Registry | None = None) -> Pipeline:
@@ -290,7 +315,9 @@ class Pipeline:
 
     @classmethod
     def from_toml(cls, path: str | Path, *, registry: Registry | None = None) -> Pipeline:
-        return cls(parse_toml(path), registry=registry)
+        pipe = cls(parse_toml(path), registry=registry)
+        pipe.gate = parse_gate(path)
+        return pipe
 
     @property
     def exact(self) -> bool:
@@ -320,8 +347,12 @@ class Pipeline:
         measured and reported, and judged only against tolerances the caller gives.
         ``progress``: optional callable ``(pass_name, index, total)`` for a progress display.
         ``gate``: optional :class:`graphslim.tasks.TaskGate`, scored after every pass that
-        modified the model; below its minimum the run stops or that pass is rolled back
-        (``rec.rolled_back``), as the gate's ``on_fail`` says. ``on_stage``: optional callable
+        modified the model; below its minimum the run stops, that pass is rolled back
+        (``rec.rolled_back``), or the run goes on to be judged at the end, as the gate's
+        ``on_fail`` says; the verdict on the final model (naming the stage that fell below
+        the minimum) is ``result.gate``. ``gate=None`` uses the pipeline file's ``[gate]``
+        (:attr:`gate`) when it has one, measured on ``feeds`` with the task read from the
+        output layout; ``gate=False``: no gate. ``on_stage``: optional callable
         ``(record, model)`` after each pass (e.g. to time every stage).
         """
         ctx = ctx or PassContext(input_shapes=input_shapes)
@@ -337,10 +368,14 @@ class Pipeline:
         if validate or validate_each:
             check.feeds_for(original)  # an input the feeds cannot be made for fails up front
         checked_in = _checks(original)
+        if gate is None and self.gate is not None:
+            gate = _gate_from_spec(self.gate, original, feeds)
+        gate = gate or None
         stats = StageStats.of(current, input_shapes)
         initial = stats
         records: list[PassRecord] = []
         done: list[str] = []
+        final_metrics = None
         for i, p in enumerate(self.passes):
             if progress:
                 progress(p.name, i, len(self.passes))
@@ -383,19 +418,29 @@ class Pipeline:
                 details=list(result.details),
             )
             if gate is not None and result.modified:
+                if progress:
+                    progress(f"{p.name}: task gate, {gate.metric}", i, len(self.passes))
                 metrics = gate.measure(original, current)
                 rec.task = metrics.to_dict()
                 if not gate.holds(metrics):
-                    if kept is None:
+                    if gate.on_fail == "stop":
                         from graphslim.tasks import TaskGateFailed
 
                         raise TaskGateFailed(
                             f"task gate: after '{p.name}'{_after(done)}, "
                             f"{gate.describe(metrics)}; stopped"
                         )
-                    current, rec.after, rec.rolled_back = kept, stats, True
-                    rec.notes.append(f"rolled back: {gate.describe(metrics)}")
-                    log.warning("task gate: rolled back '%s' (%s)", p.name, gate.describe(metrics))
+                    if gate.on_fail == "rollback":
+                        current, rec.after, rec.rolled_back = kept, stats, True
+                        rec.notes.append(f"rolled back: {gate.describe(metrics)}")
+                        log.warning(
+                            "task gate: rolled back '%s' (%s)", p.name, gate.describe(metrics)
+                        )
+                    else:
+                        rec.notes.append(f"task gate: {gate.describe(metrics)}")
+                        log.warning("task gate: after '%s', %s", p.name, gate.describe(metrics))
+                if not rec.rolled_back:
+                    final_metrics = metrics
             if validate_each:
                 rec.validation = check(current, p.name, done)
             if on_stage is not None:
@@ -408,11 +453,38 @@ class Pipeline:
         if validate:
             last = records[-1].validation if records else None
             validation = last or check(current, "pipeline", done)
-        task = None
+        task = verdict = None
         if gate is not None:
-            kept_task = [r.task for r in records if r.task and not r.rolled_back]
-            task = kept_task[-1] if kept_task else gate.measure(original, current).to_dict()
-        return PipelineResult(current, records, initial, validation, task)
+            final_metrics = final_metrics or gate.measure(original, current)
+            task = final_metrics.to_dict()
+            stages = [(f"{k}:{r.name}", r.task, r.rolled_back) for k, r in enumerate(records, 1)]
+            verdict = gate.verdict(final_metrics, stages)
+        return PipelineResult(current, records, initial, validation, task, verdict)
+
+
+def _gate_from_spec(spec, original: onnx.ModelProto, feeds):
+    """The TaskGate of a pipeline file's ``[gate]`` for a Python caller (the CLI builds its
+    own, with image geometry): the task from the output layout when ``auto``. Without feeds,
+    or with a layout no rule knows, the run goes on ungated and says so."""
+    from graphslim.tasks import Task, task_from_outputs
+
+    if not feeds:
+        log.warning(
+            "the pipeline's task gate needs feeds (real inputs of the model's domain); "
+            "running WITHOUT it: nothing checks the task"
+        )
+        return None
+    kind, output = spec.task, None
+    if kind == "auto":
+        found = task_from_outputs(original, feeds)
+        if found is None:
+            log.warning(
+                "the pipeline's task gate cannot tell the task from the model's outputs; "
+                "running WITHOUT it (pass gate=TaskGate(...) to name the task)"
+            )
+            return None
+        kind, output = found
+    return spec.build(Task(kind, output=output), feeds)
 
 
 class _Checker:

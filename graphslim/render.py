@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from rich.table import Table
+from rich.text import Text
 
 from graphslim.bench import Timing
 from graphslim.pipeline import PipelineResult
@@ -125,7 +126,10 @@ def skipped_table(result: PipelineResult, limit: int = 20) -> Table | None:
 
 
 def comparison_table(c: Comparison, title: str = "validation") -> Table:
+    # With no tolerance nothing was judged: saying PASS there reads as a verdict it is not.
     verdict = "[green]PASS[/]" if c.passed else "[red]FAIL[/]"
+    if not c.tolerances:
+        verdict = "measured"
     tol = ", ".join(c.tolerances) or "none (measured only)"
     t = Table(
         title=f"{title}: {verdict} on {c.feeds} feed(s); tolerance {tol}", title_justify="left"
@@ -208,11 +212,18 @@ def analysis_tables(rep: dict, limit: int = 40) -> list[Table]:
     return tables
 
 
-def task_table(task: dict, title: str = "task metrics") -> Table:
-    """A :meth:`graphslim.tasks.TaskMetrics.to_dict` as a two-column table."""
-    t = Table(
-        title=f"{title} ({task['task']}, candidate against the original)", title_justify="left"
-    )
+_VERDICT_STYLE = {"PASS": "green", "FAIL": "bold red", "NOT JUDGED": "yellow"}
+
+
+def task_table(task: dict, title: str = "task metrics", verdict=None) -> Table:
+    """A :meth:`graphslim.tasks.TaskMetrics.to_dict` as a two-column table; with the gate's
+    ``verdict`` (a :class:`graphslim.tasks.GateVerdict` or its dict) in the title (its
+    message: :func:`gate_line`)."""
+    head = f"{title} ({task['task']}, candidate against the original)"
+    if verdict is not None:
+        v = verdict if isinstance(verdict, dict) else verdict.to_dict()
+        head = f"{title}: [{_VERDICT_STYLE[v['verdict']]}]{v['verdict']}[/] ({task['task']})"
+    t = Table(title=head, title_justify="left")
     t.add_column("metric")
     t.add_column("value", justify="right")
     for k, v in task["metrics"].items():
@@ -222,7 +233,16 @@ def task_table(task: dict, title: str = "task metrics") -> Table:
     return t
 
 
-def report_tables(report: dict) -> list[Table]:
+def gate_line(verdict) -> Text:
+    """One line: the task gate's verdict and why (``task gate: FAIL: map50 0.03 < ...``)."""
+    v = verdict if isinstance(verdict, dict) else verdict.to_dict()
+    line = Text("task gate: ")
+    line.append(v["verdict"], style=_VERDICT_STYLE[v["verdict"]])
+    line.append(f": {v['message']}")
+    return line
+
+
+def report_tables(report: dict) -> list[Table | Text]:
     """Tables for ``graphslim report``: models before/after, stages, passes, task metrics."""
     tables = []
     models = report.get("models")
@@ -289,5 +309,7 @@ def report_tables(report: dict) -> list[Table]:
         )
     tables.append(t)
     if report.get("task"):
-        tables.append(task_table(report["task"], "final task metrics"))
+        tables.append(task_table(report["task"], "final task metrics", report.get("gate")))
+    if report.get("gate"):
+        tables.append(gate_line(report["gate"]))
     return tables

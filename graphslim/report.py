@@ -189,6 +189,7 @@ def to_markdown(report: dict[str, Any], chart: str | None = None) -> str:
     val = report.get("validation")
     if val:
         verdict = "PASS" if val["passed"] else "FAIL"
+        verdict = verdict if val["tolerances"] else "measured"  # nothing was judged
         tol = ", ".join(val["tolerances"]) or "none (measured only)"
         lines += ["", f"## Final validation: {verdict} on {val['feeds']} feed(s), tolerance {tol}"]
         lines += ["", "| output | max-abs | max-rel | mean-abs | p99-abs | cosine |"]
@@ -197,6 +198,16 @@ def to_markdown(report: dict[str, Any], chart: str | None = None) -> str:
             st = o["stats"]
             cells = [_num(st.get(k)) for k in ("max-abs", "max-rel", "mean-abs", "p99-abs")]
             lines.append(f"| {o['name']} | {' | '.join(cells)} | {_num(st.get('cosine'))} |")
+    gate = report.get("gate")
+    if gate:
+        lines += ["", f"## Task gate: {gate['verdict']}", "", gate["message"]]
+        if gate.get("trail"):
+            lines += ["", f"| stage | {gate['metric']} | |", "|---|---|---|"]
+            for s in gate["trail"]:
+                mark = "rolled back" if s["rolled_back"] else ""
+                if s["stage"] == gate.get("stage"):
+                    mark = f"below the minimum {gate['minimum']:.3g} here"
+                lines.append(f"| {s['stage']} | {_num(s['value'])} | {mark} |")
     task = report.get("task")
     if task:
         lines += ["", f"## Task metrics ({task['task']}, final model against the input)", ""]

@@ -588,3 +588,111 @@ def test_validate_on_symbolic_dims(monkeypatch, capsys, tmp_path):
     src = _symbolic_hw_model(tmp_path / "dyn.onnx")
     code, _, err = main(monkeypatch, capsys, "validate", str(src), str(src))
     assert code == 0, err
+
+
+def last_error_line(stderr: str) -> str:
+    assert "Traceback" not in stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("error: "), stderr
+    return lines[-1]
+
+
+def test_run_task_default_gate_fails_a_dead_detector(monkeypatch, capsys, model, tmp_path):
+    """--task detect with no minimum of the user's: pruning half the channels of tiny_yolo
+    loses every detection, so the run fails (exit 1), writes no model, and its report names
+    the pass that broke it."""
+    out_path = tmp_path / "dead.onnx"
+    args = ["run", model, "-o", out_path, "-P", "fold-bn,prune-channels{ratio=0.5}"]
+    code, out, err = main(monkeypatch, capsys, *args, "--task", "detect")
+    assert code == 1
+    line = last_error_line(err)
+    assert "task gate failed: detect map50" in line and "every detection lost" in line
+    assert "broken by pass 2:prune-channels" in line and "nothing written" in line
+    assert not out_path.exists()
+    assert "final task metrics: FAIL" in out and "task gate: FAIL" in out
+    report = json.loads(out_path.with_name("dead.report.json").read_text())
+    gate = report["gate"]
+    assert gate["verdict"] == "FAIL" and gate["stage"] == "2:prune-channels"
+    assert gate["minimum"] == 0.5 and gate["value"] == report["task"]["metrics"]["map50"] < 0.5
+    assert (
+        report["task"]["details"]["matched"] == 0 < report["task"]["details"]["original_detections"]
+    )
+    assert [s["rolled_back"] for s in report["passes"]] == [False, False]  # judged, not undone
+    md = out_path.with_name("dead.report.md").read_text()
+    assert "## Task gate: FAIL" in md and "below the minimum 0.5 here" in md
+    # --write-anyway keeps the model and still exits 1
+    code, _, err = main(monkeypatch, capsys, *args, "--task", "detect", "--write-anyway")
+    assert code == 1 and "written anyway" in last_error_line(err) and out_path.is_file()
+    # the user's own minimum replaces the default
+    out_path.unlink()
+    code, out, err = main(
+        monkeypatch, capsys, *args, "--task", "detect", "--min-metric", "map50=0.05"
+    )
+    assert code == 0, err
+    assert out_path.is_file() and "task gate: PASS: map50 0.1107 >= minimum 0.05" in out
+
+
+def test_run_and_validate_without_task_point_at_task_detect(monkeypatch, capsys, model, tmp_path):
+    pruned = tmp_path / "pruned.onnx"
+    code, out, _ = main(
+        monkeypatch, capsys, "run", model, "-o", pruned, "-P", "prune-channels{ratio=0.5}"
+    )
+    assert code == 0 and pruned.is_file()
+    assert "final validation against the input: measured on" in out  # not "PASS": nothing judged
+    assert "output 'output0' [1, 6, 80] is a yolov8 detection head" in out
+    assert "cannot see whether detections survive" in out
+    cmd = next(line for line in out.splitlines() if line.startswith("  graphslim run"))
+    assert cmd.endswith("--task detect --feeds IMAGE_FOLDER --preprocess yolo")
+    assert str(model) in cmd and "'prune-channels{ratio=0.5}'" in cmd  # shell-quoted, rerunnable
+    code, out, _ = main(monkeypatch, capsys, "validate", model, pruned, "--tol", "cosine=0.5")
+    assert code == 0 and "graphslim validate" in out and "--task detect" in out
+    # with --task, the default gate judges the detections: every one is lost
+    code, out, err = main(monkeypatch, capsys, "validate", model, pruned, "--task", "detect")
+    assert code == 1 and "task gate failed: detect map50" in one_error_line(err)
+    assert "every detection lost" in err and "task gate: FAIL" in out
+    code, _, err = main(
+        monkeypatch,
+        capsys,
+        "validate",
+        model,
+        pruned,
+        "--task",
+        "detect",
+        "--min-metric",
+        "map50=0",
+    )
+    assert code == 0, err
+    code, out, _ = main(monkeypatch, capsys, "validate", model, model, "--task", "detect")
+    assert code == 0 and "task gate: PASS" in out
+
+
+def test_run_pipeline_file_gate_rolls_back_what_kills_the_detections(
+    monkeypatch, capsys, model, tmp_path
+):
+    """A pipeline file's [gate] as the recipes carry it (task read from the output layout,
+    rollback): the pruning that loses every detection is undone, the exact steps stay, and
+    the run passes with the report saying what was rolled back and why."""
+    toml = tmp_path / "gated.toml"
+    toml.write_text(
+        '[gate]\ntask = "auto"\nminimum = 0.5\non_fail = "rollback"\n\n'
+        '[[pass]]\nname = "fold-bn"\n\n[[pass]]\nname = "prune-channels"\nratio = 0.5\n'
+    )
+    out_path = tmp_path / "kept.onnx"
+    code, out, err = main(monkeypatch, capsys, "run", model, "-o", out_path, "-p", toml)
+    assert code == 0, err
+    assert "task gate: PASS" in out and "rolled back: 2:prune-channels" in out
+    report = json.loads(out_path.with_name("kept.report.json").read_text())
+    assert report["task"]["task"] == "detect" and report["task"]["metrics"]["map50"] == 1.0
+    assert [p["rolled_back"] for p in report["passes"]] == [False, True]
+    assert report["passes"][1]["task"]["metrics"]["map50"] < 0.5
+    assert report["gate"]["rolled_back"] == ["2:prune-channels"]
+    assert report["final"]["macs"] == report["initial"]["macs"]
+    # --on-fail final on the same file: the run keeps the pruning and fails, naming it
+    code, _, err = main(
+        monkeypatch, capsys, "run", model, "-o", out_path, "-p", toml, "--on-fail", "final"
+    )
+    assert code == 1 and "broken by pass 2:prune-channels" in last_error_line(err)
+    code, _, err = main(
+        monkeypatch, capsys, "run", model, "-o", out_path, "-P", "fold-bn", "--on-fail", "rollback"
+    )
+    assert code == 2 and "--on-fail needs --task" in one_error_line(err)

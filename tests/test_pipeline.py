@@ -498,3 +498,68 @@ def test_feeds_given_by_the_caller_are_used():
     feeds = [{"x": np.full((1, CIN, HW, HW), 0.5, np.float32)} for _ in range(3)]
     result = Pipeline.parse("fold-bn").run(bn_model(), feeds=feeds)
     assert result.validation.feeds == 3
+
+
+# ----------------------------------------------------------------------------- progress
+
+
+class Clock:
+    """A clock the test moves by hand: no test waits on, or asserts, wall-clock time."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_heartbeat_lines_for_logs():
+    from graphslim.progress import Heartbeat
+
+    lines, clock = [], Clock()
+    beat = Heartbeat(lines.append, every=10, clock=clock)
+    beat.step("pass 1/3: simplify")  # within the quiet start: a quick command says nothing
+    clock.now += 2
+    beat.tick()
+    assert lines == []
+    beat.step("pass 2/3: prune-channels")
+    clock.now += 7
+    beat.tick()
+    assert lines == []
+    clock.now += 1  # 10 s without a word: the step is said, still running
+    beat.tick()
+    assert lines == ["[    10s] pass 2/3: prune-channels: still running (8s in this step)"]
+    clock.now += 5
+    beat.update("sensitivity", 3, 40)  # detail within 10 s of the last line: kept for later
+    assert len(lines) == 1
+    clock.now += 5
+    beat.update("sensitivity", 4, 40)
+    assert lines[-1] == "[    20s] pass 2/3: prune-channels: sensitivity 4/40"
+    clock.now += 10
+    beat.tick()  # silence again: the last detail, with the time in the step
+    assert lines[-1] == "[    30s] pass 2/3: prune-channels: sensitivity 4/40 (28s in this step)"
+    beat.step("pass 3/3: quantize-int8")  # after the quiet start every step is said at once
+    assert lines[-1] == "[    30s] pass 3/3: quantize-int8" and len(lines) == 4
+
+
+def test_passes_report_progress_through_the_context():
+    from graphslim.contract import PassContext
+
+    class Counting(Pass):
+        name = "counting"
+        summary = "reports three steps"
+        numerics = "exact"
+
+        def call(self, model, ctx):
+            for k in range(3):
+                ctx.report("step", k + 1, 3)
+            return PassResult(model, False)
+
+    seen, steps = [], []
+    ctx = PassContext(progress=lambda text, done, total: seen.append((text, done, total)))
+    Pipeline([Counting()]).run(
+        bn_model(), ctx=ctx, progress=lambda name, i, n: steps.append((name, i, n))
+    )
+    assert seen == [("step", 1, 3), ("step", 2, 3), ("step", 3, 3)]
+    assert steps == [("counting", 0, 1)]
+    Counting()(bn_model(), PassContext())  # no display: reporting is a no-op

@@ -1,4 +1,5 @@
-"""The shipped recipes parse and run end to end (on the tiny_yolo fixture, random feeds)."""
+"""The shipped recipes parse and run end to end (on the tiny_yolo fixture, random feeds), and
+bring a task gate that never hands back a model that lost its detections."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ def test_recipe_runs_end_to_end(path, model):
     pipe = Pipeline.from_toml(path)
     calib = random_feeds(model, 8, seed=1)
     evals = random_feeds(model, 2, seed=2)
-    res = pipe.run(model, ctx=PassContext(seed=0, feeds=calib), feeds=evals)
+    # gate=False: the passes themselves, each kept (the recipe's gate has its own test)
+    res = pipe.run(model, ctx=PassContext(seed=0, feeds=calib), feeds=evals, gate=False)
     names = [r.name for r in res.records]
     assert names == [p.name for p in pipe.passes]
     onnx.checker.check_model(res.model)
@@ -47,3 +49,27 @@ def test_recipe_runs_end_to_end(path, model):
         ft = res.records[names.index("finetune")]
         # torch is installed for the tests: it trains (and keeps epoch 0 if nothing beat it)
         assert ft.counters["epochs_run"] == 5
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_recipes_carry_a_rollback_task_gate(path):
+    from graphslim.tasks import GateSpec
+
+    assert Pipeline.from_toml(path).gate == GateSpec(task="auto", minimum=0.5, on_fail="rollback")
+
+
+def test_recipe_gate_keeps_only_stages_that_keep_the_detections(model):
+    """edge-tensorrt with its own gate (no gate argument): every measured stage below half
+    the original's map50 is rolled back, every other one kept, and the verdict passes."""
+    pipe = Pipeline.from_toml(ROOT / "recipes" / "edge-tensorrt.toml")
+    calib = random_feeds(model, 8, seed=1)
+    evals = random_feeds(model, 2, seed=2)
+    res = pipe.run(model, ctx=PassContext(seed=0, feeds=calib), feeds=evals)
+    assert res.gate is not None and res.gate.passed is True
+    assert res.task["task"] == "detect" and res.task["details"]["original_detections"] > 0
+    measured = [(k, r) for k, r in enumerate(res.records, 1) if r.task]
+    assert measured
+    for _, r in measured:
+        assert (r.task["metrics"]["map50"] < 0.5) == r.rolled_back, r.name
+    assert res.gate.rolled_back == [f"{k}:{r.name}" for k, r in measured if r.rolled_back]
+    assert res.task["metrics"]["map50"] >= 0.5

@@ -373,3 +373,160 @@ def test_yolox_det_against_itself_and_a_noisier_copy():
             t.CopyFrom(numpy_helper.from_array((w + noise).astype(np.float32), t.name))
     worse = tasks.evaluate_models(task, model, noisy, feeds)
     assert worse.metrics["map50_95"] < 1.0
+
+
+# ----------------------------------------------------------------------------- default gate
+
+TINY_YOLO = (
+    __import__("pathlib").Path(__file__).resolve().parents[1] / "fixtures" / "tiny_yolo.onnx"
+)
+
+
+class BlindHead(Pass):
+    """Kills a YOLOv8 detector: the class convs of the head answer sigmoid(-30) everywhere,
+    so not one box passes any score threshold (the box branch is untouched)."""
+
+    name = "blind-head"
+    summary = "blind"
+    numerics = "lossy"
+
+    def call(self, model, ctx):
+        inits = {t.name: t for t in model.graph.initializer}
+        for n in model.graph.node:
+            if n.op_type == "Conv" and n.name.startswith("/model.11/cv3.") and len(n.input) == 3:
+                for name, value in ((n.input[1], 0.0), (n.input[2], -30.0)):
+                    a = numpy_helper.to_array(inits[name])
+                    inits[name].CopyFrom(numpy_helper.from_array(np.full_like(a, value), name))
+        return PassResult(model, True)
+
+
+@pytest.fixture(scope="module")
+def yolo():
+    from graphslim.feeds import random_feeds
+
+    model = onnx.load_model(TINY_YOLO)
+    return model, random_feeds(model, count=2, seed=0)
+
+
+def test_default_gate_fails_a_detector_that_loses_every_detection(yolo):
+    model, feeds = yolo
+    gate = TaskGate.default(Task("detect"), feeds)
+    assert (gate.metric, gate.minimum, gate.relative, gate.on_fail) == ("map50", 0.5, True, "final")
+    result = Pipeline(["fold-bn", BlindHead(), "cleanup"]).run(model, feeds=feeds, gate=gate)
+    v = result.gate
+    assert v.passed is False and v.label == "FAIL" and v.stage == "2:blind-head"
+    found = result.task["details"]
+    assert found["original_detections"] > 0 and found["candidate_detections"] == 0
+    assert result.task["metrics"]["map50"] == 0.0 and v.value == 0.0
+    assert "every detection lost" in v.message and "broken by pass 2:blind-head" in v.message
+    assert [s["stage"] for s in v.trail] == ["1:fold-bn", "2:blind-head"]  # cleanup: unmodified
+    assert v.trail[0]["value"] == 1.0  # fold-bn is exact: the detections are all there
+    assert not any(r.rolled_back for r in result.records)  # "final" judges, never undoes
+    d = result.to_dict()["gate"]
+    assert d["verdict"] == "FAIL" and d["stage"] == "2:blind-head" and d["minimum"] == 0.5
+
+
+def test_recipe_style_gate_rolls_the_killer_back(yolo):
+    model, feeds = yolo
+    pipe = Pipeline(["fold-bn", BlindHead()])
+    pipe.gate = tasks.GateSpec()  # what a recipe's [gate] table gives: auto task, rollback
+    result = pipe.run(model, feeds=feeds)  # gate=None: the pipeline's own gate
+    fold, blind = result.records
+    assert blind.rolled_back and not fold.rolled_back
+    assert result.gate.passed is True and result.gate.rolled_back == ["2:blind-head"]
+    assert result.task["metrics"]["map50"] == 1.0 and result.task["details"]["decoder"] == "yolov8"
+    assert result.final.params == fold.after.params
+    off = pipe.run(model, feeds=feeds, gate=False)
+    assert off.gate is None and not off.records[1].rolled_back
+
+
+def test_pipeline_gate_without_feeds_or_task_says_so(yolo, caplog):
+    model, _ = yolo
+    pipe = Pipeline(["fold-bn"])
+    pipe.gate = tasks.GateSpec()
+    result = pipe.run(model)
+    assert result.gate is None and "WITHOUT it" in caplog.text
+    caplog.clear()
+    pipe = Pipeline([Nudge()])
+    pipe.gate = tasks.GateSpec()
+    x = [{"x": np.ones((1, 4, 2), np.float32)}]
+    bad = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Identity", ["x"], ["y"])],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 2])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 2])],
+            [numpy_helper.from_array(np.ones(1, np.float32), "w")],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    assert pipe.run(bad, feeds=x).gate is None and "cannot tell the task" in caplog.text
+
+
+def test_verdicts_relative_minimum_and_unjudged_detector():
+    gate = TaskGate(Task("classify"), "accuracy", 0.5, X, on_fail="final", relative=True)
+    m = tasks.TaskMetrics("classify", {"top1": 0.5, "accuracy": 0.31, "accuracy_original": 0.6})
+    assert gate.threshold(m) == pytest.approx(0.3) and gate.holds(m)  # 0.31 >= 0.5 * 0.6
+    assert gate.verdict(m, [("1:x", m.to_dict(), False)]).passed is True
+    m.metrics["accuracy"] = 0.29
+    v = gate.verdict(
+        m, [("1:a", {"metrics": {"accuracy": 0.5}}, False), ("2:b", m.to_dict(), False)]
+    )
+    assert v.passed is False and v.stage == "2:b" and "accuracy 0.500 -> 0.290" in v.message
+    nothing = tasks.TaskMetrics(
+        "detect", {"map50": 0.0}, {"original_detections": 0, "images": 2, "conf": 0.25}
+    )
+    det = TaskGate.default(Task("detect"), X)
+    assert det.holds(nothing)  # nothing to lose: the gate cannot say the model broke
+    v = det.verdict(nothing, [])
+    assert v.passed is None and v.label == "NOT JUDGED" and "no detection" in v.message
+    nan = tasks.TaskMetrics("detect", {"map50": float("nan")}, {"original_detections": 3})
+    assert not det.holds(nan) and det.verdict(nan, []).passed is False
+
+
+@pytest.mark.parametrize(
+    "shape, hw, layout",
+    [
+        ((1, 84, 8400), (640, 640), "yolov8"),  # YOLOv8n, 80 classes
+        ((1, 6, 8400), (640, 640), "yolov8"),  # the fall-detection YOLOv8s, 2 classes
+        ((1, 3549, 6), (416, 416), "yolox"),  # yolox-det
+        ((1, 25200, 85), (640, 640), "yolox"),  # YOLOv5: 3 anchors per cell
+        ((1, 6, 80), (64, 64), "yolov8"),  # tiny_yolo: strides 8 and 16
+        ((1, 1000), (224, 224), None),
+        ((1, 84, 8100), (640, 640), None),
+        ((1, 84, 8400), None, None),
+    ],
+)
+def test_detector_layout_from_the_anchor_count(shape, hw, layout):
+    assert tasks.detector_layout(shape, hw) == layout
+
+
+def test_infer_task_from_outputs():
+    rng = np.random.default_rng(0)
+    assert tasks.infer_task({"o": rng.random((1, 6, 8400))}, (640, 640)) == ("detect", "o")
+    assert tasks.infer_task({"p": rng.random((2, 10))}, (32, 32)) == ("classify", "p")
+    assert tasks.infer_task({"m": rng.random((1, 1, 64, 64))}, (64, 64)) == ("dense", "m")
+    assert tasks.infer_task({"f": rng.normal(size=(1, 1, 64, 64))}, (64, 64)) is None  # not [0, 1]
+    assert tasks.infer_task({"f": rng.random((1, 16, 8, 8))}, (64, 64)) is None
+
+
+def test_gate_table_in_a_pipeline_file(tmp_path):
+    from graphslim.errors import PipelineError
+    from graphslim.pipeline import parse_gate
+
+    path = tmp_path / "p.toml"
+    path.write_text('[gate]\ntask = "detect"\nminimum = 0.8\n\n[[pass]]\nname = "fold-bn"\n')
+    pipe = Pipeline.from_toml(path)
+    assert pipe.gate == tasks.GateSpec(task="detect", minimum=0.8, on_fail="rollback")
+    path.write_text('[[pass]]\nname = "fold-bn"\n')
+    assert parse_gate(path) is None and Pipeline.from_toml(path).gate is None
+    for table, message in (
+        ("minimun = 0.5", "no key 'minimun'"),
+        ('task = "segment"', "task 'segment'"),
+        ('task = "detect"\nmetric = "top1"', "metric 'top1'"),
+        ('minimum = "half"', "minimum must be a number"),
+        ('on_fail = "ignore"', "on_fail 'ignore'"),
+    ):
+        path.write_text(f'[gate]\n{table}\n\n[[pass]]\nname = "fold-bn"\n')
+        with pytest.raises(PipelineError, match=message):
+            Pipeline.from_toml(path)

@@ -31,7 +31,17 @@ Dense maps (``dense``; text/segmentation heads): both maps thresholded at ``thre
 * ``iou`` -- ``|A & B| / |A | B|`` of the foregrounds (1.0 when both are empty).
 """
 
-from graphslim.tasks.gate import Task, TaskGate, TaskGateFailed, evaluate_models
+from graphslim.tasks.gate import (
+    DEFAULT_MINIMUM,
+    GateSpec,
+    GateVerdict,
+    Task,
+    TaskGate,
+    TaskGateFailed,
+    evaluate_models,
+    task_from_outputs,
+)
+from graphslim.tasks.infer import detection_head, detector_layout, infer_task
 from graphslim.tasks.labels import (
     csv_labels,
     image_geometry,
@@ -52,6 +62,12 @@ from graphslim.tasks.metrics import (
 
 __all__ = [
     "COCO_IOUS",
+    "DEFAULT_MINIMUM",
+    "GateSpec",
+    "GateVerdict",
+    "detection_head",
+    "detector_layout",
+    "infer_task",
     "METRICS",
     "TASKS",
     "Task",
@@ -70,4 +86,5 @@ __all__ = [
     "make_task",
     "mean_average_precision",
     "parse_min_metric",
+    "task_from_outputs",
 ]
