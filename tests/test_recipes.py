@@ -40,7 +40,11 @@ def test_recipe_runs_end_to_end(path, model):
     assert [{k: v.shape for k, v in o.items()} for o in run_model(res.model, evals)] == want
     assert res.validation is not None  # the final comparison on --feeds ran
     ops = {n.op_type for n in res.model.graph.node}
-    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    quant = res.records[names.index("quantize-int8")]
+    if quant.modified:
+        assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    else:  # the latency guard measured INT8 no faster on this machine: said, with figures
+        assert any("INT8 is not faster than FP32 here" in n for n in quant.notes), quant.notes
     prune = res.records[names.index("prune-channels")]
     assert prune.modified and prune.counters["macs_estimate_ratio"] < 1
     if "latency" in str(prune.options.get("budget")):
