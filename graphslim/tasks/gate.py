@@ -11,6 +11,7 @@ import onnx
 
 from graphslim.errors import OptionsError, ValidationFailed
 from graphslim.feeds import Letterbox
+from graphslim.tasks.infer import infer_task, input_hw
 from graphslim.tasks.metrics import (
     METRICS,
     TASKS,
@@ -53,7 +54,7 @@ class Task:
         return detect_metrics(
             reference,
             candidate,
-            input_hw=self.input_hw or (_input_hw(feeds[0]) if feeds else None),
+            input_hw=self.input_hw or (input_hw(feeds[0]) if feeds else None),
             decoder=self.decoder,
             conf=self.conf,
             iou=self.iou,
@@ -61,22 +62,6 @@ class Task:
             labels=self.labels,
             output=self.output,
         )
-
-
-def _input_hw(feed: dict) -> tuple[int, int] | None:
-    """(H, W) of the first rank-4 input, NCHW unless the last axis holds 1 or 3 channels."""
-    for x in feed.values():
-        s = np.shape(x)
-        if len(s) == 4:
-            return (
-                (int(s[1]), int(s[2]))
-                if s[3] in (1, 3) and s[1] not in (1, 3)
-                else (
-                    int(s[2]),
-                    int(s[3]),
-                )
-            )
-    return None
 
 
 def evaluate_models(
@@ -351,7 +336,6 @@ def task_from_outputs(original: onnx.ModelProto, feeds: Sequence[dict]) -> tuple
     """``(task, output)`` of ``original`` from its outputs on the first feed
     (:func:`graphslim.tasks.infer_task`), or None when no rule matches."""
     from graphslim.runtime import run_model
-    from graphslim.tasks.infer import infer_task
 
     outputs = run_model(original, list(feeds[:1]), label="original")[0]
-    return infer_task(outputs, _input_hw(feeds[0]))
+    return infer_task(outputs, input_hw(feeds[0]))

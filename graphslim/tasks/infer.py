@@ -43,9 +43,7 @@ def detector_layout(shape: Sequence[int], input_hw: tuple[int, int] | None) -> s
 def detection_head(shapes: dict[str, Sequence[int]], feed: dict) -> tuple[str, str] | None:
     """``(output name, layout)`` of the first of ``shapes`` (output name -> shape) that is a
     known detection head over the input size of ``feed``, or None."""
-    from graphslim.tasks.gate import _input_hw
-
-    hw = _input_hw(feed)
+    hw = input_hw(feed)
     for name, shape in shapes.items():
         layout = detector_layout(shape, hw)
         if layout:
@@ -75,4 +73,20 @@ def infer_task(
             and 0 <= x.min() <= x.max() <= 1
         ):
             return "dense", name
+    return None
+
+
+def input_hw(feed: dict) -> tuple[int, int] | None:
+    """(H, W) of the first rank-4 input, NCHW unless the last axis holds 1 or 3 channels."""
+    for x in feed.values():
+        s = np.shape(x)
+        if len(s) == 4:
+            return (
+                (int(s[1]), int(s[2]))
+                if s[3] in (1, 3) and s[1] not in (1, 3)
+                else (
+                    int(s[2]),
+                    int(s[3]),
+                )
+            )
     return None

@@ -14,7 +14,8 @@ from graphslim import detect
 from graphslim.detect import Detections
 from graphslim.errors import OptionsError
 from graphslim.feeds import Letterbox, Preprocess, list_images, preprocess_image
-from graphslim.tasks.gate import Task, _input_hw
+from graphslim.tasks.gate import Task
+from graphslim.tasks.infer import input_hw
 
 
 def parse_min_metric(text: str) -> tuple[str, float]:
@@ -129,7 +130,7 @@ def make_task(
     if kind == "classify" and labels is not None:
         task.labels = csv_labels(labels, files)
     if kind == "detect":
-        task.input_hw = _input_hw(feeds[0])
+        task.input_hw = input_hw(feeds[0])
         if files is not None and task.input_hw is not None:
             images = sum(int(np.shape(next(iter(f.values())))[0]) for f in feeds)
             files = files[:images]
