@@ -81,6 +81,59 @@ MinMetricOpt = Annotated[
 ]
 
 
+# Options of `run` (argument groups shared by the commands that take them).
+ModelArg = Annotated[Path, typer.Argument(help="input ONNX model (never modified)")]
+OutputOpt = Annotated[Path, typer.Option("-o", "--output", help="where to write the result")]
+PipelineOpt = Annotated[
+    str | None, typer.Option("-P", "--pipeline", help="inline pipeline: 'simplify,fold-bn{...}'")
+]
+PipelineFileOpt = Annotated[
+    Path | None, typer.Option("-p", "--pipeline-file", help="TOML pipeline file")
+]
+ValidateEachOpt = Annotated[
+    bool, typer.Option("--validate-each", help="compare with the original after every pass")
+]
+CalibOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--calib",
+        help="calibration data for passes that measure (prune importance/reconstruct, "
+        "simplify's check): .npy/.npz or image folder; keep it apart from --feeds",
+    ),
+]
+CountOpt = Annotated[int, typer.Option(help="random feeds to validate on")]
+LimitOpt = Annotated[int | None, typer.Option(help="at most this many images / samples")]
+SeedOpt = Annotated[int, typer.Option(help="seed for random feeds and passes")]
+WriteAnywayOpt = Annotated[
+    bool, typer.Option("--write-anyway", help="write the output even when validation fails")
+]
+BenchStagesOpt = Annotated[
+    bool,
+    typer.Option(
+        "--bench",
+        help="time the input and every stage (alternating; in --runtime, default onnxruntime CPU)",
+    ),
+]
+BenchRunsOpt = Annotated[int, typer.Option("--bench-runs", help="timed runs per stage")]
+GateMinOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--min-metric",
+        help="with --task: NAME=VALUE gate checked after every pass, e.g. map50=0.9 "
+        "(default: the task's first metric at 0.5 of the original's, judged at the end)",
+    ),
+]
+OnFailOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--on-fail",
+        help="when the gate fails: stop (at that pass, exit 1) | rollback (undo the pass) "
+        "| final (keep going, judge the result: exit 1). Default: stop with --min-metric, "
+        "the pipeline file's [gate], else final",
+    ),
+]
+
+
 @app.callback()
 def _main(
     debug: Annotated[bool, typer.Option("--debug", help="show full tracebacks")] = False,
@@ -205,91 +258,41 @@ def demo(
 
 @app.command()
 def run(
-    model: Annotated[Path, typer.Argument(help="input ONNX model (never modified)")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="where to write the result")],
-    pipeline: Annotated[
-        str | None,
-        typer.Option("-P", "--pipeline", help="inline pipeline: 'simplify,fold-bn{...}'"),
-    ] = None,
-    pipeline_file: Annotated[
-        Path | None, typer.Option("-p", "--pipeline-file", help="TOML pipeline file")
-    ] = None,
-    validate_each: Annotated[
-        bool, typer.Option("--validate-each", help="compare with the original after every pass")
-    ] = False,
+    model: ModelArg,
+    output: OutputOpt,
+    pipeline: PipelineOpt = None,
+    pipeline_file: PipelineFileOpt = None,
+    validate_each: ValidateEachOpt = False,
     feeds: FeedsOpt = None,
-    calib: Annotated[
-        str | None,
-        typer.Option(
-            "--calib",
-            help="calibration data for passes that measure (prune importance/reconstruct, "
-            "simplify's check): .npy/.npz or image folder; keep it apart from --feeds",
-        ),
-    ] = None,
+    calib: CalibOpt = None,
     preprocess: PreprocessOpt = None,
-    count: Annotated[int, typer.Option(help="random feeds to validate on")] = 2,
-    limit: Annotated[int | None, typer.Option(help="at most this many images / samples")] = None,
+    count: CountOpt = 2,
+    limit: LimitOpt = None,
     input_shape: ShapeOpt = None,
     tol: TolOpt = None,
-    seed: Annotated[int, typer.Option(help="seed for random feeds and passes")] = 0,
+    seed: SeedOpt = 0,
     json_path: JsonOpt = None,
-    write_anyway: Annotated[
-        bool, typer.Option("--write-anyway", help="write the output even when validation fails")
-    ] = False,
-    bench_stages: Annotated[
-        bool,
-        typer.Option(
-            "--bench",
-            help="time the input and every stage (alternating; in --runtime, default onnxruntime CPU)",
-        ),
-    ] = False,
-    bench_runs: Annotated[int, typer.Option("--bench-runs", help="timed runs per stage")] = 20,
+    write_anyway: WriteAnywayOpt = False,
+    bench_stages: BenchStagesOpt = False,
+    bench_runs: BenchRunsOpt = 20,
     runtime: RuntimeOpt = "ort",
     task: TaskOpt = None,
-    min_metric: Annotated[
-        str | None,
-        typer.Option(
-            "--min-metric",
-            help="with --task: NAME=VALUE gate checked after every pass, e.g. map50=0.9 "
-            "(default: the task's first metric at 0.5 of the original's, judged at the end)",
-        ),
-    ] = None,
-    on_fail: Annotated[
-        str | None,
-        typer.Option(
-            "--on-fail",
-            help="when the gate fails: stop (at that pass, exit 1) | rollback (undo the pass) "
-            "| final (keep going, judge the result: exit 1). Default: stop with --min-metric, "
-            "the pipeline file's [gate], else final",
-        ),
-    ] = None,
+    min_metric: GateMinOpt = None,
+    on_fail: OnFailOpt = None,
 ) -> None:
     """Run a pipeline of passes over MODEL and write the result to OUTPUT.
 
     Next to OUTPUT it writes <stem>.report.json, <stem>.report.md and <stem>.report.png
     (MACs, latency with --bench, error and task metrics per stage). With --task (or a
-    pipeline file with a [gate]) a final task metric below the gate's minimum fails the run
+    pipeline file with a \\[gate]) a final task metric below the gate's minimum fails the run
     (exit 1) and the report names the pass that broke it."""
     from graphslim.contract import PassContext
-    from graphslim.model_io import load_model, save_model
-    from graphslim.pipeline import Pipeline
-    from graphslim.render import comparison_table, pipeline_table, skipped_table
+    from graphslim.model_io import load_model, refuse_overwrite
 
-    if (pipeline is None) == (pipeline_file is None):
-        raise OptionsError(
-            "give exactly one of -P/--pipeline 'a,b{k=v}' or -p/--pipeline-file FILE"
-        )
-    if runtime != "ort":
-        if not bench_stages:
-            raise OptionsError("--runtime times the stages: give it with --bench")
-        from graphslim.runtime import check_runtime
-
-        check_runtime(runtime)
-    from graphslim.model_io import refuse_overwrite
-
+    _check_run_options(pipeline, pipeline_file, runtime, bench_stages)
     refuse_overwrite(model, output)
     _check_json_path(json_path, model, output)
-    pipe = Pipeline.parse(pipeline) if pipeline is not None else Pipeline.from_toml(pipeline_file)
+    pipe = _load_pipeline(pipeline, pipeline_file)
     m = load_model(model)
     shapes = _concrete_shapes(m, input_shape, _pipeline_shapes(pipe), preprocess)
     fed = _feeds(
@@ -327,6 +330,39 @@ def run(
             gate=gate if gate is not None else False,
             on_stage=keep_stage,
         )
+    _print_result(result, fed, feeds)
+    timings = None
+    if bench_stages:
+        feed = fed[0] if fed else None
+        timings = _time_stages(
+            stage_models, feed or _one_feed(m, seed, shapes), bench_runs, runtime
+        )
+    _finish_run(model, output, pipe, m, result, timings, json_path, write_anyway)
+
+
+def _check_run_options(pipeline, pipeline_file, runtime: str, bench_stages: bool) -> None:
+    if (pipeline is None) == (pipeline_file is None):
+        raise OptionsError(
+            "give exactly one of -P/--pipeline 'a,b{k=v}' or -p/--pipeline-file FILE"
+        )
+    if runtime != "ort":
+        if not bench_stages:
+            raise OptionsError("--runtime times the stages: give it with --bench")
+        from graphslim.runtime import check_runtime
+
+        check_runtime(runtime)
+
+
+def _load_pipeline(text: str | None, path: Path | None):
+    from graphslim.pipeline import Pipeline
+
+    return Pipeline.parse(text) if text is not None else Pipeline.from_toml(path)
+
+
+def _print_result(result, fed, source) -> None:
+    """The run's tables: passes, declined nodes, final comparison, task metrics and gate."""
+    from graphslim.render import comparison_table, pipeline_table, skipped_table
+
     out.print(pipeline_table(result))
     skipped = skipped_table(result)
     if skipped is not None:
@@ -342,48 +378,51 @@ def run(
 
             out.print(gate_line(result.gate), soft_wrap=True)
     elif result.validation is not None:
-        _detector_hint(result.validation, fed, feeds)
-    timings = None
-    if bench_stages:
+        _detector_hint(result.validation, fed, source)
+
+
+def _one_feed(model, seed: int, shapes):
+    from graphslim.feeds import random_feeds
+
+    return random_feeds(model, count=1, seed=seed, shapes=shapes)[0]
+
+
+def _time_stages(stage_models, feed, runs: int, runtime: str):
+    """Every kept stage timed side by side (alternating), with a progress display."""
+    from graphslim.bench import bench as run_bench
+    from graphslim.render import bench_table
+
+    timing = f"timing {len(stage_models)} stages"
+    if err.is_terminal:
         from rich.progress import Progress
 
-        from graphslim.bench import bench as run_bench
-        from graphslim.feeds import random_feeds
-        from graphslim.render import bench_table
+        with Progress(console=err, transient=True) as prog:
+            bar = prog.add_task(timing, total=runs)
+            timings = run_bench(
+                stage_models, feed, runs=runs, runtime=runtime,
+                progress=lambda d, n: prog.update(bar, completed=d),
+            )  # fmt: skip
+    else:
+        with _LiveProgress() as plain:
+            plain.step(timing)
+            timings = run_bench(
+                stage_models, feed, runs=runs, runtime=runtime,
+                progress=lambda d, n: plain.update("round", d, n),
+            )  # fmt: skip
+    out.print(bench_table(timings))
+    return timings
 
-        feed = fed[0] if fed else random_feeds(m, count=1, seed=seed, shapes=shapes)[0]
-        timing = f"timing {len(stage_models)} stages"
-        if err.is_terminal:
-            with Progress(console=err, transient=True) as prog:
-                bar = prog.add_task(timing, total=bench_runs)
-                timings = run_bench(
-                    stage_models,
-                    feed,
-                    runs=bench_runs,
-                    progress=lambda d, n: prog.update(bar, completed=d),
-                    runtime=runtime,
-                )
-        else:
-            with _LiveProgress() as plain:
-                plain.step(timing)
-                timings = run_bench(
-                    stage_models,
-                    feed,
-                    runs=bench_runs,
-                    progress=lambda d, n: plain.update("round", d, n),
-                    runtime=runtime,
-                )
-        out.print(bench_table(timings))
+
+def _finish_run(model, output, pipe, m, result, timings, json_path, write_anyway) -> None:
+    """Reports next to OUTPUT, then the model unless validation or the task gate failed."""
+    from graphslim.model_io import save_model
     from graphslim.report import build_report, write_reports
 
     record = {"input": str(model), "output": str(output), "pipeline": repr(pipe)} | result.to_dict()
     report = build_report(
-        record,
-        original=m,
-        final=result.model,
-        input_file_bytes=model.stat().st_size,
+        record, original=m, final=result.model, input_file_bytes=model.stat().st_size,
         timings=timings,
-    )
+    )  # fmt: skip
     _write_json(json_path, report)
     try:
         paths = write_reports(report, output)
