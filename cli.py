@@ -133,6 +133,26 @@ OnFailOpt = Annotated[
     ),
 ]
 
+LabelsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--labels",
+        help="classify: folder of class folders or CSV file,label; detect: folder of "
+        "YOLO .txt label files named after the --feeds images",
+    ),
+]
+DecoderOpt = Annotated[
+    str, typer.Option("--decoder", help="detect: auto (from the output shape) | yolov8 | yolox")
+]
+CandidateRuntimeOpt = Annotated[
+    str,
+    typer.Option(
+        "--runtime",
+        help="runtime that runs CANDIDATE: ort | openvino (ORIGINAL always runs in "
+        "onnxruntime, the reference)",
+    ),
+]
+
 
 @app.callback()
 def _main(
@@ -670,35 +690,19 @@ def validate(
     feeds: FeedsOpt = None,
     preprocess: PreprocessOpt = None,
     count: Annotated[int, typer.Option(help="random feeds to use")] = 4,
-    limit: Annotated[int | None, typer.Option(help="at most this many images / samples")] = None,
+    limit: LimitOpt = None,
     input_shape: ShapeOpt = None,
     tol: TolOpt = None,
     seed: Annotated[int, typer.Option(help="seed for random feeds")] = 0,
     json_path: JsonOpt = None,
     task: TaskOpt = None,
-    labels: Annotated[
-        Path | None,
-        typer.Option(
-            "--labels",
-            help="classify: folder of class folders or CSV file,label; detect: folder of "
-            "YOLO .txt label files named after the --feeds images",
-        ),
-    ] = None,
+    labels: LabelsOpt = None,
     conf: Annotated[float, typer.Option("--conf", help="detect: score threshold")] = 0.25,
     iou: Annotated[float, typer.Option("--iou", help="detect: NMS IoU threshold")] = 0.45,
-    decoder: Annotated[
-        str, typer.Option("--decoder", help="detect: auto (from the output shape) | yolov8 | yolox")
-    ] = "auto",
+    decoder: DecoderOpt = "auto",
     threshold: Annotated[float, typer.Option("--threshold", help="dense: map threshold")] = 0.5,
     min_metric: MinMetricOpt = None,
-    runtime: Annotated[
-        str,
-        typer.Option(
-            "--runtime",
-            help="runtime that runs CANDIDATE: ort | openvino (ORIGINAL always runs in "
-            "onnxruntime, the reference)",
-        ),
-    ] = "ort",
+    runtime: CandidateRuntimeOpt = "ort",
 ) -> None:
     """Compare CANDIDATE's outputs with ORIGINAL's; exit code 1 when a tolerance fails.
 
@@ -756,35 +760,38 @@ def validate(
     out.print(comparison_table(c, f"validation{where}"))
     data = {"original": str(original), "candidate": str(candidate), "runtime": runtime}
     data |= c.to_dict()
-    failed = []
-    if metrics is not None:
-        from graphslim.render import task_table
-        from graphslim.tasks import TaskGate
-
-        verdict = None
-        if gates:
-            failed = [
-                f"{n} {metrics.value(n):.4f} < {v:g}"
-                for n, v in gates
-                if not metrics.value(n) >= v  # NaN fails too
-            ]
-        else:  # no minimum of the user's: the default gate says whether the task survived
-            verdict = TaskGate.default(the_task, fed).verdict(metrics, [])
-            data["gate"] = verdict.to_dict()
-            failed = [verdict.message] if verdict.passed is False else []
-        out.print(task_table(metrics.to_dict(), verdict=verdict))
-        if verdict is not None:
-            from graphslim.render import gate_line
-
-            out.print(gate_line(verdict), soft_wrap=True)
-        data["task"] = metrics.to_dict()
-    else:
+    failed = _judge_task(metrics, gates, the_task, fed, data) if metrics is not None else []
+    if metrics is None:
         _detector_hint(c, fed, feeds)
     _write_json(json_path, data)
     if not c.passed:
         raise ValidationFailed(f"validation failed: {c.failure_summary()}")
     if failed:
         raise ValidationFailed(f"task gate failed: {'; '.join(failed)}")
+
+
+def _judge_task(metrics, gates, task, fed, data: dict) -> list[str]:
+    """Print the task table and return the failures: the user's --min-metric minimums, or the
+    default gate (the task's first metric at 0.5 of the original's). Fills ``data``."""
+    from graphslim.render import gate_line, task_table
+    from graphslim.tasks import TaskGate
+
+    verdict = None
+    if gates:
+        failed = [
+            f"{n} {metrics.value(n):.4f} < {v:g}"
+            for n, v in gates
+            if not metrics.value(n) >= v  # NaN fails too
+        ]
+    else:  # no minimum of the user's: the default gate says whether the task survived
+        verdict = TaskGate.default(task, fed).verdict(metrics, [])
+        data["gate"] = verdict.to_dict()
+        failed = [verdict.message] if verdict.passed is False else []
+    out.print(task_table(metrics.to_dict(), verdict=verdict))
+    if verdict is not None:
+        out.print(gate_line(verdict), soft_wrap=True)
+    data["task"] = metrics.to_dict()
+    return failed
 
 
 def _own_inputs(model, feeds):
@@ -1120,42 +1127,20 @@ def sensitivity(
 ) -> None:
     """Per channel group: output error (and task metric) at candidate ratios and latency saved
     (onnxruntime CPU)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.table import Table
-
     from graphslim import sensitivity as S
     from graphslim.model_io import load_model
+    from graphslim.render import sensitivity_table
 
-    try:
-        rs = [float(r) for r in ratios.split(",") if r.strip()]
-    except ValueError:
-        raise OptionsError(f"--ratios {ratios!r}: write numbers such as 0.25,0.5,0.75") from None
-    if not rs or not all(0 < r <= 0.95 for r in rs):
-        raise OptionsError("--ratios must be in (0, 0.95]")
+    rs = _parse_ratios(ratios)
     _check_json_path(json_path, model)
     m = load_model(model)
     shapes = _shapes(input_shape)
     fed = _feeds(
         calib, m, count=count, seed=seed, shapes=shapes, preprocess=preprocess, limit=limit
     )
-    the_task = None
-    if metric is not None and task is None:
-        raise OptionsError("--metric needs --task classify|detect|dense")
-    if task is not None:
-        from graphslim.tasks import METRICS, make_task
-
-        the_task, fed = make_task(task, m, fed, source=calib, preprocess=preprocess, limit=limit)
-        metric = metric or METRICS[task][0]
-        if metric not in METRICS[task]:
-            raise OptionsError(f"--metric {metric}: task {task} has {', '.join(METRICS[task])}")
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=err, transient=True) as prog:
-        bar = prog.add_task("sensitivity", total=None)
+    the_task, metric, fed = _sensitivity_task(task, metric, m, fed, calib, preprocess, limit)
+    with _LiveProgress() as live:
+        live.step("sensitivity")
         sens = S.measure(
             m,
             fed,
@@ -1165,34 +1150,11 @@ def sensitivity(
             calib=fed,
             seed=seed,
             runs=runs,
-            progress=lambda d, n, label: prog.update(
-                bar, completed=d, total=n, description=label[:60]
-            ),
+            progress=lambda d, n, label: live.update(label[:60], d, n),
             task=the_task,
             metric=metric,
         )
-    base = sens.base_ms
-    t = Table(
-        title=f"sensitivity: {len(sens.groups)} prunable groups ({sens.frozen_groups} frozen), "
-        f"{sens.feeds} feed(s); latency predicted from onnxruntime's per-node profile "
-        f"(base {base:.1f} ms)",
-        title_justify="left",
-    )
-    for col in ("group", "head", "ch", "MACs %"):
-        t.add_column(col)
-    extra = f" / {sens.task_metric}" if sens.task_metric else ""
-    for r in sens.ratios:
-        t.add_column(f"@{r:g} removed / 1-cos / max-rel{extra} / lat saved %")
-    mid = sens.ratios[len(sens.ratios) // 2]
-    for g in sorted(sens.groups, key=lambda g: g.latency_ms[mid])[:top]:
-        cells = [
-            f"{g.removed[r]} / {g.error(r):.2e} / {g.errors[r]['max-rel']:.3f}"
-            + (f" / {g.errors[r]['task']:.3f}" if sens.task_metric else "")
-            + f" / {100 * (base - g.latency_ms[r]) / base:.2f}"
-            for r in sens.ratios
-        ]
-        t.add_row(str(g.group), g.head, str(g.channels), f"{100 * g.macs_share:.1f}", *cells)
-    out.print(t)
+    out.print(sensitivity_table(sens, top))
     out.print(
         "profiled (basic optimization, ms): "
         + ", ".join(f"{k} {v:.1f}" for k, v in sens.profiled_ms.items())
@@ -1204,6 +1166,31 @@ def sensitivity(
         except ImportError:
             raise OptionsError("--plot needs matplotlib (pip install 'matplotlib>=3.7')") from None
         err.print(f"wrote {plot}")
+
+
+def _parse_ratios(text: str) -> list[float]:
+    try:
+        rs = [float(r) for r in text.split(",") if r.strip()]
+    except ValueError:
+        raise OptionsError(f"--ratios {text!r}: write numbers such as 0.25,0.5,0.75") from None
+    if not rs or not all(0 < r <= 0.95 for r in rs):
+        raise OptionsError("--ratios must be in (0, 0.95]")
+    return rs
+
+
+def _sensitivity_task(task, metric, model, fed, calib, preprocess, limit):
+    """(task or None, the metric to record, the feeds it measures on)."""
+    if metric is not None and task is None:
+        raise OptionsError("--metric needs --task classify|detect|dense")
+    if task is None:
+        return None, None, fed
+    from graphslim.tasks import METRICS, make_task
+
+    the_task, fed = make_task(task, model, fed, source=calib, preprocess=preprocess, limit=limit)
+    metric = metric or METRICS[task][0]
+    if metric not in METRICS[task]:
+        raise OptionsError(f"--metric {metric}: task {task} has {', '.join(METRICS[task])}")
+    return the_task, metric, fed
 
 
 @app.command()

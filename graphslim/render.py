@@ -313,3 +313,30 @@ def report_tables(report: dict) -> list[Table | Text]:
     if report.get("gate"):
         tables.append(gate_line(report["gate"]))
     return tables
+
+
+def sensitivity_table(sens, top: int) -> Table:
+    """Per channel group (the ``top`` that save the most latency at the middle ratio):
+    channels removed, 1 - cosine, max-rel, the task metric when recorded, latency saved %."""
+    base = sens.base_ms
+    t = Table(
+        title=f"sensitivity: {len(sens.groups)} prunable groups ({sens.frozen_groups} frozen), "
+        f"{sens.feeds} feed(s); latency predicted from onnxruntime's per-node profile "
+        f"(base {base:.1f} ms)",
+        title_justify="left",
+    )
+    for col in ("group", "head", "ch", "MACs %"):
+        t.add_column(col)
+    extra = f" / {sens.task_metric}" if sens.task_metric else ""
+    for r in sens.ratios:
+        t.add_column(f"@{r:g} removed / 1-cos / max-rel{extra} / lat saved %")
+    mid = sens.ratios[len(sens.ratios) // 2]
+    for g in sorted(sens.groups, key=lambda g: g.latency_ms[mid])[:top]:
+        cells = [
+            f"{g.removed[r]} / {g.error(r):.2e} / {g.errors[r]['max-rel']:.3f}"
+            + (f" / {g.errors[r]['task']:.3f}" if sens.task_metric else "")
+            + f" / {100 * (base - g.latency_ms[r]) / base:.2f}"
+            for r in sens.ratios
+        ]
+        t.add_row(str(g.group), g.head, str(g.channels), f"{100 * g.macs_share:.1f}", *cells)
+    return t
