@@ -614,7 +614,9 @@ def finetune(
     batch: Annotated[int, typer.Option(help="global batch size")] = 16,
     lr: Annotated[float, typer.Option(help="learning rate")] = 1e-3,
     optimizer: Annotated[str, typer.Option(help="sgd | adam")] = "sgd",
-    loss: Annotated[str, typer.Option(help="auto | mse | l1 | kl | bce")] = "auto",
+    loss: Annotated[
+        str, typer.Option(help="auto | mse | l1 | kl | bce | logit | detect (see the docs)")
+    ] = "auto",
     temperature: Annotated[float, typer.Option(help="KL temperature")] = 4.0,
     augment: Annotated[
         str, typer.Option(help="comma list of flip,crop,color,blur,rotate, or 'none'")

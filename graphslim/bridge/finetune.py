@@ -19,7 +19,12 @@ Loss, per graph output ``o`` with teacher value ``t`` and student value ``s``:
   node reads (the logits, tapped in both graphs), which keeps its gradient where the
   student's probabilities are saturated (:mod:`graphslim.bridge.logits`: Bernoulli KL for
   Sigmoid, ``T^2`` softmax KL for Softmax);
-* ``auto`` (default): ``logit`` on outputs made by a Sigmoid (a dense map: the loss on
+* ``detect``: on a YOLOv8 ``[B, 4 + nc, N]`` / YOLOX ``[B, N, 5 + nc]`` head, score BCE plus
+  box L1 weighted by the teacher's confidence (:mod:`graphslim.bridge.task_losses`);
+* with a ``task`` and ``auto``: ``detect`` on the 3-D head of a detector; ``kl`` with
+  temperature (on the logits under a Softmax) on a classifier's ``[N, C]`` output; on a
+  dense map the logit loss under a Sigmoid, else ``bce`` on a [0, 1] map, else ``mse``;
+* ``auto`` (default, no task): ``logit`` on outputs made by a Sigmoid (a dense map: the loss on
   probabilities vanishes where the student saturates); ``mse`` + ``kl`` on outputs that
   look like probabilities (values in [0, 1] summing to 1 along the class axis), the ``kl``
   taken on the tapped logits when a Softmax makes the output; ``mse`` elsewhere.
@@ -71,10 +76,11 @@ import onnx
 
 from graphslim.bridge import BridgeError, require_torch
 from graphslim.bridge.logits import dead_outputs, find_logits, logit_loss, matching_logits
+from graphslim.bridge.task_losses import detect_loss
 
 log = logging.getLogger(__name__)
 
-LOSSES = ("auto", "mse", "l1", "kl", "bce", "logit")
+LOSSES = ("auto", "mse", "l1", "kl", "bce", "logit", "detect")
 # The task metric that picks the best epoch (graphslim.tasks), per task.
 TASK_METRIC = {"detect": "map50", "classify": "top1", "dense": "iou"}
 AUGMENTATIONS = ("flip", "crop", "color", "blur", "rotate")
@@ -408,11 +414,16 @@ class Distiller:
 
     def _choose_losses(self) -> tuple[dict[str, list[str]], dict[str, float]]:
         kinds, scales = {}, {}
+        self.heads: dict[str, tuple[str, float, bool]] = {}  # detect: layout, box scale, probs
         for name in self.output_names:
             t = self.val_teacher[name]
             chosen = self.options.loss_per_output.get(name, self.options.loss)
             logit = self.logits.get(name)
-            if chosen == "auto":
+            if chosen == "auto" and self.options.task is not None:
+                kinds[name] = self._task_loss(name, t, logit)
+            elif chosen == "detect":
+                kinds[name] = self._task_loss(name, t, logit, "detect")
+            elif chosen == "auto":
                 if logit is not None and logit.activation == "Sigmoid":
                     kinds[name] = [logit.loss]
                 else:
@@ -434,6 +445,34 @@ class Distiller:
         log.info("distillation losses per output: %s", kinds)
         return kinds, scales
 
+    def _task_loss(self, name: str, t: np.ndarray, logit, task: str | None = None) -> list[str]:
+        """The loss of output ``name`` chosen from the task (:mod:`graphslim.bridge.task_losses`):
+        detect -> ``detect`` on a 3-D head (``mse`` on other outputs); classify -> ``kl``
+        (on the logits when a Softmax makes the output) on a 2-D output; dense -> the logit
+        loss under a Sigmoid, else ``bce`` on [0, 1] maps, else ``mse``."""
+        from graphslim.bridge.task_losses import detect_layout, head_stats
+
+        task = task or self.options.task
+        if task == "detect":
+            if t.ndim != 3:
+                if self.options.loss == "detect":
+                    raise BridgeError(
+                        f"loss 'detect' on output '{name}' of shape {list(t.shape)}: a detection "
+                        "head is [B, 4 + nc, N] (YOLOv8) or [B, N, 5 + nc] (YOLOX)"
+                    )
+                return ["mse"]
+            layout = detect_layout(t.shape)
+            self.heads[name] = (layout, *head_stats(t, layout))
+            return ["detect"]
+        if task == "classify":
+            if t.ndim == 2 and logit is not None and logit.activation == "Softmax":
+                return [logit.loss]
+            return ["kl"] if t.ndim == 2 else ["mse"]
+        if logit is not None and logit.activation == "Sigmoid":
+            return [logit.loss]
+        in_unit = t.size and float(t.min()) >= -1e-6 and float(t.max()) <= 1 + 1e-6
+        return ["bce"] if in_unit else ["mse"]
+
     def loss(self, student: Mapping, teacher: Mapping, labels=None):
         torch, F = self.torch, self.torch.nn.functional
         T = self.options.temperature
@@ -442,7 +481,10 @@ class Distiller:
             s = student[name].float()
             t = torch.as_tensor(teacher[name], device=s.device).float()
             for kind in self.kinds[name]:
-                if kind in ("bce-logit", "kl-logit"):
+                if kind == "detect":
+                    layout, box_scale, probs = self.heads[name]
+                    total = total + detect_loss(torch, s, t, layout, box_scale, probs)
+                elif kind in ("bce-logit", "kl-logit"):
                     key = ("logit", name)
                     z_s = student[key].float()
                     z_t = torch.as_tensor(teacher[key], device=z_s.device).float()
