@@ -633,6 +633,9 @@ def finetune(
         ),
     ] = False,
     limit: Annotated[int | None, typer.Option(help="at most this many images")] = None,
+    workers: Annotated[
+        int, typer.Option(help="processes decoding images ahead (images are streamed)")
+    ] = 0,
     input_shape: ShapeOpt = None,
     seed: Annotated[int, typer.Option(help="seed for the split, shuffling, augmentation")] = 0,
     task: Annotated[
@@ -684,6 +687,7 @@ def finetune(
         recalibrate_bn=recalibrate_bn,
         seed=seed,
         task=task,
+        workers=workers,
         parity_tolerances=tuple(tol or ()),
         force=force,
     )

@@ -75,6 +75,7 @@ import numpy as np
 import onnx
 
 from graphslim.bridge import BridgeError, require_torch
+from graphslim.bridge.data import Rows, stack_batch
 from graphslim.bridge.logits import dead_outputs, find_logits, logit_loss, matching_logits
 from graphslim.bridge.task_losses import detect_loss
 
@@ -111,6 +112,8 @@ class FinetuneOptions:
     force: bool = False  # go on when bridge parity fails (the figures are still recorded)
     task: str | None = None  # detect | classify | dense: the metric that picks the best epoch
     recalibrate_bn: bool = False  # re-estimate BatchNorm mean/var on the training inputs first
+    val_limit: int = 512  # at most this many validation samples (they are held in memory)
+    workers: int = 0  # DataLoader worker processes decoding streamed images ahead
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch < 1:
@@ -127,6 +130,8 @@ class FinetuneOptions:
             raise BridgeError(
                 f"augmentation '{bad[0]}' is not one of {', '.join(AUGMENTATIONS)} (or none)"
             )
+        if self.val_limit < 1 or self.workers < 0:
+            raise BridgeError("val_limit must be >= 1 and workers >= 0")
         if not 0 <= self.val_fraction < 1:
             raise BridgeError("val_fraction must be in [0, 1)")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -311,18 +316,30 @@ class Distiller:
         self.device = _device(torch, options, self.rank)
         torch.manual_seed(options.seed)
 
-        inputs = np.ascontiguousarray(inputs, dtype=np.float32)
+        # An array is held in memory; anything else with __len__/__getitem__ (an
+        # ImageFolderDataset) is read sample by sample, through Rows (graphslim.bridge.data).
+        streamed = not isinstance(inputs, np.ndarray)
+        if not streamed:
+            inputs = np.ascontiguousarray(inputs, dtype=np.float32)
+        if len(inputs) == 0:
+            raise BridgeError("no training inputs")
         if labels is not None and len(labels) != len(inputs):
             raise BridgeError(f"{len(labels)} labels for {len(inputs)} inputs")
         if val_inputs is None:
             order = np.random.default_rng(options.seed).permutation(len(inputs))
             n_val = int(round(len(inputs) * options.val_fraction))
-            n_val = min(max(n_val, 1), len(inputs) - 1) if len(inputs) > 1 else 0
+            n_val = min(max(n_val, 1), len(inputs) - 1, options.val_limit) if len(inputs) > 1 else 0
             val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
-            val_inputs = inputs[val_idx] if n_val else inputs
-            val_labels = labels[val_idx] if labels is not None and n_val else labels
-            inputs = inputs[train_idx] if n_val else inputs
-            labels = labels[train_idx] if labels is not None and n_val else labels
+            if not n_val:
+                val_idx = train_idx
+            val_inputs = Rows(inputs, val_idx)[:]
+            val_labels = labels[val_idx] if labels is not None else None
+            labels = labels[train_idx] if labels is not None else None
+            inputs = Rows(inputs, train_idx) if streamed else inputs[train_idx]
+        elif streamed or len(val_inputs) > options.val_limit:
+            keep = min(len(val_inputs), options.val_limit)
+            val_inputs = Rows(val_inputs, np.arange(keep))[:]
+            val_labels = val_labels[:keep] if val_labels is not None else None
         self.inputs, self.labels = inputs, labels
         self.val_inputs = np.ascontiguousarray(val_inputs, dtype=np.float32)
         self.val_labels = val_labels
@@ -344,10 +361,13 @@ class Distiller:
         )  # fmt: skip
         if options.recalibrate_bn:
             step = self.chunk or 32
-            batches = [
-                torch.from_numpy(self.inputs[i : i + step])
-                for i in range(0, len(self.inputs) - step + 1, step)
-            ] or [torch.from_numpy(self.inputs)]
+            starts = range(0, len(self.inputs) - step + 1, step)
+            # a generator: streamed inputs are decoded one batch at a time
+            batches = (
+                (torch.from_numpy(self.inputs[i : i + step]) for i in starts)
+                if len(starts)
+                else [torch.from_numpy(self.inputs[:])]
+            )
             updated = self.module.recalibrate_batchnorm(batches)
             log.info("recalibrated %d BatchNorm statistics", len(updated))
         self.module.to(self.device)
@@ -528,11 +548,31 @@ class Distiller:
         per = len(batch) // self.world
         return batch[self.rank * per : (self.rank + 1) * per]
 
-    def backward(self, index: np.ndarray, epoch: int) -> float:
-        """Forward + backward on this process's share of the global batch ``index``."""
+    def batches(self, epoch: int):
+        """``(index, samples)`` of this process's share of every global batch of ``epoch``,
+        in the seeded order; streamed inputs are decoded ahead by ``options.workers``
+        DataLoader processes (none: in this process, one batch at a time)."""
+        order = self.epoch_order(epoch)
+        b = self.options.batch
+        shares = [self.local_share(order[k * b : (k + 1) * b]) for k in range(self.steps_per_epoch)]
+        if isinstance(self.inputs, np.ndarray) or self.options.workers == 0:
+            for mine in shares:
+                yield mine, self.inputs[mine]
+            return
+        loader = self.torch.utils.data.DataLoader(
+            self.inputs,
+            batch_sampler=[[int(i) for i in m] for m in shares],
+            num_workers=self.options.workers,
+            collate_fn=stack_batch,
+        )
+        yield from zip(shares, loader)
+
+    def backward(self, index: np.ndarray, epoch: int, samples: np.ndarray | None = None) -> float:
+        """Forward + backward on this process's share of the global batch ``index``
+        (``samples``: those inputs already loaded, see :meth:`batches`)."""
         torch = self.torch
-        mine = self.local_share(np.asarray(index))
-        x = self.augment(self.inputs[mine], mine, epoch)
+        mine = np.asarray(index) if samples is not None else self.local_share(np.asarray(index))
+        x = self.augment(self.inputs[mine] if samples is None else samples, mine, epoch)
         teacher = self._teacher(x)
         labels = None
         if self.labels is not None:
@@ -816,11 +856,9 @@ def finetune(
         on_epoch(history[0])
     for epoch in range(start, options.epochs + 1):
         t0 = time.perf_counter()
-        order = d.epoch_order(epoch)
         losses = []
-        for step in range(d.steps_per_epoch):
-            index = order[step * options.batch : (step + 1) * options.batch]
-            losses.append(d.backward(index, epoch))
+        for step, (mine, samples) in enumerate(d.batches(epoch)):
+            losses.append(d.backward(mine, epoch, samples))
             d.opt.step()
             d.sched.step()
             if on_step:
@@ -916,13 +954,15 @@ def finetune_files(
     on_epoch: Callable[[EpochRecord], None] | None = None,
     on_start: Callable[[dict], None] | None = None,
 ) -> FinetuneResult:
-    """:func:`finetune` from files: images preprocessed by ``preprocess`` (a
+    """:func:`finetune` from files: the images of ``images`` (recursively) streamed through
+    :class:`graphslim.bridge.data.ImageFolderDataset`, preprocessed by ``preprocess`` (a
     :meth:`graphslim.feeds.Preprocess.parse` string, default ``resize,scale=1/255`` to the
     model's input size), labels from a file (see :func:`read_labels`), the result saved
     atomically at ``output`` (never over the student or the teacher; by process 0 only)."""
     require_torch()
+    from graphslim.bridge.data import ImageFolderDataset
     from graphslim.errors import ModelSaveError
-    from graphslim.feeds import Preprocess, list_images
+    from graphslim.feeds import Preprocess
     from graphslim.model_io import _same_file, load_model, save_model
 
     for src in (student_path, teacher_path):
@@ -931,12 +971,13 @@ def finetune_files(
     student = load_model(student_path)
     teacher = load_model(teacher_path)
     spec = Preprocess.parse(preprocess or "resize,scale=1/255")
-    inputs = load_image_inputs(images, teacher, spec, limit=limit, shapes=shapes)
-    y = read_labels(labels, list_images(images, limit)) if labels else None
+    # streamed: decoded batch by batch, never the whole folder in memory
+    inputs = ImageFolderDataset(images, teacher, spec, limit=limit, shapes=shapes)
+    y = read_labels(labels, inputs.files) if labels else None
     vx = vy = None
     if val_images:
-        vx = load_image_inputs(val_images, teacher, spec, shapes=shapes)
-        vy = read_labels(val_labels, list_images(val_images)) if val_labels else None
+        vx = ImageFolderDataset(val_images, teacher, spec, shapes=shapes)
+        vy = read_labels(val_labels, vx.files) if val_labels else None
     result = finetune(
         student,
         teacher,
