@@ -3,7 +3,7 @@
 Builds a folder of ``--count`` images (links to the seeded synthetic text pages of
 ``bench/text_pages.py``, so no disk is spent on copies), sets up the distillation of a
 student from its teacher on it exactly as ``graphslim finetune`` does (streamed
-:class:`graphslim.bridge.data.ImageFolderDataset`, validation share capped at 512 samples),
+:class:`graphslim.bridge.data.ImageFolderDataset`, validation share capped at 256 samples),
 runs ``--steps`` training steps, and prints the peak RSS of the process next to what the
 old in-memory loader would have needed for the pixels alone (N x C x H x W x 4 bytes).
 

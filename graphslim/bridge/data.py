@@ -129,8 +129,15 @@ class Rows:
     def __getitem__(self, key):
         if isinstance(key, (int, np.integer)):
             return np.asarray(self.source[int(self.index[key])], dtype=np.float32)
-        picked = self.index[key]
-        return np.stack([np.asarray(self.source[int(i)], dtype=np.float32) for i in picked])
+        picked = np.atleast_1d(self.index[key])
+        if picked.size == 0:
+            return np.zeros((0,), dtype=np.float32)
+        first = np.asarray(self.source[int(picked[0])], dtype=np.float32)
+        out = np.empty((len(picked), *first.shape), dtype=np.float32)  # filled in place: no
+        out[0] = first  # list of samples beside the batch (peak memory = one copy)
+        for k, i in enumerate(picked[1:], start=1):
+            out[k] = self.source[int(i)]
+        return out
 
 
 def stack_batch(samples: list) -> np.ndarray:

@@ -112,7 +112,7 @@ class FinetuneOptions:
     force: bool = False  # go on when bridge parity fails (the figures are still recorded)
     task: str | None = None  # detect | classify | dense: the metric that picks the best epoch
     recalibrate_bn: bool = False  # re-estimate BatchNorm mean/var on the training inputs first
-    val_limit: int = 512  # at most this many validation samples (they are held in memory)
+    val_limit: int = 256  # at most this many validation samples (they are held in memory)
     workers: int = 0  # DataLoader worker processes decoding streamed images ahead
 
     def __post_init__(self) -> None:
