@@ -963,7 +963,9 @@ def finetune(
     batch: Annotated[int, typer.Option(help="global batch size")] = 16,
     lr: Annotated[float, typer.Option(help="learning rate")] = 1e-3,
     optimizer: Annotated[str, typer.Option(help="sgd | adam")] = "sgd",
-    loss: Annotated[str, typer.Option(help="auto | mse | l1 | kl | bce")] = "auto",
+    loss: Annotated[
+        str, typer.Option(help="auto | mse | l1 | kl | bce | logit | detect (see the docs)")
+    ] = "auto",
     temperature: Annotated[float, typer.Option(help="KL temperature")] = 4.0,
     augment: Annotated[
         str, typer.Option(help="comma list of flip,crop,color,blur,rotate, or 'none'")
@@ -980,13 +982,38 @@ def finetune(
         ),
     ] = False,
     limit: Annotated[int | None, typer.Option(help="at most this many images")] = None,
+    workers: Annotated[
+        int, typer.Option(help="processes decoding images ahead (images are streamed)")
+    ] = 0,
     input_shape: ShapeOpt = None,
     seed: Annotated[int, typer.Option(help="seed for the split, shuffling, augmentation")] = 0,
+    task: Annotated[
+        str | None,
+        typer.Option(
+            "--task",
+            help="detect | classify | dense: show and pick the best epoch by map50 / top1 / iou "
+            "against the teacher (default: top1 on a [N, C] output, else output cosine)",
+        ),
+    ] = None,
+    tol: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--tol",
+            help="bridge parity bound, [OUTPUT:]STAT=VALUE[|STAT=VALUE], repeatable "
+            "(default max-rel=1e-4|max-abs=1e-6)",
+        ),
+    ] = None,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="go on when torch and onnxruntime differ beyond --tol"),
+    ] = False,
     json_path: JsonOpt = None,
 ) -> None:
     """Distil TEACHER into STUDENT on unlabeled images and write the trained STUDENT graph.
 
-    Run with torchrun (--nproc-per-node N) for data-parallel training."""
+    First the student runs in torch and in onnxruntime on the same inputs (bridge parity,
+    --tol); an output that is constant while the teacher's varies is reported before
+    training. Run with torchrun (--nproc-per-node N) for data-parallel training."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
@@ -1008,23 +1035,34 @@ def finetune(
         resume=resume,
         recalibrate_bn=recalibrate_bn,
         seed=seed,
+        task=task,
+        workers=workers,
+        parity_tolerances=tuple(tol or ()),
+        force=force,
     )
     with Progress(
         TextColumn("epoch {task.fields[epoch]}"),
         BarColumn(),
         TextColumn("{task.completed}/{task.total} loss {task.fields[loss]:.4g}"),
-        TextColumn("agreement {task.fields[agreement]}"),
+        TextColumn("{task.fields[metric]} {task.fields[value]}"),
         TimeElapsedColumn(),
         console=err,
         transient=False,
     ) as prog:
-        task = prog.add_task("finetune", total=1, epoch=0, loss=float("nan"), agreement="-")
+        bar = prog.add_task("finetune", total=1, epoch=0, loss=float("nan"), metric="", value="-")
+
+        def on_start(info: dict) -> None:
+            prog.console.print(_finetune_start_line(info))
+            for name, why in info["dead"].items():
+                prog.console.print(f"[yellow]dead start[/]: output '{name}' is constant ({why})")
 
         def on_step(epoch: int, step: int, steps: int, value: float) -> None:
-            prog.update(task, total=steps, completed=step, epoch=epoch, loss=value)
+            prog.update(bar, total=steps, completed=step, epoch=epoch, loss=value)
 
         def on_epoch(rec) -> None:
-            prog.update(task, epoch=rec.epoch, agreement=f"{rec.agreement:.4f}")
+            prog.update(
+                bar, epoch=rec.epoch, metric=_metric_label(rec.metric), value=f"{rec.value:.4f}"
+            )
 
         result = finetune_files(
             student,
@@ -1040,23 +1078,45 @@ def finetune(
             shapes=_shapes(input_shape),
             on_step=on_step,
             on_epoch=on_epoch,
+            on_start=on_start,
         )
     t = Table(title="fine-tune (epoch 0 = before training)", title_justify="left")
-    for col in ("epoch", "train loss", "val loss", "agreement", "accuracy", "seconds"):
+    label = _metric_label(result.metric)
+    cols = ["epoch", "train loss", "val loss", label]
+    cols += [] if result.metric == "cosine" else ["output cosine"]
+    for col in [*cols, "accuracy", "seconds"]:
         t.add_column(col, justify="right")
     for h in result.history:
         mark = " *" if h.epoch == result.best_epoch else ""
-        t.add_row(
-            f"{h.epoch}{mark}",
-            f"{h.loss:.4g}",
-            f"{h.val_loss:.4g}",
-            f"{h.agreement:.4f}",
-            "-" if h.accuracy is None else f"{h.accuracy:.4f}",
-            f"{h.seconds:.1f}",
-        )
+        row = [f"{h.epoch}{mark}", f"{h.loss:.4g}", f"{h.val_loss:.4g}", f"{h.value:.4f}"]
+        row += [] if result.metric == "cosine" else [f"{h.cosine:.4f}"]
+        row += ["-" if h.accuracy is None else f"{h.accuracy:.4f}", f"{h.seconds:.1f}"]
+        t.add_row(*row)
     out.print(t)
-    out.print(f"wrote {output} (best epoch {result.best_epoch}, marked *)")
+    out.print(f"wrote {output} (best epoch {result.best_epoch} by {label}, marked *)")
     _write_json(json_path, result.to_dict())
+
+
+def _metric_label(metric: str) -> str:
+    """Column / progress label of a fine-tune selection metric."""
+    return "output cosine" if metric == "cosine" else f"{metric} vs teacher"
+
+
+def _finetune_start_line(info: dict) -> str:
+    """Bridge parity figures and the losses, one line."""
+    parity = info["parity"]
+    if not parity:
+        what = "parity not checked"
+    else:
+        worst = max(parity["outputs"], key=lambda o: o["stats"].get("max-rel", 0.0))
+        st = worst["stats"]
+        verdict = "PASS" if parity["passed"] else "[red]FAIL, forced[/]"
+        what = (
+            f"bridge parity {verdict} ({', '.join(parity['tolerances'])}): worst output "
+            f"'{worst['name']}' max-rel {st['max-rel']:.2e}, max-abs {st['max-abs']:.2e}"
+        )
+    losses = ", ".join(f"{k}: {v}" for k, v in info["losses"].items())
+    return f"{what}; losses {losses}; best epoch by {_metric_label(info['metric'])}"
 
 
 @zoo_app.command("list")

@@ -147,7 +147,7 @@ def bench_mnist(args, log) -> dict:
     t0 = time.perf_counter()
     result = finetune(
         pruned, original, xtr, options,
-        on_epoch=lambda r: log(f"  epoch {r.epoch}: loss {r.loss:.4g} val {r.val_loss:.4g} agreement {r.agreement:.4f}"),
+        on_epoch=lambda r: log(f"  epoch {r.epoch}: loss {r.loss:.4g} val {r.val_loss:.4g} {r.metric} {r.value:.4f}"),
     )  # fmt: skip
     ft_s = time.perf_counter() - t0
     acc["finetuned"] = accuracy(result.model, xte, yte, name)
@@ -163,7 +163,7 @@ def bench_mnist(args, log) -> dict:
         "best_epoch": result.best_epoch,
         "history": result.to_dict()["history"],
         "export_max_rel": exp.max_rel,
-        "parity_max_rel": result.parity,
+        "parity_max_rel": {o["name"]: o["stats"]["max-rel"] for o in result.parity["outputs"]},
     }
 
 
@@ -244,7 +244,7 @@ def bench_pplcnet(args, log) -> dict:
         # label-free; the best epoch is picked on a seeded 15% of the training views
         result = finetune(
             student, teacher, xtr, options,
-            on_epoch=lambda r: log(f"  epoch {r.epoch}: loss {r.loss:.4g} val {r.val_loss:.4g} agreement {r.agreement:.4f}"),
+            on_epoch=lambda r: log(f"  epoch {r.epoch}: loss {r.loss:.4g} val {r.val_loss:.4g} {r.metric} {r.value:.4f}"),
         )  # fmt: skip
         after = top1(result.model)
         runs[label] = {

@@ -3,8 +3,11 @@
 The same loop as ``graphslim finetune`` (:func:`graphslim.bridge.finetune.finetune`), fed
 from the pipeline: the student is the model as it arrives (pruned, rewritten), the teacher
 is the model the pipeline started from (``ctx.reference``), the training inputs are the
-calibration feeds (``--calib``), and the best epoch by agreement on a seeded share of them
-is written back into the same graph (same nodes and names, new float values).
+calibration feeds (``--calib``), and the best epoch on a seeded share of them is written back
+into the same graph (same nodes and names, new float values). The best epoch is picked by
+the task metric against the teacher with ``task`` (``detect``: map50, ``classify``: top1,
+``dense``: iou), else by top-1 agreement on a ``[N, C]`` output, else by the output cosine;
+the counters name it (``val_iou_before`` / ``val_iou_after``, ...).
 
 It is a step a recipe can always list: without torch, without calibration feeds or with
 nothing to recover (the student is the teacher), it leaves the model as it is and says why
@@ -41,6 +44,8 @@ class FinetuneOptions:
     loss: str = option("auto", help="auto (per output), mse, l1, kl, bce")
     temperature: float = option(4.0, help="softmax temperature of the kl loss")
     val_fraction: float = option(0.2, help="share of the feeds that picks the best epoch")
+    task: str = option("", help="detect | classify | dense: pick the epoch by map50/top1/iou")
+    force: bool = option(False, help="go on when torch and onnxruntime differ (bridge parity)")
     required: bool = option(False, help="fail when torch is not installed instead of skipping")
 
     def validate(self) -> None:
@@ -69,6 +74,8 @@ class FinetuneOptions:
             temperature=self.temperature,
             val_fraction=self.val_fraction if samples > 1 else 0.0,
             seed=seed,
+            task=self.task or None,
+            force=self.force,
         )
 
 
@@ -94,23 +101,33 @@ class Finetune(Pass):
         loop = o.loop_options(seed=ctx.seed, samples=len(inputs))
         result = finetune(model, ctx.reference, inputs, loop)
         start, best = result.history[0], result.history[result.best_epoch]
+        metric = result.metric  # map50 | top1 | iou (vs the teacher) | cosine (outputs)
         counters = {
             "epochs_run": o.epochs,
             "best_epoch": result.best_epoch,
             "samples": len(inputs),
-            "agreement_before": round(start.agreement, 4),
-            "agreement_after": round(best.agreement, 4),
+            f"val_{metric}_before": round(start.value, 4),
+            f"val_{metric}_after": round(best.value, 4),
             "val_loss_before": round(start.val_loss, 6),
             "val_loss_after": round(best.val_loss, 6),
         }
+        if metric != "cosine":
+            counters["val_cosine_before"] = round(start.cosine, 4)
+            counters["val_cosine_after"] = round(best.cosine, 4)
         details = [
-            {"epoch": r.epoch, "loss": r.loss, "val_loss": r.val_loss, "agreement": r.agreement}
+            {"epoch": r.epoch, "loss": r.loss, "val_loss": r.val_loss, r.metric: r.value}
+            | ({"cosine": r.cosine} if r.metric != "cosine" else {})
             for r in result.history
         ]
+        notes = [f"best epoch chosen by validation {metric} against the teacher"]
+        notes += [f"output '{n}' constant at the start ({why})" for n, why in result.dead.items()]
+        if result.parity.get("forced"):
+            notes.append("bridge parity failed and was forced (force=true)")
         if result.best_epoch == 0:
             # No epoch beat the untrained student: the graph goes on exactly as it came.
-            return PassResult(model, False, counters, notes=["no epoch improved; unchanged"])
-        return PassResult(result.model, True, counters, details=details)
+            notes.append("no epoch improved; unchanged")
+            return PassResult(model, False, counters, notes=notes, details=details)
+        return PassResult(result.model, True, counters, notes=notes, details=details)
 
 
 def _why_skip(model: onnx.ModelProto, ctx: PassContext, required: bool) -> str | None:

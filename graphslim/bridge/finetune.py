@@ -15,8 +15,23 @@ Loss, per graph output ``o`` with teacher value ``t`` and student value ``s``:
   outputs); an output that already holds probabilities is turned back into log-probabilities
   first;
 * ``bce``: ``BCE(s, t)`` for per-element probabilities (sigmoid outputs);
-* ``auto`` (default): ``mse`` on every output, plus ``kl`` on outputs that look like
-  probabilities (values in [0, 1] summing to 1 along the class axis).
+* ``logit``: for an output made by a Sigmoid or Softmax node, the loss on the tensor that
+  node reads (the logits, tapped in both graphs), which keeps its gradient where the
+  student's probabilities are saturated (:mod:`graphslim.bridge.logits`: Bernoulli KL for
+  Sigmoid, ``T^2`` softmax KL for Softmax);
+* ``detect``: on a YOLOv8 ``[B, 4 + nc, N]`` / YOLOX ``[B, N, 5 + nc]`` head, score BCE plus
+  box L1 weighted by the teacher's confidence (:mod:`graphslim.bridge.task_losses`);
+* with a ``task`` and ``auto``: ``detect`` on the 3-D head of a detector; ``kl`` with
+  temperature (on the logits under a Softmax) on a classifier's ``[N, C]`` output; on a
+  dense map the logit loss under a Sigmoid, else ``bce`` on a [0, 1] map, else ``mse``;
+* ``auto`` (default, no task): ``logit`` on outputs made by a Sigmoid (a dense map: the loss on
+  probabilities vanishes where the student saturates); ``mse`` + ``kl`` on outputs that
+  look like probabilities (values in [0, 1] summing to 1 along the class axis), the ``kl``
+  taken on the tapped logits when a Softmax makes the output; ``mse`` elsewhere.
+
+Before training, an output that is constant over the validation inputs while the teacher's
+varies is reported (``dead``): ``saturated`` (its logits vary; the logit loss moves it) or
+``constant`` (its logits are constant too; no gradient reaches the weights through it).
 
 ``recalibrate_bn`` first re-estimates every BatchNormalization's mean and variance on the
 training inputs (pruning leaves the original statistics wrong for the channels that remain);
@@ -28,8 +43,17 @@ seeded per sample (``seed, epoch, sample index``), so the result does not depend
 batch is split over processes: horizontal flip, random resized crop, brightness/contrast,
 3x3 blur, small rotation.
 
-The validation *agreement* is the top-1 agreement with the teacher on the first 2-D
-``[N, C]`` output, or else the mean cosine similarity over outputs.
+The best epoch is chosen by one validation metric against the teacher, named in every
+record (``metric``): with ``task`` the task's own (``detect``: ``map50`` of the student's
+detections against the teacher's; ``classify``: ``top1`` agreement; ``dense``: ``iou`` of
+the maps thresholded at 0.5, :mod:`graphslim.tasks`); without it ``top1`` agreement on the
+first 2-D ``[N, C]`` output, or else ``cosine``, the mean cosine similarity of the flattened
+outputs. The output cosine is recorded in every case.
+
+Bridge parity: before training, the student module is compared with onnxruntime on the
+first validation inputs with ``parity_tolerances`` (:class:`graphslim.validate.Tolerance`
+strings, default ``max-rel=1e-4|max-abs=1e-6``); a failure stops with the figures and the
+first diverging node, unless ``force`` (then it is logged and recorded).
 
 Data-parallel: started under ``torchrun`` (``RANK``/``WORLD_SIZE`` set) the loop joins a
 ``gloo`` (CPU) or ``nccl`` (CUDA) process group, wraps the student in
@@ -51,10 +75,15 @@ import numpy as np
 import onnx
 
 from graphslim.bridge import BridgeError, require_torch
+from graphslim.bridge.data import Rows, stack_batch
+from graphslim.bridge.logits import dead_outputs, find_logits, logit_loss, matching_logits
+from graphslim.bridge.task_losses import detect_loss
 
 log = logging.getLogger(__name__)
 
-LOSSES = ("auto", "mse", "l1", "kl", "bce")
+LOSSES = ("auto", "mse", "l1", "kl", "bce", "logit", "detect")
+# The task metric that picks the best epoch (graphslim.tasks), per task.
+TASK_METRIC = {"detect": "map50", "classify": "top1", "dense": "iou"}
 AUGMENTATIONS = ("flip", "crop", "color", "blur", "rotate")
 
 
@@ -79,8 +108,12 @@ class FinetuneOptions:
     device: str = "auto"  # auto | cpu | cuda
     checkpoint: str | None = None
     resume: bool = False
-    parity_tolerance: float = 1e-4
+    parity_tolerances: tuple[str, ...] = ()  # Tolerance strings; () = the pipeline's default
+    force: bool = False  # go on when bridge parity fails (the figures are still recorded)
+    task: str | None = None  # detect | classify | dense: the metric that picks the best epoch
     recalibrate_bn: bool = False  # re-estimate BatchNorm mean/var on the training inputs first
+    val_limit: int = 256  # at most this many validation samples (they are held in memory)
+    workers: int = 0  # DataLoader worker processes decoding streamed images ahead
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch < 1:
@@ -97,10 +130,25 @@ class FinetuneOptions:
             raise BridgeError(
                 f"augmentation '{bad[0]}' is not one of {', '.join(AUGMENTATIONS)} (or none)"
             )
+        if self.val_limit < 1 or self.workers < 0:
+            raise BridgeError("val_limit must be >= 1 and workers >= 0")
         if not 0 <= self.val_fraction < 1:
             raise BridgeError("val_fraction must be in [0, 1)")
         if self.device not in ("auto", "cpu", "cuda"):
             raise BridgeError(f"device '{self.device}' is not one of auto, cpu, cuda")
+        if self.task is not None and self.task not in TASK_METRIC:
+            raise BridgeError(f"task '{self.task}' is not one of {', '.join(TASK_METRIC)}")
+        self.tolerances()  # a bad tolerance string fails here, before any work
+
+    def tolerances(self) -> list:
+        """``parity_tolerances`` parsed (:class:`graphslim.validate.Tolerance`)."""
+        from graphslim.errors import OptionsError
+        from graphslim.validate import DEFAULT_TOLERANCES, Tolerance
+
+        try:
+            return [Tolerance.parse(t) for t in self.parity_tolerances] or list(DEFAULT_TOLERANCES)
+        except OptionsError as exc:
+            raise BridgeError(f"parity tolerance: {exc}") from None
 
 
 @dataclass
@@ -108,9 +156,12 @@ class EpochRecord:
     epoch: int
     loss: float  # mean training loss (nan for epoch 0, the untrained student)
     val_loss: float  # distillation loss on the validation inputs
-    agreement: float  # validation agreement with the teacher
+    metric: str  # what ``value`` measures: map50 | top1 | iou (vs the teacher) | cosine
+    value: float  # validation ``metric`` against the teacher; picks the best epoch
+    cosine: float  # mean cosine similarity of the outputs with the teacher's
     accuracy: float | None  # validation accuracy against labels, when given
     seconds: float
+    task: dict | None = None  # every task metric against the teacher, with a task
 
 
 @dataclass
@@ -118,14 +169,21 @@ class FinetuneResult:
     model: onnx.ModelProto  # the student with the best epoch's values written back
     history: list[EpochRecord]
     best_epoch: int
-    parity: dict[str, float]
+    parity: dict  # graphslim.validate.Comparison.to_dict() of the bridge check, + "forced"
     outputs: dict[str, str]  # output name -> loss kind used
+    dead: dict[str, str] = field(default_factory=dict)  # output -> saturated | constant
+
+    @property
+    def metric(self) -> str:
+        return self.history[0].metric
 
     def to_dict(self) -> dict:
         return {
             "best_epoch": self.best_epoch,
-            "parity_max_rel": self.parity,
+            "metric": self.metric,
+            "parity": self.parity,
             "losses": self.outputs,
+            "dead_at_start": self.dead,
             "history": [asdict(h) for h in self.history],
         }
 
@@ -187,6 +245,37 @@ def _looks_like_probabilities(t: np.ndarray) -> bool:
     return bool(np.allclose(t.sum(axis=1), 1.0, atol=1e-3))
 
 
+def output_cosine(student: Mapping, teacher: Mapping, names: Sequence[str]) -> float:
+    """Mean over outputs and samples of the cosine similarity of the flattened values (two
+    all-zero samples count as 1.0, one all-zero sample against another as 0.0)."""
+    cos = []
+    for n in names:
+        a = np.asarray(student[n]).reshape(len(student[n]), -1).astype(np.float64)
+        b = np.asarray(teacher[n]).reshape(len(a), -1).astype(np.float64)
+        norm = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+        same = (norm == 0) & np.all(a == b, axis=1)
+        c = np.sum(a * b, axis=1) / np.maximum(norm, 1e-12)
+        cos.append(np.mean(np.where(same, 1.0, c)))
+    return float(np.mean(cos))
+
+
+@dataclass
+class Scores:
+    """One validation pass: ``value`` of ``metric`` against the teacher picks the epoch."""
+
+    metric: str
+    value: float
+    cosine: float
+    accuracy: float | None
+    loss: float
+    task: dict | None
+
+    @property
+    def key(self) -> tuple[float, float]:
+        """Sort key: higher metric first, then lower loss (NaN ranks last)."""
+        return (-math.inf if math.isnan(self.value) else self.value, -self.loss)
+
+
 class Distiller:
     """Student module, teacher session, data and optimizer of one fine-tune run."""
 
@@ -227,36 +316,58 @@ class Distiller:
         self.device = _device(torch, options, self.rank)
         torch.manual_seed(options.seed)
 
-        inputs = np.ascontiguousarray(inputs, dtype=np.float32)
+        # An array is held in memory; anything else with __len__/__getitem__ (an
+        # ImageFolderDataset) is read sample by sample, through Rows (graphslim.bridge.data).
+        streamed = not isinstance(inputs, np.ndarray)
+        if not streamed:
+            inputs = np.ascontiguousarray(inputs, dtype=np.float32)
+        if len(inputs) == 0:
+            raise BridgeError("no training inputs")
         if labels is not None and len(labels) != len(inputs):
             raise BridgeError(f"{len(labels)} labels for {len(inputs)} inputs")
         if val_inputs is None:
             order = np.random.default_rng(options.seed).permutation(len(inputs))
             n_val = int(round(len(inputs) * options.val_fraction))
-            n_val = min(max(n_val, 1), len(inputs) - 1) if len(inputs) > 1 else 0
+            n_val = min(max(n_val, 1), len(inputs) - 1, options.val_limit) if len(inputs) > 1 else 0
             val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
-            val_inputs = inputs[val_idx] if n_val else inputs
-            val_labels = labels[val_idx] if labels is not None and n_val else labels
-            inputs = inputs[train_idx] if n_val else inputs
-            labels = labels[train_idx] if labels is not None and n_val else labels
+            if not n_val:
+                val_idx = train_idx
+            val_inputs = Rows(inputs, val_idx)[:]
+            val_labels = labels[val_idx] if labels is not None else None
+            labels = labels[train_idx] if labels is not None else None
+            inputs = Rows(inputs, train_idx) if streamed else inputs[train_idx]
+        elif streamed or len(val_inputs) > options.val_limit:
+            keep = min(len(val_inputs), options.val_limit)
+            val_inputs = Rows(val_inputs, np.arange(keep))[:]
+            val_labels = val_labels[:keep] if val_labels is not None else None
         self.inputs, self.labels = inputs, labels
         self.val_inputs = np.ascontiguousarray(val_inputs, dtype=np.float32)
         self.val_labels = val_labels
 
-        self.teacher = _Teacher(teacher)
         self.module = OnnxModule(student)
-        self.parity: dict[str, float] = {}
+        self.parity: dict = {}
         if check_parity:
             feeds = [{self.input_name: self.val_inputs[: self.chunk or 2]}]
-            self.parity = parity_check(
-                student, self.module, feeds, max_rel=options.parity_tolerance
+            comparison = parity_check(
+                student, self.module, feeds, options.tolerances(), force=options.force
             )
+            self.parity = comparison.to_dict() | {"forced": not comparison.passed}
+        # Logits under Sigmoid/Softmax outputs, tapped in both graphs (graphslim.bridge.logits)
+        self.logits = matching_logits(student, teacher)
+        self.module.tap([lg.tensor for lg in self.logits.values()])
+        self.teacher = _Teacher(
+            teacher, {("logit", o): lg.tensor for o, lg in find_logits(teacher).items()
+                      if o in self.logits}
+        )  # fmt: skip
         if options.recalibrate_bn:
             step = self.chunk or 32
-            batches = [
-                torch.from_numpy(self.inputs[i : i + step])
-                for i in range(0, len(self.inputs) - step + 1, step)
-            ] or [torch.from_numpy(self.inputs)]
+            starts = range(0, len(self.inputs) - step + 1, step)
+            # a generator: streamed inputs are decoded one batch at a time
+            batches = (
+                (torch.from_numpy(self.inputs[i : i + step]) for i in starts)
+                if len(starts)
+                else [torch.from_numpy(self.inputs[:])]
+            )
             updated = self.module.recalibrate_batchnorm(batches)
             log.info("recalibrated %d BatchNorm statistics", len(updated))
         self.module.to(self.device)
@@ -268,6 +379,11 @@ class Distiller:
             )
         self.val_teacher = self._teacher(self.val_inputs)
         self.kinds, self.scales = self._choose_losses()
+        self.task = None
+        if options.task is not None:
+            from graphslim.tasks import Task
+
+            self.task = Task(options.task)
         self.class_output = next(
             (n for n in self.output_names if self.val_teacher[n].ndim == 2), None
         )
@@ -305,19 +421,42 @@ class Distiller:
         ]
         return {n: np.concatenate([p[n] for p in parts]) for n in parts[0]}
 
+    @property
+    def keys(self) -> list:
+        """Output names, then ``("logit", output)`` for each tapped logit (forward's order)."""
+        return [*self.output_names, *(("logit", o) for o in self.logits)]
+
     def _student(self, x):
         if self.chunk is None:
-            return dict(zip(self.output_names, self.net(x)))
+            return dict(zip(self.keys, self.net(x)))
         parts = [self.net(x[i : i + self.chunk]) for i in range(0, len(x), self.chunk)]
-        return {n: self.torch.cat([p[k] for p in parts]) for k, n in enumerate(self.output_names)}
+        return {n: self.torch.cat([p[k] for p in parts]) for k, n in enumerate(self.keys)}
 
     def _choose_losses(self) -> tuple[dict[str, list[str]], dict[str, float]]:
         kinds, scales = {}, {}
+        self.heads: dict[str, tuple[str, float, bool]] = {}  # detect: layout, box scale, probs
         for name in self.output_names:
             t = self.val_teacher[name]
             chosen = self.options.loss_per_output.get(name, self.options.loss)
-            if chosen == "auto":
-                kinds[name] = ["mse"] + (["kl"] if _looks_like_probabilities(t) else [])
+            logit = self.logits.get(name)
+            if chosen == "auto" and self.options.task is not None:
+                kinds[name] = self._task_loss(name, t, logit)
+            elif chosen == "detect":
+                kinds[name] = self._task_loss(name, t, logit, "detect")
+            elif chosen == "auto":
+                if logit is not None and logit.activation == "Sigmoid":
+                    kinds[name] = [logit.loss]
+                else:
+                    probs = _looks_like_probabilities(t)
+                    kl = logit.loss if logit is not None else "kl"
+                    kinds[name] = ["mse"] + ([kl] if probs else [])
+            elif chosen == "logit":
+                if logit is None:
+                    raise BridgeError(
+                        f"loss 'logit' on output '{name}': no Sigmoid/Softmax node makes it in "
+                        "both the student and the teacher; choose mse, l1, kl or bce"
+                    )
+                kinds[name] = [logit.loss]
             else:
                 kinds[name] = [chosen]
             scales[name] = float(np.mean(np.square(t.astype(np.float64)))) + 1e-8
@@ -325,6 +464,34 @@ class Distiller:
                 scales[name] = float(np.mean(np.abs(t.astype(np.float64)))) + 1e-8
         log.info("distillation losses per output: %s", kinds)
         return kinds, scales
+
+    def _task_loss(self, name: str, t: np.ndarray, logit, task: str | None = None) -> list[str]:
+        """The loss of output ``name`` chosen from the task (:mod:`graphslim.bridge.task_losses`):
+        detect -> ``detect`` on a 3-D head (``mse`` on other outputs); classify -> ``kl``
+        (on the logits when a Softmax makes the output) on a 2-D output; dense -> the logit
+        loss under a Sigmoid, else ``bce`` on [0, 1] maps, else ``mse``."""
+        from graphslim.bridge.task_losses import detect_layout, head_stats
+
+        task = task or self.options.task
+        if task == "detect":
+            if t.ndim != 3:
+                if self.options.loss == "detect":
+                    raise BridgeError(
+                        f"loss 'detect' on output '{name}' of shape {list(t.shape)}: a detection "
+                        "head is [B, 4 + nc, N] (YOLOv8) or [B, N, 5 + nc] (YOLOX)"
+                    )
+                return ["mse"]
+            layout = detect_layout(t.shape)
+            self.heads[name] = (layout, *head_stats(t, layout))
+            return ["detect"]
+        if task == "classify":
+            if t.ndim == 2 and logit is not None and logit.activation == "Softmax":
+                return [logit.loss]
+            return ["kl"] if t.ndim == 2 else ["mse"]
+        if logit is not None and logit.activation == "Sigmoid":
+            return [logit.loss]
+        in_unit = t.size and float(t.min()) >= -1e-6 and float(t.max()) <= 1 + 1e-6
+        return ["bce"] if in_unit else ["mse"]
 
     def loss(self, student: Mapping, teacher: Mapping, labels=None):
         torch, F = self.torch, self.torch.nn.functional
@@ -334,7 +501,15 @@ class Distiller:
             s = student[name].float()
             t = torch.as_tensor(teacher[name], device=s.device).float()
             for kind in self.kinds[name]:
-                if kind == "mse":
+                if kind == "detect":
+                    layout, box_scale, probs = self.heads[name]
+                    total = total + detect_loss(torch, s, t, layout, box_scale, probs)
+                elif kind in ("bce-logit", "kl-logit"):
+                    key = ("logit", name)
+                    z_s = student[key].float()
+                    z_t = torch.as_tensor(teacher[key], device=z_s.device).float()
+                    total = total + logit_loss(torch, self.logits[name], z_s, z_t, T)
+                elif kind == "mse":
                     total = total + F.mse_loss(s, t) / self.scales[name]
                 elif kind == "l1":
                     total = total + F.l1_loss(s, t) / self.scales[name]
@@ -373,11 +548,31 @@ class Distiller:
         per = len(batch) // self.world
         return batch[self.rank * per : (self.rank + 1) * per]
 
-    def backward(self, index: np.ndarray, epoch: int) -> float:
-        """Forward + backward on this process's share of the global batch ``index``."""
+    def batches(self, epoch: int):
+        """``(index, samples)`` of this process's share of every global batch of ``epoch``,
+        in the seeded order; streamed inputs are decoded ahead by ``options.workers``
+        DataLoader processes (none: in this process, one batch at a time)."""
+        order = self.epoch_order(epoch)
+        b = self.options.batch
+        shares = [self.local_share(order[k * b : (k + 1) * b]) for k in range(self.steps_per_epoch)]
+        if isinstance(self.inputs, np.ndarray) or self.options.workers == 0:
+            for mine in shares:
+                yield mine, self.inputs[mine]
+            return
+        loader = self.torch.utils.data.DataLoader(
+            self.inputs,
+            batch_sampler=[[int(i) for i in m] for m in shares],
+            num_workers=self.options.workers,
+            collate_fn=stack_batch,
+        )
+        yield from zip(shares, loader)
+
+    def backward(self, index: np.ndarray, epoch: int, samples: np.ndarray | None = None) -> float:
+        """Forward + backward on this process's share of the global batch ``index``
+        (``samples``: those inputs already loaded, see :meth:`batches`)."""
         torch = self.torch
-        mine = self.local_share(np.asarray(index))
-        x = self.augment(self.inputs[mine], mine, epoch)
+        mine = np.asarray(index) if samples is not None else self.local_share(np.asarray(index))
+        x = self.augment(self.inputs[mine] if samples is None else samples, mine, epoch)
         teacher = self._teacher(x)
         labels = None
         if self.labels is not None:
@@ -397,42 +592,67 @@ class Distiller:
             if self.module.parameter_for(n).grad is not None
         }
 
-    def evaluate(self) -> tuple[float, float | None, float]:
-        """(agreement with the teacher, accuracy against labels or None, distillation loss)."""
+    def predict(self) -> dict:
+        """The student's outputs and tapped logits on the validation inputs (no gradient)."""
         torch = self.torch
         self.net.eval()
-        outs: dict[str, list] = {n: [] for n in self.output_names}
+        outs: dict = {k: [] for k in self.keys}
         step = self.chunk or max(1, min(64, len(self.val_inputs)))
         with torch.no_grad():
             for i in range(0, len(self.val_inputs), step):
                 x = torch.from_numpy(self.val_inputs[i : i + step]).to(self.device)
-                got = self.module.run(x) if self.chunk is None else self._student_plain(x)
-                for n in self.output_names:
-                    outs[n].append(got[n].float().cpu().numpy())
-        student = {n: np.concatenate(v) for n, v in outs.items()}
+                for k, v in zip(self.keys, self.module(x)):
+                    outs[k].append(v.float().cpu().numpy())
+        return {k: np.concatenate(v) for k, v in outs.items()}
+
+    def dead_start(self, student: Mapping | None = None) -> dict[str, str]:
+        """Outputs constant over the validation inputs while the teacher's vary
+        (:func:`graphslim.bridge.logits.dead_outputs`)."""
+        student = self.predict() if student is None else student
+        names = self.output_names
+        logits = {o: (student[("logit", o)], self.val_teacher[("logit", o)]) for o in self.logits}
+        return dead_outputs(
+            {n: student[n] for n in names}, {n: self.val_teacher[n] for n in names}, logits
+        )
+
+    @property
+    def metric(self) -> str:
+        """The name of the metric that picks the best epoch (see the module doc)."""
+        if self.task is not None:
+            return TASK_METRIC[self.task.kind]
+        return "top1" if self.class_output is not None else "cosine"
+
+    def evaluate(self, student: Mapping | None = None) -> Scores:
+        """Validation scores of the student (``student``: a :meth:`predict` result)."""
+        torch = self.torch
+        student = self.predict() if student is None else student
         with torch.no_grad():
             loss = float(
-                self.loss({n: torch.from_numpy(v) for n, v in student.items()}, self.val_teacher)
+                self.loss({k: torch.from_numpy(v) for k, v in student.items()}, self.val_teacher)
             )
-        accuracy = None
-        if self.class_output is not None:
+        accuracy, task_metrics = None, None
+        if self.class_output is not None and self.val_labels is not None:
             pred = student[self.class_output].argmax(1)
-            agreement = float(np.mean(pred == self.val_teacher[self.class_output].argmax(1)))
-            if self.val_labels is not None:
-                accuracy = float(np.mean(pred == np.asarray(self.val_labels)))
-        else:
-            cos = []
-            for n in self.output_names:
-                a = student[n].reshape(len(student[n]), -1).astype(np.float64)
-                b = self.val_teacher[n].reshape(len(a), -1).astype(np.float64)
-                norm = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-                cos.append(np.mean(np.sum(a * b, axis=1) / np.maximum(norm, 1e-12)))
-            agreement = float(np.mean(cos))
-        return agreement, accuracy, loss
+            accuracy = float(np.mean(pred == np.asarray(self.val_labels)))
+        if self.task is not None:
+            n = len(self.val_inputs)
 
-    def _student_plain(self, x):
-        parts = [self.module.run(x[i : i + self.chunk]) for i in range(0, len(x), self.chunk)]
-        return {n: self.torch.cat([p[n] for p in parts]) for n in self.output_names}
+            def per_sample(d: Mapping) -> list[dict]:
+                return [{k: d[k][i : i + 1] for k in self.output_names} for i in range(n)]
+
+            feeds = [{self.input_name: self.val_inputs[:1]}]
+            got = self.task.evaluate(per_sample(self.val_teacher), per_sample(student), feeds)
+            task_metrics = dict(got.metrics)
+            value = float(task_metrics[self.metric])
+        elif self.class_output is not None:
+            pred = student[self.class_output].argmax(1)
+            value = float(np.mean(pred == self.val_teacher[self.class_output].argmax(1)))
+        else:
+            value = math.nan  # the cosine below
+        cosine = output_cosine(student, self.val_teacher, self.output_names)
+        if self.task is None and self.class_output is None:
+            value = cosine
+        return Scores(self.metric, value, cosine, accuracy, loss, task_metrics)
 
     def epoch_order(self, epoch: int) -> np.ndarray:
         rng = np.random.default_rng((self.options.seed, epoch))
@@ -446,13 +666,19 @@ class _Teacher:
     latency); here they would take the cores torch's backward pass needs between teacher
     runs (4x slower on a 2-core machine), so this session turns spinning off."""
 
-    def __init__(self, model: onnx.ModelProto) -> None:
+    def __init__(self, model: onnx.ModelProto, extra: Mapping | None = None) -> None:
+        """``extra``: ``{key: tensor name}`` of intermediate tensors returned under ``key``."""
         import tempfile
 
         import onnxruntime as ort
 
         from graphslim.errors import RuntimeFailure
         from graphslim.model_io import serialize_for_runtime
+        from graphslim.runtime import with_outputs
+
+        self.extra = dict(extra or {})
+        if self.extra:
+            model = with_outputs(model, list(self.extra.values()))
 
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
@@ -468,10 +694,14 @@ class _Teacher:
         except Exception as exc:
             self._tmp.cleanup()
             raise RuntimeFailure(f"onnxruntime cannot load the teacher: {exc}") from exc
-        self.output_names = [o.name for o in self.session.get_outputs()]
+        taps = set(self.extra.values())
+        self._fetch = [o.name for o in self.session.get_outputs()]
+        self.output_names = [n for n in self._fetch if n not in taps]
 
-    def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(self.output_names, self.session.run(self.output_names, dict(feed))))
+    def run(self, feed: Mapping[str, np.ndarray]) -> dict:
+        """The outputs by name, and the ``extra`` tensors under their keys."""
+        got = dict(zip(self._fetch, self.session.run(self._fetch, dict(feed))))
+        return {n: got[n] for n in self.output_names} | {k: got[t] for k, t in self.extra.items()}
 
     def close(self) -> None:
         self.session = None
@@ -564,9 +794,12 @@ def finetune(
     val_labels: np.ndarray | None = None,
     on_step: Callable[[int, int, int, float], None] | None = None,
     on_epoch: Callable[[EpochRecord], None] | None = None,
+    on_start: Callable[[dict], None] | None = None,
 ) -> FinetuneResult:
     """Distil ``teacher`` into ``student`` on ``inputs`` (preprocessed ``[N, ...]`` float32).
 
+    ``on_start(info)`` is called before the first epoch with the bridge parity, the losses,
+    the selection metric and the outputs found dead (``{output: saturated | constant}``);
     ``on_step(epoch, step, steps, loss)`` and ``on_epoch(record)`` report progress. With
     ``options.checkpoint`` the state is saved after every epoch (atomically) and, with
     ``options.resume``, training continues from it. Returns the student with the best
@@ -587,8 +820,9 @@ def finetune(
 
     history: list[EpochRecord] = []
     start = 1
-    # best: ((agreement, -val loss), epoch, state): ties on agreement go to the lower loss
+    # best: ((metric, -val loss), epoch, state): ties on the metric go to the lower loss
     best = ((-math.inf, -math.inf), 0, None)
+    dead: dict[str, str] = {}
     ckpt = Path(options.checkpoint) if options.checkpoint else None
     if ckpt is not None and options.resume and ckpt.exists():
         state = torch.load(ckpt, map_location=d.device, weights_only=False)
@@ -601,30 +835,39 @@ def finetune(
         log.info("resumed from %s after epoch %d", ckpt, state["epoch"])
     if start == 1:
         t0 = time.perf_counter()
-        agreement, accuracy, vloss = d.evaluate()
-        rec = EpochRecord(0, math.nan, vloss, agreement, accuracy, time.perf_counter() - t0)
+        prediction = d.predict()
+        dead = d.dead_start(prediction)
+        for name, why in dead.items():
+            log.warning("%s", _dead_message(name, why, d.kinds[name]))
+        scores = d.evaluate(prediction)
+        rec = _record(0, math.nan, scores, time.perf_counter() - t0)
         history.append(rec)
-        best = ((agreement, -vloss), 0, _state_copy(d.module))
-        if on_epoch:
-            on_epoch(rec)
+        best = (scores.key, 0, _state_copy(d.module))
+    if on_start:
+        on_start(
+            {
+                "parity": d.parity,
+                "losses": {k: "+".join(v) for k, v in d.kinds.items()},
+                "metric": d.metric,
+                "dead": dead,
+            }
+        )
+    if start == 1 and on_epoch:
+        on_epoch(history[0])
     for epoch in range(start, options.epochs + 1):
         t0 = time.perf_counter()
-        order = d.epoch_order(epoch)
         losses = []
-        for step in range(d.steps_per_epoch):
-            index = order[step * options.batch : (step + 1) * options.batch]
-            losses.append(d.backward(index, epoch))
+        for step, (mine, samples) in enumerate(d.batches(epoch)):
+            losses.append(d.backward(mine, epoch, samples))
             d.opt.step()
             d.sched.step()
             if on_step:
                 on_step(epoch, step + 1, d.steps_per_epoch, losses[-1])
-        agreement, accuracy, vloss = d.evaluate()
-        rec = EpochRecord(
-            epoch, float(np.mean(losses)), vloss, agreement, accuracy, time.perf_counter() - t0
-        )
+        scores = d.evaluate()
+        rec = _record(epoch, float(np.mean(losses)), scores, time.perf_counter() - t0)
         history.append(rec)
-        if (agreement, -vloss) > best[0]:
-            best = ((agreement, -vloss), epoch, _state_copy(d.module))
+        if scores.key > best[0]:
+            best = (scores.key, epoch, _state_copy(d.module))
         if ckpt is not None and d.rank == 0:
             _save_checkpoint(torch, ckpt, d, epoch, history, best)
         if on_epoch:
@@ -635,7 +878,31 @@ def finetune(
     model = write_back(student, trained_values(d.module))
     d.teacher.close()
     return FinetuneResult(
-        model, history, best[1], d.parity, {k: "+".join(v) for k, v in d.kinds.items()}
+        model, history, best[1], d.parity, {k: "+".join(v) for k, v in d.kinds.items()}, dead
+    )
+
+
+def _record(epoch: int, loss: float, s: Scores, seconds: float) -> EpochRecord:
+    return EpochRecord(
+        epoch, loss, s.loss, s.metric, s.value, s.cosine, s.accuracy, seconds, s.task
+    )
+
+
+def _dead_message(name: str, why: str, kinds: Sequence[str]) -> str:
+    if why == "saturated":
+        fix = (
+            "the logit loss moves it"
+            if any(k.endswith("-logit") for k in kinds)
+            else f"its loss ({'+'.join(kinds)}) has no gradient there; use --loss logit"
+        )
+        return (
+            f"student output '{name}' is constant at the start (its activation is saturated; "
+            f"the logits under it still vary): {fix}"
+        )
+    return (
+        f"student output '{name}' is constant at the start, logits included (dead: no "
+        "gradient reaches the weights through it); prune with calibration data (--calib) or "
+        "re-estimate BatchNorm (--recalibrate-bn) first"
     )
 
 
@@ -685,14 +952,17 @@ def finetune_files(
     shapes: Mapping[str, Sequence[int]] | None = None,
     on_step: Callable[[int, int, int, float], None] | None = None,
     on_epoch: Callable[[EpochRecord], None] | None = None,
+    on_start: Callable[[dict], None] | None = None,
 ) -> FinetuneResult:
-    """:func:`finetune` from files: images preprocessed by ``preprocess`` (a
+    """:func:`finetune` from files: the images of ``images`` (recursively) streamed through
+    :class:`graphslim.bridge.data.ImageFolderDataset`, preprocessed by ``preprocess`` (a
     :meth:`graphslim.feeds.Preprocess.parse` string, default ``resize,scale=1/255`` to the
     model's input size), labels from a file (see :func:`read_labels`), the result saved
     atomically at ``output`` (never over the student or the teacher; by process 0 only)."""
     require_torch()
+    from graphslim.bridge.data import ImageFolderDataset
     from graphslim.errors import ModelSaveError
-    from graphslim.feeds import Preprocess, list_images
+    from graphslim.feeds import Preprocess
     from graphslim.model_io import _same_file, load_model, save_model
 
     for src in (student_path, teacher_path):
@@ -701,12 +971,13 @@ def finetune_files(
     student = load_model(student_path)
     teacher = load_model(teacher_path)
     spec = Preprocess.parse(preprocess or "resize,scale=1/255")
-    inputs = load_image_inputs(images, teacher, spec, limit=limit, shapes=shapes)
-    y = read_labels(labels, list_images(images, limit)) if labels else None
+    # streamed: decoded batch by batch, never the whole folder in memory
+    inputs = ImageFolderDataset(images, teacher, spec, limit=limit, shapes=shapes)
+    y = read_labels(labels, inputs.files) if labels else None
     vx = vy = None
     if val_images:
-        vx = load_image_inputs(val_images, teacher, spec, shapes=shapes)
-        vy = read_labels(val_labels, list_images(val_images)) if val_labels else None
+        vx = ImageFolderDataset(val_images, teacher, spec, shapes=shapes)
+        vy = read_labels(val_labels, vx.files) if val_labels else None
     result = finetune(
         student,
         teacher,
@@ -717,6 +988,7 @@ def finetune_files(
         val_labels=vy,
         on_step=on_step,
         on_epoch=on_epoch,
+        on_start=on_start,
     )
     if int(os.environ.get("RANK", "0")) == 0:
         save_model(result.model, output, protect=student_path)

@@ -24,8 +24,9 @@ Rules:
 * QDQ (QuantizeLinear/DequantizeLinear) models are refused: fine-tune the float model and
   quantize it again.
 
-:func:`parity_check` compares the module with onnxruntime on the same feeds (max-rel, as in
-:mod:`graphslim.validate`) and names the first diverging node when they disagree.
+:func:`parity_check` compares the module with onnxruntime on the same feeds with the
+project's tolerances (:mod:`graphslim.validate`: ``max-rel=1e-4|max-abs=1e-6`` by default)
+and names the first diverging node when they disagree.
 """
 
 from __future__ import annotations
@@ -124,6 +125,7 @@ class OnnxModule(torch.nn.Module):
             "recalibrated",
             "input_names",
             "output_names",
+            "taps",
         }
         for init in graph.initializer:
             attr = attribute_name(init.name, taken)
@@ -139,6 +141,9 @@ class OnnxModule(torch.nn.Module):
         inits = {i.name for i in graph.initializer}
         self.input_names = [i.name for i in graph.input if i.name not in inits]
         self.output_names = [o.name for o in graph.output]
+        # Intermediate tensors returned after the outputs (forward) or beside them (run):
+        # the trainer taps the logits under a Sigmoid/Softmax output this way.
+        self.taps: list[str] = []
         self._nodes = [
             (n.op_type, n.name, list(n.input), list(n.output), _attrs(n)) for n in graph.node
         ]
@@ -193,10 +198,21 @@ class OnnxModule(torch.nn.Module):
         return getattr(self, self.name_map[initializer])
 
     def forward(self, *args, **kwargs):
-        return tuple(self.run(*args, **kwargs)[name] for name in self.output_names)
+        """The graph's outputs, then the tensors named in :attr:`taps`, as one tuple."""
+        got = self.run(*args, **kwargs)
+        return tuple(got[name] for name in [*self.output_names, *self.taps])
+
+    def tap(self, names) -> None:
+        """Also return these intermediate tensors (after the outputs, in this order)."""
+        produced = {out for *_, outputs, _ in self._nodes for out in outputs}
+        missing = [n for n in names if n not in produced]
+        if missing:
+            raise BridgeError(f"no node produces tensor {missing[0]!r}; it cannot be tapped")
+        self.taps = list(names)
 
     def run(self, *args, keep_all: bool = False, **kwargs) -> dict:
-        """Evaluate the graph; ``{output name: tensor}``, or every tensor with ``keep_all``."""
+        """Evaluate the graph; ``{output name: tensor}`` (and the :attr:`taps`), or every
+        tensor with ``keep_all``."""
         if len(args) > len(self.input_names):
             raise BridgeError(
                 f"model takes {len(self.input_names)} input(s) {self.input_names}, got {len(args)}"
@@ -240,7 +256,7 @@ class OnnxModule(torch.nn.Module):
                     env[out] = value
         if keep_all:
             return env
-        return {n: env[n] for n in self.output_names}
+        return {n: env[n] for n in [*self.output_names, *self.taps]}
 
 
 def refuse_qdq(model: onnx.ModelProto) -> None:
@@ -806,58 +822,64 @@ def _argmax(i, a, m, n):
 # ------------------------------------------------------------------------------ parity
 
 
+class ParityError(BridgeError):
+    """torch and onnxruntime disagree beyond the tolerances; ``comparison`` holds the figures."""
+
+    def __init__(self, message: str, comparison) -> None:
+        super().__init__(message)
+        self.comparison = comparison
+
+
 def parity_check(
     model: onnx.ModelProto,
     module: OnnxModule,
     feeds: Sequence[Mapping[str, np.ndarray]],
+    tolerances: Sequence | None = None,
     *,
-    max_rel: float = 1e-4,
-    max_abs: float = 1e-6,
-) -> dict[str, float]:
-    """torch forward vs onnxruntime on ``feeds``; ``{output: max-rel}``.
+    force: bool = False,
+):
+    """torch forward vs onnxruntime on ``feeds``: a :class:`graphslim.validate.Comparison`.
 
-    ``max-rel = max |t - o| / max |o|`` per output over all feeds (an output whose values
-    are all within ``max_abs`` passes too). On failure, every intermediate tensor is
-    compared in graph order and :class:`BridgeError` names the first node whose output
-    diverges.
+    The statistics and tolerances are :mod:`graphslim.validate`'s, per output over all feeds
+    (default ``max-rel=1e-4|max-abs=1e-6``: within 1e-4 of the output's magnitude, OR within
+    1e-6 absolute, so a map of near-zero probabilities is not failed on float32 noise). On
+    failure every intermediate tensor is compared in graph order and :class:`ParityError`
+    names the first node whose output diverges, with the figures; ``force=True`` logs the
+    same message as a warning and returns the failed comparison instead.
     """
     from graphslim.runtime import run_model
+    from graphslim.validate import DEFAULT_TOLERANCES, compare_outputs
 
+    tolerances = list(tolerances) if tolerances else list(DEFAULT_TOLERANCES)
     reference = run_model(model, list(feeds), optimization="disable", label="ONNX model")
-    errors: dict[str, float] = {}
     module.eval()
     with torch.no_grad():
         got = [
-            module.run(**{k: torch.from_numpy(np.asarray(v)) for k, v in f.items()}) for f in feeds
+            {
+                k: _np(v)
+                for k, v in module.run(
+                    **{k: torch.from_numpy(np.asarray(v)) for k, v in f.items()}
+                ).items()
+            }
+            for f in feeds
         ]
-    for name in module.output_names:
-        rel, ab = _errors([r[name] for r in reference], [g[name] for g in got])
-        errors[name] = rel
-        if rel > max_rel and ab > max_abs:
-            node = first_diverging_node(model, module, feeds[0], max_rel=max_rel, max_abs=max_abs)
-            raise BridgeError(
-                f"torch and onnxruntime disagree on output '{name}' (max-rel {rel:.3g} > "
-                f"{max_rel:g}); first diverging node: {node}"
-            )
-    return errors
-
-
-def _errors(ref, got) -> tuple[float, float]:
-    o = np.concatenate([np.asarray(r, dtype=np.float64).ravel() for r in ref])
-    c = np.concatenate([_np(g).astype(np.float64).ravel() for g in got])
-    if o.shape != c.shape:
-        return math.inf, math.inf
-    if o.size == 0:
-        return 0.0, 0.0
-    diff = np.abs(c - o)
-    finite = np.isfinite(diff)
-    if not finite.all() and not np.array_equal(np.isfinite(o), np.isfinite(c)):
-        return math.inf, math.inf
-    diff = diff[finite]
-    if diff.size == 0:
-        return 0.0, 0.0
-    scale = float(np.max(np.abs(o[np.isfinite(o)]))) if np.isfinite(o).any() else 1.0
-    return float(diff.max() / max(scale, 1e-12)), float(diff.max())
+    comparison = compare_outputs(reference, got, tolerances)
+    if comparison.passed:
+        return comparison
+    bad = next(o for o in comparison.outputs if not o.passed)
+    inner = [t for t in tolerances if t.output is None] or list(DEFAULT_TOLERANCES)
+    node = first_diverging_node(model, module, feeds[0], inner)
+    message = (
+        f"torch and onnxruntime disagree on output '{bad.name}': {'; '.join(bad.failures)} "
+        f"[max-abs {bad.stats.get('max-abs', math.nan):.3g}, max-rel "
+        f"{bad.stats.get('max-rel', math.nan):.3g}, cosine {bad.stats.get('cosine', math.nan):.6f}]"
+        f"; first diverging node: {node}. If this is float noise, loosen the bound (--tol "
+        "'max-rel=1e-3|max-abs=1e-5') or go on anyway (--force)"
+    )
+    if force:
+        log.warning("%s; going on (forced)", message)
+        return comparison
+    raise ParityError(message, comparison)
 
 
 def _np(t) -> np.ndarray:
@@ -868,13 +890,14 @@ def first_diverging_node(
     model: onnx.ModelProto,
     module: OnnxModule,
     feed: Mapping[str, np.ndarray],
-    *,
-    max_rel: float = 1e-4,
-    max_abs: float = 1e-6,
+    tolerances: Sequence | None = None,
 ) -> str:
-    """``'name' (Op), output 'x': max-rel ...`` for the first node whose output differs."""
+    """``'name' (Op), output 'x': max-rel ..., max-abs ...`` for the first node whose output
+    fails ``tolerances`` (default: :data:`graphslim.validate.DEFAULT_TOLERANCES`)."""
     from graphslim.runtime import Session, with_outputs
+    from graphslim.validate import DEFAULT_TOLERANCES, compare_outputs
 
+    tolerances = list(tolerances) if tolerances else list(DEFAULT_TOLERANCES)
     probe = with_outputs(model, (out for node in model.graph.node for out in node.output))
     with Session(probe, optimization="disable", label="ONNX model (all tensors)") as s:
         ref = s.run(dict(feed))
@@ -886,9 +909,16 @@ def first_diverging_node(
         for out in node.output:
             if not out or out not in ref or out not in env:
                 continue
-            rel, ab = _errors([ref[out]], [env[out]])
-            if rel > max_rel and ab > max_abs:
-                return f"'{node.name}' ({node.op_type}), output '{out}': max-rel {rel:.3g}"
+            r, g = np.asarray(ref[out]), _np(env[out])
+            if not np.issubdtype(r.dtype, np.floating):
+                continue
+            c = compare_outputs([{out: r}], [{out: g}], tolerances).outputs[0]
+            if not c.passed:
+                return (
+                    f"'{node.name}' ({node.op_type}), output '{out}': max-rel "
+                    f"{c.stats.get('max-rel', math.nan):.3g}, max-abs "
+                    f"{c.stats.get('max-abs', math.nan):.3g}"
+                )
     return "none found among intermediate tensors (the outputs differ only at the end)"
 
 

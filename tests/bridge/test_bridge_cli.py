@@ -44,7 +44,7 @@ def test_finetune_writes_the_student_and_a_report(monkeypatch, capsys, tmp_path,
     teacher, student, images = setup
     before = student.read_bytes()
     out = tmp_path / "out.onnx"
-    code, stdout, _ = _main(
+    code, stdout, stderr = _main(
         monkeypatch,
         capsys,
         "finetune",
@@ -68,13 +68,40 @@ def test_finetune_writes_the_student_and_a_report(monkeypatch, capsys, tmp_path,
         tmp_path / "r.json",
     )
     assert code == 0, stdout
-    assert "agreement" in stdout and f"wrote {out}" in stdout
+    assert "output cosine" in stdout and f"wrote {out}" in stdout
+    assert "bridge parity PASS (max-rel=0.0001|max-abs=1e-06)" in stderr
     assert student.read_bytes() == before
     trained = onnx.load_model(out)
     assert [n.name for n in trained.graph.node] == [n.name for n in onnx.load(student).graph.node]
     report = json.loads((tmp_path / "r.json").read_text())
     assert [h["epoch"] for h in report["history"]] == [0, 1]
+    assert report["metric"] == "cosine" and report["parity"]["passed"]
     assert (tmp_path / "ck.pt").exists()
+
+
+def test_finetune_parity_bound_is_the_tol_and_force_goes_on(monkeypatch, capsys, tmp_path, setup):
+    teacher, student, images = setup
+    out = tmp_path / "out.onnx"
+    args = ["finetune", student, "--teacher", teacher, "--images", images, "-o", out]
+    args += ["--epochs", "1", "--batch", "4", "--preprocess", "yolo", "--task", "detect"]
+    code, stdout, err = _main(monkeypatch, capsys, *args, "--tol", "max-rel=1e-12")
+    assert code == 2 and not out.exists()
+    assert "max-rel" in err and "--force" in err and "first diverging node" in err
+    code, stdout, err = _main(
+        monkeypatch,
+        capsys,
+        *args,
+        "--tol",
+        "max-rel=1e-12",
+        "--force",
+        "--json",
+        tmp_path / "r.json",
+    )
+    assert code == 0 and out.exists()
+    assert "FAIL, forced" in err and "map50 vs teacher" in stdout
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["parity"]["forced"] and report["metric"] == "map50"
+    assert "map50" in report["history"][1]["task"]
 
 
 def test_finetune_refuses_to_overwrite_its_input(monkeypatch, capsys, setup):

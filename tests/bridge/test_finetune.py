@@ -24,7 +24,9 @@ def test_one_epoch_lowers_the_student_teacher_loss(pruned_tiny_yolo):
     assert before.epoch == 0 and after.epoch == 1
     assert after.val_loss < before.val_loss
     assert result.best_epoch == 1
-    assert result.parity["output0"] <= 1e-4
+    assert result.parity["passed"] and not result.parity["forced"]
+    (out,) = result.parity["outputs"]
+    assert out["name"] == "output0" and out["stats"]["max-rel"] <= 1e-4
     # the result is the student graph with new values
     assert [n.name for n in result.model.graph.node] == [n.name for n in student.graph.node]
     changed = [
@@ -74,8 +76,8 @@ def test_labels_add_cross_entropy_and_report_accuracy():
     assert d.class_output is not None
     kd_only = Distiller(student, teacher, x, OPTS)
     assert d.backward(np.arange(8), 1) > kd_only.backward(np.arange(8), 1)
-    agreement, accuracy, _ = d.evaluate()
-    assert 0 <= agreement <= 1 and accuracy is not None
+    scores = d.evaluate()
+    assert scores.metric == "top1" and 0 <= scores.value <= 1 and scores.accuracy is not None
 
 
 def test_bad_options_are_refused():

@@ -38,6 +38,9 @@ def test_prune_then_finetune_in_one_pipeline_moves_toward_the_teacher():
     assert c["samples"] == 24 and c["best_epoch"] >= 1
     assert c["val_loss_after"] < c["val_loss_before"]
     assert [d["epoch"] for d in rec.details] == [0, 1, 2]
+    # no task: the epoch is picked by the output cosine, and the record says so
+    assert "val_cosine_before" in c and "cosine" in rec.details[0]
+    assert not any("agreement" in k for k in c)
     # Same graph as the pruned one, new float values only.
     got, ref = res.model.graph, pruned.model.graph
     assert [(n.name, n.op_type) for n in got.node] == [(n.name, n.op_type) for n in ref.node]
@@ -95,3 +98,16 @@ def test_bad_options_refused(opts):
 def test_order_constraints():
     with pytest.raises(Exception, match="quantize-int8"):
         Pipeline.parse("quantize-int8{calibration=random},finetune")
+
+
+def test_with_a_task_the_record_names_the_task_metric():
+    teacher = fixture_model("tiny_yolo")
+    calib = random_feeds(teacher, 16, seed=1)
+    res = Pipeline.parse(
+        "prune-channels{ratio=0.5},finetune{epochs=1,lr=0.01,batch=8,augment=[],task=detect}"
+    ).run(teacher, ctx=PassContext(feeds=calib), validate=False)
+    rec = res.records[1]
+    c = rec.counters
+    assert {"val_map50_before", "val_map50_after", "val_cosine_before"} <= set(c)
+    assert 0 <= c["val_map50_before"] <= 1 and "map50" in rec.details[0]
+    assert any("map50" in n for n in rec.notes)
