@@ -218,10 +218,10 @@ def _check_json_path(path: Path | None, *models: Path | None) -> None:
     if path is None:
         return
     from graphslim.errors import ModelSaveError
-    from graphslim.model_io import _same_file
+    from graphslim.model_io import same_file
 
     for m in models:
-        if m is not None and _same_file(path, m):
+        if m is not None and same_file(path, m):
             raise ModelSaveError(f"{path}: --json would overwrite {m}; choose another report path")
     if path.is_dir():
         raise ModelSaveError(
@@ -235,10 +235,10 @@ def _write_json(path: Path | None, data: dict) -> None:
     if path is None:
         return
     from graphslim.errors import ModelSaveError
-    from graphslim.model_io import _atomic_write_bytes
+    from graphslim.model_io import atomic_write_bytes
 
     try:
-        _atomic_write_bytes(path, (json.dumps(data, indent=2, default=str) + "\n").encode())
+        atomic_write_bytes(path, (json.dumps(data, indent=2, default=str) + "\n").encode())
     except OSError as exc:
         raise ModelSaveError(f"{path}: could not write the report: {exc.strerror or exc}") from exc
     err.print(f"wrote {path}")
@@ -1357,7 +1357,7 @@ def trt_build(
 ) -> None:
     """Build a TensorRT engine from MODEL (Polygraphy's loaders, timing cache reused)."""
     from graphslim.backends import tensorrt as T
-    from graphslim.model_io import _atomic_write_bytes, load_model, refuse_overwrite
+    from graphslim.model_io import atomic_write_bytes, load_model, refuse_overwrite
 
     if precision not in T.PRECISIONS:
         raise OptionsError(f"--precision {precision!r}: use one of {', '.join(T.PRECISIONS)}")
@@ -1368,7 +1368,7 @@ def trt_build(
     m = load_model(model)
     with err.status(f"building a {precision} engine"):
         data = T.build(m, precision, workspace_mb=workspace, timing_cache=timing_cache)
-    _atomic_write_bytes(output, data)
+    atomic_write_bytes(output, data)
     out.print(f"wrote {output} ({len(data):,} bytes)")
 
 

@@ -341,10 +341,16 @@ def write(results: list[dict], recipe: dict | None, args) -> None:
             ft = rec["passes"].get("finetune", {})
             why = "; ".join(rec.get("notes", {}).get("finetune", []))
             if ft.get("epochs_run"):
+                # the finetune pass names its epoch-choosing metric: val_<metric>_before/after
+                metric = next(
+                    (k[4:-7] for k in ft if k.startswith("val_") and k.endswith("_before")
+                     and k not in ("val_loss_before", "val_cosine_before")),
+                    "cosine",
+                )  # fmt: skip
                 why = (
                     f"{ft['epochs_run']} epochs on {ft.get('samples')} calibration images, best "
-                    f"epoch {ft.get('best_epoch')} (validation agreement "
-                    f"{ft.get('agreement_before')} -> {ft.get('agreement_after')}); {why}"
+                    f"epoch {ft.get('best_epoch')} (validation {metric} "
+                    f"{ft.get(f'val_{metric}_before')} -> {ft.get(f'val_{metric}_after')}); {why}"
                 )
             lines.append(f"  - finetune: {why}")
     write_results("budget", env, {"results": results, "recipe": recipe}, lines)

@@ -170,7 +170,7 @@ def save_model(
 def refuse_overwrite(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     """Raise :class:`ModelSaveError` when ``dst`` is (or links to) the input ``src``; callers
     check before doing any work, and ``save_model(protect=...)`` checks again."""
-    if _same_file(Path(dst), Path(src)):
+    if same_file(Path(dst), Path(src)):
         raise ModelSaveError(
             f"{dst}: output path is the input model; choose another -o path (graphslim never "
             "overwrites its input)"
@@ -179,7 +179,7 @@ def refuse_overwrite(src: str | os.PathLike, dst: str | os.PathLike) -> None:
 
 def _save_single(model: onnx.ModelProto, out: Path) -> None:
     data = model.SerializeToString()
-    _atomic_write_bytes(out, data)
+    atomic_write_bytes(out, data)
 
 
 def _save_external(model: onnx.ModelProto, out: Path) -> None:
@@ -247,7 +247,7 @@ def _new_file_mode() -> int:
     return 0o666 & ~mask
 
 
-def _atomic_write_bytes(out: Path, data: bytes) -> None:
+def atomic_write_bytes(out: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -262,7 +262,7 @@ def _atomic_write_bytes(out: Path, data: bytes) -> None:
         raise
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def same_file(a: Path, b: Path) -> bool:
     try:
         if a.exists() and b.exists():
             return os.path.samefile(a, b)

@@ -283,12 +283,12 @@ def write_chart(report: dict[str, Any], path: str | Path) -> Path:
 
 def write_reports(report: dict[str, Any], output: str | Path) -> dict[str, Path]:
     """Write ``<stem>.report.json``, ``.md`` and ``.png`` next to ``output``; returns them."""
-    from graphslim.model_io import _atomic_write_bytes
+    from graphslim.model_io import atomic_write_bytes
 
     paths = report_paths(output)
-    _atomic_write_bytes(paths["json"], (json.dumps(report, indent=2, default=str) + "\n").encode())
+    atomic_write_bytes(paths["json"], (json.dumps(report, indent=2, default=str) + "\n").encode())
     write_chart(report, paths["png"])
-    _atomic_write_bytes(paths["md"], to_markdown(report, paths["png"].name).encode())
+    atomic_write_bytes(paths["md"], to_markdown(report, paths["png"].name).encode())
     return paths
 
 

@@ -66,7 +66,7 @@ def export_module(
     outputs differ from torch's by more than ``tolerance`` (max-rel).
     """
     torch = require_torch()
-    from graphslim.model_io import _atomic_write_bytes, load_model
+    from graphslim.model_io import atomic_write_bytes, load_model
 
     out = Path(path)
     if not out.parent.is_dir():
@@ -107,7 +107,7 @@ def export_module(
             raise BridgeError(
                 f"torch could not export the model: {type(exc).__name__}: {exc}"
             ) from exc
-        _atomic_write_bytes(out, tmp_path.read_bytes())
+        atomic_write_bytes(out, tmp_path.read_bytes())
     model = load_model(out)
     feeds = [{n: _np(a) for n, a in zip(input_names, args)}]
     refs = [[_np(e) for e in expected]]
@@ -148,7 +148,7 @@ def export_ultralytics(
         raise TorchMissing(
             "exporting an ultralytics model needs ultralytics; pip install 'onnx-graphslim[yolo]'"
         ) from exc
-    from graphslim.model_io import _atomic_write_bytes, load_model
+    from graphslim.model_io import atomic_write_bytes, load_model
 
     with tempfile.TemporaryDirectory(prefix="graphslim-yolo-") as tmp:
         # ultralytics writes next to its source; work on a copy in a private folder
@@ -166,7 +166,7 @@ def export_ultralytics(
         # a .yaml source makes ultralytics write into the working folder: tidy that up
         if written.parent != Path(tmp).resolve() and written != out.resolve():
             written.unlink(missing_ok=True)
-        _atomic_write_bytes(out, data)
+        atomic_write_bytes(out, data)
         net = yolo.model.float().eval()
         x = torch.rand(1, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(0))
         with torch.no_grad():

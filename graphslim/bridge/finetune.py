@@ -963,10 +963,10 @@ def finetune_files(
     from graphslim.bridge.data import ImageFolderDataset
     from graphslim.errors import ModelSaveError
     from graphslim.feeds import Preprocess
-    from graphslim.model_io import _same_file, load_model, save_model
+    from graphslim.model_io import load_model, same_file, save_model
 
     for src in (student_path, teacher_path):
-        if _same_file(Path(output), Path(src)):
+        if same_file(Path(output), Path(src)):
             raise ModelSaveError(f"{output}: output path is an input model; choose another -o path")
     student = load_model(student_path)
     teacher = load_model(teacher_path)
