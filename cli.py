@@ -1014,56 +1014,18 @@ def finetune(
     First the student runs in torch and in onnxruntime on the same inputs (bridge parity,
     --tol); an output that is constant while the teacher's varies is reported before
     training. Run with torchrun (--nproc-per-node N) for data-parallel training."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.table import Table
-
     from graphslim.bridge import require_torch
-    from graphslim.bridge.finetune import FinetuneOptions, finetune_files
+    from graphslim.bridge.finetune import finetune_files
 
     require_torch()
     _check_json_path(json_path, student, teacher, output)
-    options = FinetuneOptions(
-        epochs=epochs,
-        batch=batch,
-        lr=lr,
-        optimizer=optimizer,
-        loss=loss,
-        temperature=temperature,
-        augment=tuple(a for a in augment.split(",") if a.strip() and a != "none"),
-        device=device,
-        checkpoint=str(checkpoint) if checkpoint else None,
-        resume=resume,
-        recalibrate_bn=recalibrate_bn,
-        seed=seed,
-        task=task,
-        workers=workers,
-        parity_tolerances=tuple(tol or ()),
-        force=force,
-    )
-    with Progress(
-        TextColumn("epoch {task.fields[epoch]}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} loss {task.fields[loss]:.4g}"),
-        TextColumn("{task.fields[metric]} {task.fields[value]}"),
-        TimeElapsedColumn(),
-        console=err,
-        transient=False,
-    ) as prog:
-        bar = prog.add_task("finetune", total=1, epoch=0, loss=float("nan"), metric="", value="-")
-
-        def on_start(info: dict) -> None:
-            prog.console.print(_finetune_start_line(info))
-            for name, why in info["dead"].items():
-                prog.console.print(f"[yellow]dead start[/]: output '{name}' is constant ({why})")
-
-        def on_step(epoch: int, step: int, steps: int, value: float) -> None:
-            prog.update(bar, total=steps, completed=step, epoch=epoch, loss=value)
-
-        def on_epoch(rec) -> None:
-            prog.update(
-                bar, epoch=rec.epoch, metric=_metric_label(rec.metric), value=f"{rec.value:.4f}"
-            )
-
+    options = _finetune_options(
+        epochs=epochs, batch=batch, lr=lr, optimizer=optimizer, loss=loss,
+        temperature=temperature, augment=augment, device=device, checkpoint=checkpoint,
+        resume=resume, recalibrate_bn=recalibrate_bn, seed=seed, task=task, workers=workers,
+        tol=tol, force=force,
+    )  # fmt: skip
+    with _FinetuneProgress() as prog:
         result = finetune_files(
             student,
             teacher,
@@ -1076,30 +1038,67 @@ def finetune(
             val_labels=val_labels,
             limit=limit,
             shapes=_shapes(input_shape),
-            on_step=on_step,
-            on_epoch=on_epoch,
-            on_start=on_start,
+            on_step=prog.on_step,
+            on_epoch=prog.on_epoch,
+            on_start=prog.on_start,
         )
-    t = Table(title="fine-tune (epoch 0 = before training)", title_justify="left")
-    label = _metric_label(result.metric)
-    cols = ["epoch", "train loss", "val loss", label]
-    cols += [] if result.metric == "cosine" else ["output cosine"]
-    for col in [*cols, "accuracy", "seconds"]:
-        t.add_column(col, justify="right")
-    for h in result.history:
-        mark = " *" if h.epoch == result.best_epoch else ""
-        row = [f"{h.epoch}{mark}", f"{h.loss:.4g}", f"{h.val_loss:.4g}", f"{h.value:.4f}"]
-        row += [] if result.metric == "cosine" else [f"{h.cosine:.4f}"]
-        row += ["-" if h.accuracy is None else f"{h.accuracy:.4f}", f"{h.seconds:.1f}"]
-        t.add_row(*row)
-    out.print(t)
+    from graphslim.render import finetune_table, metric_label
+
+    out.print(finetune_table(result))
+    label = metric_label(result.metric)
     out.print(f"wrote {output} (best epoch {result.best_epoch} by {label}, marked *)")
     _write_json(json_path, result.to_dict())
 
 
-def _metric_label(metric: str) -> str:
-    """Column / progress label of a fine-tune selection metric."""
-    return "output cosine" if metric == "cosine" else f"{metric} vs teacher"
+def _finetune_options(*, augment: str, checkpoint, tol, **kw):
+    from graphslim.bridge.finetune import FinetuneOptions
+
+    return FinetuneOptions(
+        augment=tuple(a for a in augment.split(",") if a.strip() and a != "none"),
+        checkpoint=str(checkpoint) if checkpoint else None,
+        parity_tolerances=tuple(tol or ()),
+        **kw,
+    )
+
+
+class _FinetuneProgress:
+    """The fine-tune's progress bar (epoch, step, loss, selection metric) and start line."""
+
+    def __enter__(self):
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.prog = Progress(
+            TextColumn("epoch {task.fields[epoch]}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} loss {task.fields[loss]:.4g}"),
+            TextColumn("{task.fields[metric]} {task.fields[value]}"),
+            TimeElapsedColumn(),
+            console=err,
+            transient=False,
+        )
+        self.prog.__enter__()
+        self.bar = self.prog.add_task(
+            "finetune", total=1, epoch=0, loss=float("nan"), metric="", value="-"
+        )
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.prog.__exit__(*exc)
+
+    def on_start(self, info: dict) -> None:
+        self.prog.console.print(_finetune_start_line(info))
+        for name, why in info["dead"].items():
+            self.prog.console.print(f"[yellow]dead start[/]: output '{name}' is constant ({why})")
+
+    def on_step(self, epoch: int, step: int, steps: int, value: float) -> None:
+        self.prog.update(self.bar, total=steps, completed=step, epoch=epoch, loss=value)
+
+    def on_epoch(self, rec) -> None:
+        from graphslim.render import metric_label
+
+        self.prog.update(
+            self.bar, epoch=rec.epoch, metric=metric_label(rec.metric), value=f"{rec.value:.4f}"
+        )
 
 
 def _finetune_start_line(info: dict) -> str:
@@ -1116,7 +1115,9 @@ def _finetune_start_line(info: dict) -> str:
             f"'{worst['name']}' max-rel {st['max-rel']:.2e}, max-abs {st['max-abs']:.2e}"
         )
     losses = ", ".join(f"{k}: {v}" for k, v in info["losses"].items())
-    return f"{what}; losses {losses}; best epoch by {_metric_label(info['metric'])}"
+    from graphslim.render import metric_label
+
+    return f"{what}; losses {losses}; best epoch by {metric_label(info['metric'])}"
 
 
 @zoo_app.command("list")

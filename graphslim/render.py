@@ -340,3 +340,25 @@ def sensitivity_table(sens, top: int) -> Table:
         ]
         t.add_row(str(g.group), g.head, str(g.channels), f"{100 * g.macs_share:.1f}", *cells)
     return t
+
+
+def metric_label(metric: str) -> str:
+    """Column / progress label of a fine-tune selection metric."""
+    return "output cosine" if metric == "cosine" else f"{metric} vs teacher"
+
+
+def finetune_table(result) -> Table:
+    """Per epoch (0 = before training; the best marked *): losses, the selection metric, the
+    output cosine, label accuracy, seconds."""
+    t = Table(title="fine-tune (epoch 0 = before training)", title_justify="left")
+    cols = ["epoch", "train loss", "val loss", metric_label(result.metric)]
+    cols += [] if result.metric == "cosine" else ["output cosine"]
+    for col in [*cols, "accuracy", "seconds"]:
+        t.add_column(col, justify="right")
+    for h in result.history:
+        mark = " *" if h.epoch == result.best_epoch else ""
+        row = [f"{h.epoch}{mark}", f"{h.loss:.4g}", f"{h.val_loss:.4g}", f"{h.value:.4f}"]
+        row += [] if result.metric == "cosine" else [f"{h.cosine:.4f}"]
+        row += ["-" if h.accuracy is None else f"{h.accuracy:.4f}", f"{h.seconds:.1f}"]
+        t.add_row(*row)
+    return t
