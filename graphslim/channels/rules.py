@@ -141,7 +141,8 @@ def _norm_apply(node, cg, ed):
     keep = ed.keep(node.input[0])
     if keep is not None:
         for k in range(1, len(node.input)):
-            ed.slice_input(node, k, 0, keep)
+            if node.input[k]:  # optional inputs (LayerNormalization's bias) may be absent
+                ed.slice_input(node, k, 0, keep)
 
 
 @rule("LayerNormalization")
@@ -161,13 +162,7 @@ def _layer_norm(node, cg):
     cg.set_slot(node.output[0], s.axis, s.atoms)
 
 
-@applies("LayerNormalization")
-def _layer_norm_apply(node, cg, ed):
-    keep = ed.keep(node.input[0])
-    if keep is not None:
-        for k in range(1, len(node.input)):
-            if node.input[k]:
-                ed.slice_input(node, k, 0, keep)
+applies("LayerNormalization")(_norm_apply)  # scale and bias sliced like BatchNorm's
 
 
 @rule("PRelu")
