@@ -824,6 +824,14 @@ def bench(
     input_shape: ShapeOpt = None,
     seed: Annotated[int, typer.Option(help="seed for the random input")] = 0,
     json_path: JsonOpt = None,
+    explain: Annotated[
+        bool,
+        typer.Option(
+            "--explain",
+            help="with MODEL2: per op type, ms before/after and the ratio next to its work "
+            "ratio, and the per-op latency limit (onnxruntime profiles; graphslim/explain.py)",
+        ),
+    ] = False,
 ) -> None:
     """CPU latency (onnxruntime or OpenVINO): median and p90; with several models or runtimes,
     each one's ratio to the first."""
@@ -862,7 +870,18 @@ def bench(
             progress=lambda d, n: prog.update(task, completed=d),
         )
     out.print(bench_table(timings))
-    _write_json(json_path, {"timings": [t.to_dict() for t in timings]} | _machine(runtimes))
+    data = {"timings": [t.to_dict() for t in timings]} | _machine(runtimes)
+    if explain:
+        if model2 is None:
+            raise OptionsError("--explain compares two models: give MODEL2")
+        from graphslim.explain import explain as explain_models
+        from graphslim.render import explain_table
+
+        with err.status("profiling both models (onnxruntime, basic level)"):
+            e = explain_models(loaded[0][1], loaded[1][1], feed, runs=max(5, runs // 3))
+        out.print(explain_table(e, timings[-1].median_ms / timings[0].median_ms))
+        data["explain"] = e.to_dict()
+    _write_json(json_path, data)
 
 
 def _machine(runtimes) -> dict:

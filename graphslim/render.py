@@ -362,3 +362,22 @@ def finetune_table(result) -> Table:
         row += ["-" if h.accuracy is None else f"{h.accuracy:.4f}", f"{h.seconds:.1f}"]
         t.add_row(*row)
     return t
+
+
+def explain_table(e, measured: float | None = None) -> Table:
+    """Per op type: profiled ms before / after, share of the original's kernel time, the time
+    ratio next to the work ratio; the title has the per-op limit (graphslim.explain)."""
+    head = f"measured {measured:.2f}x, " if measured is not None else ""
+    t = Table(
+        title=f"where the time goes: {head}kernels {e.kernel_ratio:.2f}x, per-op limit "
+        f"{e.limit_ratio:.2f}x (each op's time scaled by its work)",
+        title_justify="left",
+    )
+    for col in ("op type", "nodes", "ms before", "ms after", "share", "time ratio", "work ratio"):
+        t.add_column(col, justify="right" if col != "op type" else "left")
+    for r in e.rows:
+        t.add_row(
+            r.op_type, str(r.nodes), f"{r.ms_before:.2f}", f"{r.ms_after:.2f}",
+            f"{100 * r.share:.1f}%", f"{r.ratio:.2f}", f"{r.work_ratio:.2f}",
+        )  # fmt: skip
+    return t

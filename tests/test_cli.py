@@ -696,3 +696,22 @@ def test_run_pipeline_file_gate_rolls_back_what_kills_the_detections(
         monkeypatch, capsys, "run", model, "-o", out_path, "-P", "fold-bn", "--on-fail", "rollback"
     )
     assert code == 2 and "--on-fail needs --task" in one_error_line(err)
+
+
+def test_bench_explain_prints_the_per_op_limit(monkeypatch, capsys, tmp_path, model):
+    pruned = tmp_path / "p.onnx"
+    code, _, err = main(
+        monkeypatch, capsys, "run", model, "-P", "prune-channels{ratio=0.5}", "-o", pruned
+    )
+    assert code == 0, err
+    out_json = tmp_path / "b.json"
+    code, out, err = main(
+        monkeypatch, capsys, "bench", model, pruned, "--runs", "3", "--explain", "--json", out_json
+    )
+    assert code == 0, err
+    assert "per-op limit" in out and "work ratio" in out
+    data = json.loads(out_json.read_text())
+    conv = next(r for r in data["explain"]["rows"] if r["op_type"] == "Conv")
+    assert 0 < conv["work_ratio"] < 1  # pruning halved the convs' channels
+    code, _, err = main(monkeypatch, capsys, "bench", model, "--explain")
+    assert code == 2 and "--explain compares two models" in err
