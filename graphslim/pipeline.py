@@ -383,63 +383,14 @@ class Pipeline:
             if gate is not None and gate.on_fail == "rollback":
                 kept = onnx.ModelProto()
                 kept.CopyFrom(current)  # a pass may edit its input in place
-            t0 = time.perf_counter()
-            try:
-                result: PassResult = p(current, ctx)
-            except GraphslimError as exc:
-                own = str(exc).startswith((f"{p.name}:", f"pass '{p.name}'"))
-                named = str(exc) if own else f"{p.name}: {exc}"
-                raise type(exc)(named + _after(done)) from exc
-            except Exception as exc:
-                raise PassFailedError(
-                    f"pass '{p.name}' failed{_after(done)}: {type(exc).__name__}: {exc}"
-                ) from exc
-            seconds = time.perf_counter() - t0
-            current = result.model
-            if result.modified:
-                _tidy(current, p.name, done)
-                ctx.cache.clear()
-                if checked_in:
-                    _check_or_fail(current, p.name, done)
-                after = StageStats.of(current, input_shapes)
-            else:
-                after = stats
-            rec = PassRecord(
-                name=p.name,
-                numerics=p.numerics,
-                options=options_dict(p.options),
-                seconds=seconds,
-                modified=result.modified,
-                before=stats,
-                after=after,
-                counters=dict(result.counters),
-                skipped=list(result.skipped),
-                notes=list(result.notes),
-                details=list(result.details),
-            )
-            if gate is not None and result.modified:
+            rec, current = _step(p, current, ctx, stats, input_shapes, checked_in, done)
+            if gate is not None and rec.modified:
                 if progress:
                     progress(f"{p.name}: task gate, {gate.metric}", i, len(self.passes))
-                metrics = gate.measure(original, current)
-                rec.task = metrics.to_dict()
-                if not gate.holds(metrics):
-                    if gate.on_fail == "stop":
-                        from graphslim.tasks import TaskGateFailed
-
-                        raise TaskGateFailed(
-                            f"task gate: after '{p.name}'{_after(done)}, "
-                            f"{gate.describe(metrics)}; stopped"
-                        )
-                    if gate.on_fail == "rollback":
-                        current, rec.after, rec.rolled_back = kept, stats, True
-                        rec.notes.append(f"rolled back: {gate.describe(metrics)}")
-                        log.warning(
-                            "task gate: rolled back '%s' (%s)", p.name, gate.describe(metrics)
-                        )
-                    else:
-                        rec.notes.append(f"task gate: {gate.describe(metrics)}")
-                        log.warning("task gate: after '%s', %s", p.name, gate.describe(metrics))
-                if not rec.rolled_back:
+                metrics = _judge(gate, rec, original, current, done)
+                if rec.rolled_back:
+                    current, rec.after = kept, stats
+                else:
                     final_metrics = metrics
             if validate_each:
                 rec.validation = check(current, p.name, done)
@@ -448,7 +399,7 @@ class Pipeline:
             records.append(rec)
             done.append(p.name)
             stats = rec.after
-            log.info("%s: modified=%s %.2fs", p.name, result.modified, seconds)
+            log.info("%s: modified=%s %.2fs", p.name, rec.modified, rec.seconds)
         validation = None
         if validate:
             last = records[-1].validation if records else None
@@ -460,6 +411,68 @@ class Pipeline:
             stages = [(f"{k}:{r.name}", r.task, r.rolled_back) for k, r in enumerate(records, 1)]
             verdict = gate.verdict(final_metrics, stages)
         return PipelineResult(current, records, initial, validation, task, verdict)
+
+
+def _step(p: Pass, current, ctx, stats, input_shapes, checked_in: bool, done: list[str]):
+    """Run one pass on ``current``: its errors named with the passes before it, a modified
+    result tidied (toposort, dead nodes) and checked; returns (record, model after)."""
+    t0 = time.perf_counter()
+    try:
+        result: PassResult = p(current, ctx)
+    except GraphslimError as exc:
+        own = str(exc).startswith((f"{p.name}:", f"pass '{p.name}'"))
+        named = str(exc) if own else f"{p.name}: {exc}"
+        raise type(exc)(named + _after(done)) from exc
+    except Exception as exc:
+        raise PassFailedError(
+            f"pass '{p.name}' failed{_after(done)}: {type(exc).__name__}: {exc}"
+        ) from exc
+    seconds = time.perf_counter() - t0
+    current = result.model
+    after = stats
+    if result.modified:
+        _tidy(current, p.name, done)
+        ctx.cache.clear()
+        if checked_in:
+            _check_or_fail(current, p.name, done)
+        after = StageStats.of(current, input_shapes)
+    rec = PassRecord(
+        name=p.name,
+        numerics=p.numerics,
+        options=options_dict(p.options),
+        seconds=seconds,
+        modified=result.modified,
+        before=stats,
+        after=after,
+        counters=dict(result.counters),
+        skipped=list(result.skipped),
+        notes=list(result.notes),
+        details=list(result.details),
+    )
+    return rec, current
+
+
+def _judge(gate, rec: PassRecord, original, current, done: list[str]):
+    """Score ``current`` on the task gate after ``rec``'s pass; below the minimum: stop
+    (raise), mark the pass rolled back (the caller restores the model), or note it and go
+    on, as the gate's ``on_fail`` says. Returns the metrics."""
+    metrics = gate.measure(original, current)
+    rec.task = metrics.to_dict()
+    if gate.holds(metrics):
+        return metrics
+    why = gate.describe(metrics)
+    if gate.on_fail == "stop":
+        from graphslim.tasks import TaskGateFailed
+
+        raise TaskGateFailed(f"task gate: after '{rec.name}'{_after(done)}, {why}; stopped")
+    if gate.on_fail == "rollback":
+        rec.rolled_back = True
+        rec.notes.append(f"rolled back: {why}")
+        log.warning("task gate: rolled back '%s' (%s)", rec.name, why)
+    else:
+        rec.notes.append(f"task gate: {why}")
+        log.warning("task gate: after '%s', %s", rec.name, why)
+    return metrics
 
 
 def _gate_from_spec(spec, original: onnx.ModelProto, feeds):
