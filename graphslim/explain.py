@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 
 import onnx
 
+from graphslim.graph import node_name
 from graphslim.metrics import COMPUTE_OPS, infer_shapes, node_cost
 
 
@@ -97,7 +98,7 @@ def node_work(model: onnx.ModelProto, input_shapes: dict | None = None) -> dict[
     shapes = infer_shapes(model, input_shapes)
     work = {}
     for node in model.graph.node:
-        name = node.name or node.output[0]
+        name = node_name(node)
         if node.op_type in COMPUTE_OPS:
             work[name] = float(node_cost(node, shapes).macs or 0)
         else:
@@ -120,7 +121,7 @@ def explain(
 
     (t0, wall0), (t1, wall1) = profile([original, candidate], feed, runs=runs)
     w0, w1 = node_work(original, input_shapes), node_work(candidate, input_shapes)
-    op_of = {n.name or n.output[0]: n.op_type for m in (original, candidate) for n in m.graph.node}
+    op_of = {node_name(n): n.op_type for m in (original, candidate) for n in m.graph.node}
     acc: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0.0, 0.0])
     for name, ms in t0.items():
         row = acc[op_of.get(name, "?")]

@@ -280,7 +280,9 @@ def concrete_shapes(
                 dims.append(d)
             elif axis == 0:
                 dims.append(1)
-            elif imgsz is not None and len(spec.shape) == 4 and axis in ((1, 2) if nhwc else (2, 3)):
+            elif (
+                imgsz is not None and len(spec.shape) == 4 and axis in ((1, 2) if nhwc else (2, 3))
+            ):
                 dims.append(imgsz[axis - (1 if nhwc else 2)])
             else:
                 dims.append(GUESS_SPATIAL)

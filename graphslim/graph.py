@@ -15,6 +15,12 @@ import onnx
 from onnx import numpy_helper
 
 
+def node_name(node: onnx.NodeProto) -> str:
+    """How a node is named in records and messages: its name, else its first output (many
+    exporters leave node names empty)."""
+    return node.name or node.output[0]
+
+
 def producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
     """Tensor name -> the node that writes it."""
     return {out: node for node in graph.node for out in node.output if out}
@@ -69,7 +75,7 @@ def dangling_reads(graph: onnx.GraphProto) -> list[tuple[str, str]]:
     defined = {i.name for i in graph.input} | {t.name for t in graph.initializer}
     defined |= {o for n in graph.node for o in n.output if o}
     bad = [
-        (node.name or node.output[0], name)
+        (node_name(node), name)
         for node in graph.node
         for name in node_reads(node)
         if name not in defined
@@ -345,13 +351,13 @@ def constants_to_initializers(model: onnx.ModelProto) -> tuple[int, list[tuple[s
             keep.append(node)
             continue
         if any(a.name == "sparse_value" for a in node.attribute):
-            skipped.append((node.name or node.output[0], "sparse constant: left as a node"))
+            skipped.append((node_name(node), "sparse constant: left as a node"))
             keep.append(node)
             continue
         value = constant_node_value(node)
         if value is None:
             kinds = ", ".join(a.name for a in node.attribute) or "no value attribute"
-            skipped.append((node.name or node.output[0], f"Constant with {kinds}: not converted"))
+            skipped.append((node_name(node), f"Constant with {kinds}: not converted"))
             keep.append(node)
             continue
         tensor = _tensor(node, value)
@@ -363,7 +369,7 @@ def constants_to_initializers(model: onnx.ModelProto) -> tuple[int, list[tuple[s
         if nested:
             skipped.append(
                 (
-                    node.name or node.output[0],
+                    node_name(node),
                     f"{nested} Constant node(s) inside its {node.op_type} subgraphs left as "
                     "nodes (only top-level Constants become initializers)",
                 )

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from graphslim.graph import attr, real_inputs
+from graphslim.graph import attr, node_name, real_inputs
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +236,7 @@ def node_cost(node: onnx.NodeProto, shapes: dict[str, Shape]) -> NodeCost:
         macs = math.prod(y) * k
     elif op == "MatMul" and is_static(y) and is_static(x):
         macs = math.prod(y) * x[-1] if len(x) >= 1 else None
-    return NodeCost(node.name or node.output[0], op, macs, kind, y)
+    return NodeCost(node_name(node), op, macs, kind, y)
 
 
 def _conv_kind(node: onnx.NodeProto, w: Shape) -> str:

@@ -180,7 +180,7 @@ def node_sizes(cg: ChannelGraph) -> dict[str, float]:
     """Node name -> MACs (compute ops) or output elements (others), from ``cg``'s shapes."""
     sizes = {}
     for node in cg.model.graph.node:
-        name = node.name or node.output[0]
+        name = G.node_name(node)
         if node.op_type in COMPUTE_OPS:
             sizes[name] = float(node_cost(node, cg.shapes).macs or 0)
         else:
@@ -204,7 +204,7 @@ def node_fractions(cg: ChannelGraph, removed: set[int]) -> dict[str, float]:
     for node in cg.model.graph.node:
         if not node.output:
             continue
-        name = node.name or node.output[0]
+        name = G.node_name(node)
         if node.op_type in COMPUTE_OPS:
             depthwise = node.op_type == "Conv" and G.attr(node, "group", 1) > 1
             f = kept(node.output[0]) * (1.0 if depthwise else kept(node.input[0]))
@@ -376,7 +376,7 @@ def measure(
     cg = plan.cg
     means = conv_input_means(model, cg, calib) if options.compensate and calib else None
     base_sizes = node_sizes(cg)
-    compute = {n.name or n.output[0] for n in cg.model.graph.node if n.op_type in COMPUTE_OPS}
+    compute = {G.node_name(n) for n in cg.model.graph.node if n.op_type in COMPUTE_OPS}
     total_macs = sum(s for n, s in base_sizes.items() if n in compute) or 1.0
     prunable = plan.prunable
     none = {g.id: 0.0 for g in prunable}

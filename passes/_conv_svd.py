@@ -86,7 +86,7 @@ class ConvSite:
 
 
 def label_of(node: onnx.NodeProto) -> str:
-    return node.name or node.output[0]
+    return G.node_name(node)
 
 
 def graph_shapes(model: onnx.ModelProto, input_shapes=None) -> dict:
@@ -281,7 +281,7 @@ def rewrite_convs(model, ctx, opts, *, verb: str, size: str, counter: str, plan,
     details: list[dict] = []
     replacements: dict[int, list[onnx.NodeProto]] = {}
     for i, node in convs:
-        label = node.name or node.output[0]
+        label = G.node_name(node)
         reason = selects(opts, label)
         site = conv_site(g, node, inits, shapes) if reason is None else reason
         if isinstance(site, str):

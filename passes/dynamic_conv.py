@@ -82,7 +82,7 @@ class DynamicConv(Pass):
         for i, node in enumerate(g.node):
             if node.op_type != "Conv":
                 continue
-            label = node.name or node.output[0]
+            label = G.node_name(node)
             reason = selects(opts, label) or _part_of_dynamic(node, made_by, readers)
             site = conv_site(g, node, inits, {}) if reason is None else reason
             if isinstance(site, str):

@@ -42,7 +42,7 @@ class FoldBN(Pass):
         for bn in [n for n in g.node if n.op_type == "BatchNormalization"]:
             reason = _fold(g, bn)
             if reason:
-                skipped.append((bn.name or bn.output[0], reason))
+                skipped.append((G.node_name(bn), reason))
             else:
                 folded += 1
         return PassResult(model, folded > 0, {"bn_folded": folded}, skipped)

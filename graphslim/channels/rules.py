@@ -94,8 +94,7 @@ def applies(*ops: str):
     return deco
 
 
-def node_name(node: onnx.NodeProto) -> str:
-    return node.name or node.output[0]
+node_name = G.node_name  # the channel rules name nodes in freeze reasons
 
 
 def no_rule(node: onnx.NodeProto, cg: ChannelGraph) -> None:

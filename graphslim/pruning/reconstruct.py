@@ -135,7 +135,7 @@ def _refit_one(layer: dict, xs, inits, ctx: PassContext, max_samples: int) -> di
         w_t.CopyFrom(
             numpy_helper.from_array(new.reshape(w.shape).astype(tensor_dtype(w_t)), w_t.name)
         )
-    return {"node": node.name or node.output[0], "before": before, "after": min(after, before)}
+    return {"node": G.node_name(node), "before": before, "after": min(after, before)}
 
 
 def _bias(node, inits, cout: int) -> np.ndarray:
@@ -232,7 +232,7 @@ def mean_compensation(
             means = conv_input_means(model, cg, ctx.feeds)
         for node, gone in layers:
             if node.input[0] in means:
-                by_node[node.name or node.output[0]] = means[node.input[0]][gone]
+                by_node[G.node_name(node)] = means[node.input[0]][gone]
     else:
         # Means of random noise say nothing about real data: without calibration feeds,
         # only channels whose distribution the graph states (BatchNorm statistics) are
@@ -241,15 +241,15 @@ def mean_compensation(
         for node, gone in layers:
             mean = bn_channel_means(node.input[0], made_by, inits)
             if mean is not None:
-                by_node[node.name or node.output[0]] = mean[gone]
+                by_node[G.node_name(node)] = mean[gone]
     deltas = {}
     for node, gone in layers:
-        mean = by_node.get(node.name or node.output[0])
+        mean = by_node.get(G.node_name(node))
         if mean is None:
             continue
         w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
         taps = w[:, gone].reshape(w.shape[0], len(gone), -1).sum(axis=2)
-        deltas[node.name or node.output[0]] = taps @ mean
+        deltas[G.node_name(node)] = taps @ mean
     return deltas
 
 
@@ -267,7 +267,7 @@ def apply_compensation(
             uses[i] = uses.get(i, 0) + 1
     changed = 0
     for node in model.graph.node:
-        delta = deltas.get(node.name or node.output[0])
+        delta = deltas.get(G.node_name(node))
         if delta is None or node.op_type != "Conv" or not np.any(delta):
             continue
         keep = cg.kept_positions(node.output[0], removed)

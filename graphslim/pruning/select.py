@@ -17,7 +17,7 @@ from graphslim.metrics import COMPUTE_OPS, node_cost
 
 
 def _nodes_by_name(cg: ChannelGraph) -> dict[str, onnx.NodeProto]:
-    return {(n.name or n.output[0]): n for n in cg.model.graph.node}
+    return {G.node_name(n): n for n in cg.model.graph.node}
 
 
 def source_rows(cg: ChannelGraph, node: onnx.NodeProto) -> np.ndarray:
@@ -33,7 +33,7 @@ def source_rows(cg: ChannelGraph, node: onnx.NodeProto) -> np.ndarray:
 def _source_bias(cg: ChannelGraph, node: onnx.NodeProto) -> np.ndarray | None:
     if len(node.input) > 2 and node.input[2]:
         b = numpy_helper.to_array(G.initializers(cg.model.graph)[node.input[2]])
-        return np.broadcast_to(b.reshape(-1), (cg.sources[node.name or node.output[0]].channels,))
+        return np.broadcast_to(b.reshape(-1), (cg.sources[G.node_name(node)].channels,))
     return None
 
 
@@ -233,7 +233,7 @@ def _propagate_zeros(cg: ChannelGraph, dead_atoms: set[int]) -> dict[str, set[in
         out = cg.slot(node.output[0]) if node.output else None
         if out is None:
             continue
-        name = node.name or node.output[0]
+        name = G.node_name(node)
         if name in cg.sources:
             zero[node.output[0]] = {i for i, a in enumerate(out.atoms) if a in dead_atoms}
             continue
