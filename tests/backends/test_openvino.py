@@ -139,7 +139,9 @@ def test_qdq_model_runs_int8_kernels(model):
     calib = random_feeds(model, count=4, seed=1)
     work = onnx.ModelProto()
     work.CopyFrom(model)
-    qdq = QuantizeInt8(target="cpu-x86")(work, PassContext(feeds=calib)).model
+    # latency_guard off: this is about OpenVINO running a QDQ model, not about whether INT8
+    # beats FP32 on this tiny model here (timing-dependent)
+    qdq = QuantizeInt8(target="cpu-x86", latency_guard="off")(work, PassContext(feeds=calib)).model
     with OV.OpenVINOSession(qdq, label="qdq") as s:
         convs = s.executed_precisions()["Convolution"]
         assert set(convs) == {"u8"}, convs
