@@ -435,5 +435,5 @@ def test_torch_chunk_bounds_computed_from_shape_are_folded():
     model = _model(nodes, [_vi("x", [1, 3, 8, 8])], [_vi("y", [1, 4, 8, 8])], inits)
     assert "computed bounds" in (_group(analyze(model), "c1").frozen or "")  # as exported
     result = _prune_and_check(model, ratio=0.5, round_to=1)
-    assert result.counters["canonical_layout_ops_folded"] == 4  # Shape, Gather, Div, Unsqueeze
+    assert result.counters["canonical_nodes_folded"] == 4  # Shape, Gather, Div, Unsqueeze
     assert result.counters["groups_pruned"] == 1

@@ -34,19 +34,21 @@ from graphslim import graph as G
 
 
 def canonical_copy(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:
-    """(copy, counters): ``constants_converted`` and ``identities_bypassed``."""
+    """(copy, counters): ``constants_converted`` (Constant nodes -> initializers),
+    ``identities_bypassed`` and ``nodes_folded`` (nodes on constants evaluated into
+    initializers: layout ops, Shape, small arithmetic)."""
     work = onnx.ModelProto()
     work.CopyFrom(model)
     g = work.graph
     converted, _ = G.constants_to_initializers(work)
     bypassed = G.remove_noop_nodes(g, [])
-    folded = _fold_constant_layout(work)
+    folded = _fold_constants(work)
     if bypassed or folded:
         G.remove_stale_value_info(g)
     return work, {
         "constants_converted": converted,
         "identities_bypassed": bypassed,
-        "layout_ops_folded": folded,
+        "nodes_folded": folded,
     }
 
 
@@ -62,7 +64,7 @@ FOLD_MAX_ELEMENTS = 1 << 16
 _LAYOUT = {"Reshape", "Unsqueeze", "Squeeze", "Transpose", "Flatten", "Cast"}
 
 
-def _fold_constant_layout(model: onnx.ModelProto) -> int:
+def _fold_constants(model: onnx.ModelProto) -> int:
     """Replace each foldable node (module doc) whose output is not a graph output by an
     initializer holding its value; returns how many."""
     from onnx.reference import ReferenceEvaluator
