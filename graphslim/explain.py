@@ -6,7 +6,7 @@ minimum of each node's kernel time), and each original node's time is scaled by 
 *work ratio* after slimming:
 
 * work of a Conv / ConvTranspose / Gemm / MatMul = its MACs, of any other node = its
-  output elements (:func:`graphslim.sensitivity.node_sizes`, from each model's shapes);
+  output elements (:func:`graphslim.metrics.node_work`, from each model's shapes);
 * ``limit(n) = t_original(n) * work_candidate(n) / work_original(n)`` for a node in both
   models (matched by name: pruning keeps names), 0 for a node the candidate dropped, and
   the measured time of a node only the candidate has;
@@ -30,7 +30,8 @@ from dataclasses import asdict, dataclass
 import onnx
 
 from graphslim.graph import node_name
-from graphslim.metrics import COMPUTE_OPS, infer_shapes, node_cost
+from graphslim.metrics import infer_shapes
+from graphslim.metrics import node_work as work_of
 
 
 @dataclass
@@ -94,18 +95,8 @@ class Explanation:
 
 
 def node_work(model: onnx.ModelProto, input_shapes: dict | None = None) -> dict[str, float]:
-    """Node name -> MACs (compute ops) or output elements (others)."""
-    shapes = infer_shapes(model, input_shapes)
-    work = {}
-    for node in model.graph.node:
-        name = node_name(node)
-        if node.op_type in COMPUTE_OPS:
-            work[name] = float(node_cost(node, shapes).macs or 0)
-        else:
-            s = shapes.get(node.output[0]) if node.output else None
-            static = s is not None and all(isinstance(d, int) for d in s)
-            work[name] = float(math.prod(s)) if static else 0.0
-    return work
+    """Node name -> MACs (compute ops) or output elements (others), from ``model``'s shapes."""
+    return work_of(model, infer_shapes(model, input_shapes))
 
 
 def explain(

@@ -179,6 +179,20 @@ def is_static(shape: Shape | None) -> bool:
     return shape is not None and all(isinstance(d, int) and d >= 0 for d in shape)
 
 
+def node_work(model: onnx.ModelProto, shapes: dict[str, Shape]) -> dict[str, float]:
+    """Node name -> its work: MACs for Conv/ConvTranspose/Gemm/MatMul, output elements for
+    any other op (0 where the output shape is not static). The unit the latency model and
+    the per-op limit scale node times by."""
+    work = {}
+    for node in model.graph.node:
+        if node.op_type in COMPUTE_OPS:
+            work[node_name(node)] = float(node_cost(node, shapes).macs or 0)
+        else:
+            s = shapes.get(node.output[0]) if node.output else None
+            work[node_name(node)] = float(math.prod(s)) if is_static(s) else 0.0
+    return work
+
+
 def node_costs(
     model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None
 ) -> list[NodeCost]:

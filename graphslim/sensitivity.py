@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import tempfile
 from collections import defaultdict
@@ -49,7 +48,7 @@ import onnx
 
 from graphslim import graph as G
 from graphslim.channels import ChannelGraph, analyze
-from graphslim.metrics import COMPUTE_OPS, node_cost
+from graphslim.metrics import COMPUTE_OPS, node_work
 from graphslim.pruning.canonical import canonical_copy
 from graphslim.pruning.options import PruneOptions
 from graphslim.pruning.plan import channels_removed, make_plan, pruned_copy
@@ -178,15 +177,7 @@ class Sensitivity:
 
 def node_sizes(cg: ChannelGraph) -> dict[str, float]:
     """Node name -> MACs (compute ops) or output elements (others), from ``cg``'s shapes."""
-    sizes = {}
-    for node in cg.model.graph.node:
-        name = G.node_name(node)
-        if node.op_type in COMPUTE_OPS:
-            sizes[name] = float(node_cost(node, cg.shapes).macs or 0)
-        else:
-            shape = cg.shape(node.output[0]) if node.output else None
-            sizes[name] = float(math.prod(shape)) if shape is not None else 0.0
-    return sizes
+    return node_work(cg.model, cg.shapes)
 
 
 def node_fractions(cg: ChannelGraph, removed: set[int]) -> dict[str, float]:
