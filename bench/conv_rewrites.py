@@ -40,6 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from _common import environment, write_results  # noqa: E402  (bench/_common.py)
+from graphslim.passes.depthwise_separable import DepthwiseSeparable  # noqa: E402
+from graphslim.passes.factorize_conv import FactorizeConv  # noqa: E402
 
 from graphslim import graph as G  # noqa: E402
 from graphslim import zoo  # noqa: E402
@@ -48,8 +50,6 @@ from graphslim.contract import PassContext  # noqa: E402
 from graphslim.feeds import Preprocess, preprocess_image  # noqa: E402
 from graphslim.metrics import model_stats  # noqa: E402
 from graphslim.validate import compare_outputs, reference_outputs  # noqa: E402
-from passes.depthwise_separable import DepthwiseSeparable  # noqa: E402
-from passes.factorize_conv import FactorizeConv  # noqa: E402
 
 IMAGES = ["bus", "zidane", "astronaut", "coffee", "chelsea", "motorcycle-left", "rocket"]
 MODELS = {
@@ -257,8 +257,9 @@ def main() -> None:
         "seconds": round(time.perf_counter() - t0, 1),
     }
     text = markdown(rows, meta)
-    md = write_results("conv_rewrites", environment(), {"meta": meta, "rows": rows},
-                       "# conv rewrites\n\n" + text)
+    md = write_results(
+        "conv_rewrites", environment(), {"meta": meta, "rows": rows}, "# conv rewrites\n\n" + text
+    )
     print()
     print(text)
     print(f"wrote {md} and .json in {meta['seconds']} s")

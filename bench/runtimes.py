@@ -137,7 +137,7 @@ def load(model_id: str) -> onnx.ModelProto | None:
         return onnx.load_model(FALL) if FALL.is_file() else None
     model = onnx.load_model(zoo.fetch(model_id))
     if any(n.op_type == "Constant" for n in model.graph.node):
-        from passes.constants_to_initializers import ConstantsToInitializers
+        from graphslim.passes.constants_to_initializers import ConstantsToInitializers
 
         model = ConstantsToInitializers()(model).model
     return model
@@ -150,7 +150,7 @@ def copy(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def fp16(model_id, model, calib, shapes, feeds, reference, task) -> dict:
-    from passes.convert_fp16 import ConvertFp16
+    from graphslim.passes.convert_fp16 import ConvertFp16
 
     t0 = time.perf_counter()
     result = ConvertFp16()(copy(model), PassContext(feeds=calib, input_shapes=shapes))
@@ -179,9 +179,10 @@ def fp16(model_id, model, calib, shapes, feeds, reference, task) -> dict:
 
 
 def openvino(model_id, model, calib, feeds, reference, task, tmp, runs) -> dict:
+    from graphslim.passes.quantize_int8 import QuantizeInt8
+
     from graphslim.backends import openvino as OV
     from graphslim.backends import openvino_ir as OV_IR
-    from passes.quantize_int8 import QuantizeInt8
 
     int8 = QuantizeInt8(**INT8[model_id])(copy(model), PassContext(feeds=calib)).model
     with OV.OpenVINOSession(int8, label="int8") as s:

@@ -19,7 +19,7 @@ from graphslim import graph as G
 from graphslim.errors import PreconditionError
 from graphslim.runtime import run_model, with_outputs
 
-log = logging.getLogger("passes.convert_fp16")
+log = logging.getLogger("graphslim.passes.convert_fp16")
 
 FP16_MAX = 65504.0
 MIN_GAIN = 0.05  # a round must cut the output error by this fraction to keep its blocks

@@ -30,7 +30,7 @@ import platform
 from dataclasses import dataclass
 from pathlib import Path
 
-log = logging.getLogger("passes.quantize_int8")
+log = logging.getLogger("graphslim.passes.quantize_int8")
 
 ISAS = ("vnni", "avx512", "avx2", "unknown")
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "avx512vnni", "avxvnni")  # kernel / py-cpuinfo spellings

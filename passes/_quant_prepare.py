@@ -11,7 +11,7 @@ import onnx
 from graphslim.errors import OptionsError, PreconditionError
 from graphslim.model_io import needs_external_data
 
-log = logging.getLogger("passes.quantize_int8")
+log = logging.getLogger("graphslim.passes.quantize_int8")
 
 MIN_OPSET = 13
 

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 import onnx
 
-log = logging.getLogger("passes.quantize_int8")
+log = logging.getLogger("graphslim.passes.quantize_int8")
 
 MIX_RATIO = 32.0
 LAYOUT_OPS = {"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Concat"}

@@ -25,10 +25,9 @@ from __future__ import annotations
 import logging
 
 import onnx
+from graphslim.passes import _quant_sensitivity as S
 
-from passes import _quant_sensitivity as S
-
-log = logging.getLogger("passes.quantize_int8")
+log = logging.getLogger("graphslim.passes.quantize_int8")
 
 ANALYSIS_FEEDS = 4  # feeds used to record intermediate tensors for the greedy stage
 PATIENCE = 4  # the greedy stage stops after this many candidates in a row brought no gain

@@ -26,9 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-
-from graphslim.contract import Pass, PassContext, PassResult, option
-from passes._conv_svd import (
+from graphslim.passes._conv_svd import (
     Builder,
     ConvSite,
     check_fraction,
@@ -41,6 +39,8 @@ from passes._conv_svd import (
     rel_error,
     rewrite_convs,
 )
+
+from graphslim.contract import Pass, PassContext, PassResult, option
 
 DEFAULT_ENERGY = 0.99
 

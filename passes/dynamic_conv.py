@@ -28,11 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import helper
-
-from graphslim import graph as G
-from graphslim.contract import Pass, PassContext, PassResult, option
-from passes._conv_svd import (
+from graphslim.passes._conv_svd import (
     Builder,
     ConvSite,
     check_regexes,
@@ -42,6 +38,10 @@ from passes._conv_svd import (
     selects,
     splice,
 )
+from onnx import helper
+
+from graphslim import graph as G
+from graphslim.contract import Pass, PassContext, PassResult, option
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import onnx
 import pytest
+from graphslim.passes.prune_channels import PruneChannels
 
 from graphslim.contract import PassContext
 from graphslim.errors import OptionsError
@@ -13,7 +14,6 @@ from graphslim.feeds import random_feeds
 from graphslim.pruning import budget
 from graphslim.pruning.options import parse_budget
 from graphslim.runtime import run_model
-from passes.prune_channels import PruneChannels
 
 TINY_YOLO = Path(__file__).resolve().parents[1] / "fixtures" / "tiny_yolo.onnx"
 

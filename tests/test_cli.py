@@ -18,7 +18,7 @@ import pytest
 from onnx import numpy_helper
 from PIL import Image
 
-import cli
+from graphslim import cli
 from graphslim.errors import ModelLoadError
 
 REPO = Path(__file__).resolve().parents[1]

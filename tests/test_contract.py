@@ -423,7 +423,7 @@ def test_default_registry_lists_the_built_in_passes():
         cls = reg.get(name)
         check_pass_class(cls)
         assert cls.name == name
-        assert cls.__module__ == "passes." + name.replace("-", "_")
+        assert cls.__module__ == "graphslim.passes." + name.replace("-", "_")
         assert cls.numerics == "exact"
     with pytest.raises(OptionsError, match="did you mean 'fold-bn'"):
         reg.get("fold-nb")

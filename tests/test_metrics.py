@@ -99,7 +99,9 @@ def test_shapes_onnx_cannot_infer_come_from_one_runtime_run():
     )
     inferred = onnx.shape_inference.infer_shapes(m, data_prop=True)
     conv_out = [v for v in inferred.graph.value_info if v.name == "xs"]
-    assert not conv_out or not all(d.HasField("dim_value") for d in conv_out[0].type.tensor_type.shape.dim)
+    assert not conv_out or not all(
+        d.HasField("dim_value") for d in conv_out[0].type.tensor_type.shape.dim
+    )
     (cost,) = node_costs(m)
     assert cost.macs == 1 * 8 * 16 * 10 * 3
 

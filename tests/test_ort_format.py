@@ -8,7 +8,7 @@ from pathlib import Path
 import onnx
 import pytest
 
-import cli
+from graphslim import cli
 from graphslim.backends import ort_format
 from graphslim.feeds import random_feeds
 

@@ -10,7 +10,8 @@ def test_import_graphslim_loads_no_extra():
     code = (
         "import sys, graphslim, graphslim.pipeline, graphslim.validate, graphslim.feeds;"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
-        "('torch', 'ultralytics', 'tensorrt', 'onnx2torch', 'passes', 'cli'));"
+        "('torch', 'ultralytics', 'tensorrt', 'onnx2torch', 'passes', 'cli')"
+        " or m.startswith(('graphslim.passes', 'graphslim.cli')));"
         "print(','.join(bad))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -44,6 +45,10 @@ def _import_graph():
     mods = {}
     for path in files:
         parts = list(path.relative_to(root).with_suffix("").parts)
+        if parts[0] == "passes":  # installed as graphslim.passes (package-dir mapping)
+            parts.insert(0, "graphslim")
+        if parts == ["cli"]:  # the checkout's thin shim; the commands are graphslim.cli
+            parts = ["cli_shim"]
         mods[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
 
     def imported(tree):
@@ -74,7 +79,36 @@ def test_no_import_cycles():
     graph = _import_graph()
     assert "graphslim.pruning.prune" in graph and "graphslim.sensitivity" in graph
     assert list(nx.simple_cycles(graph)) == []
-    # Dependency direction: cli -> passes -> graphslim, never back.
+    # Dependency direction: cli -> passes -> core, never back.
+    outer = ("graphslim.passes", "graphslim.cli", "cli_shim")
     for src, dst in graph.edges:
-        if src.startswith("graphslim"):
-            assert not dst.startswith(("passes", "cli")), f"{src} imports {dst}"
+        if not src.startswith(outer):
+            assert not dst.startswith(outer), f"{src} imports {dst}"
+        if src.startswith("graphslim.passes"):
+            assert not dst.startswith(("graphslim.cli", "cli_shim")), f"{src} imports {dst}"
+    assert ("cli_shim", "graphslim.cli") in graph.edges
+
+
+def test_nothing_generic_installed_at_top_level():
+    """The wheel installs only the `graphslim` namespace: `passes/` maps to `graphslim.passes`,
+    the commands are `graphslim.cli`, and the package list names every package directory (a new
+    subpackage left out of pyproject would be missing from a wheel but present in a checkout)."""
+    from pathlib import Path
+
+    import pytest
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    root = Path(__file__).resolve().parents[1]
+    conf = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
+    tool = conf["tool"]["setuptools"]
+    assert "py-modules" not in tool
+    assert tool["package-dir"] == {"graphslim.passes": "passes"}
+    on_disk = {
+        ".".join(p.parent.relative_to(root).parts) for p in root.glob("graphslim/**/__init__.py")
+    } | {"graphslim.passes"}
+    assert set(tool["packages"]) == on_disk
+    assert {name.split(".")[0] for name in tool["packages"]} == {"graphslim"}
+    assert conf["project"]["scripts"]["graphslim"] == "graphslim.cli:main"
+    for target in conf["project"]["entry-points"]["graphslim.passes"].values():
+        assert target.startswith("graphslim.passes."), target

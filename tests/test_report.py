@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-import cli
+from graphslim import cli
 from graphslim.bench import Timing
 from graphslim.render import human
 from graphslim.report import build_report, read_report, report_paths, to_markdown
@@ -43,10 +43,24 @@ def test_run_writes_reports_holding_the_printed_numbers(monkeypatch, capsys, tmp
     out_path = tmp_path / "out" / "slim.onnx"
     out_path.parent.mkdir()
     code, out, err = main(
-        monkeypatch, capsys, "run", model, "-o", out_path,
-        "-P", "fold-bn,cleanup,prune-channels{ratio=0.25}",
-        "--validate-each", "--task", "detect", "--min-metric", "map50=0",
-        "--bench", "--bench-runs", "3", "--json", tmp_path / "record.json",
+        monkeypatch,
+        capsys,
+        "run",
+        model,
+        "-o",
+        out_path,
+        "-P",
+        "fold-bn,cleanup,prune-channels{ratio=0.25}",
+        "--validate-each",
+        "--task",
+        "detect",
+        "--min-metric",
+        "map50=0",
+        "--bench",
+        "--bench-runs",
+        "3",
+        "--json",
+        tmp_path / "record.json",
     )  # fmt: skip (map50=0: this test is about the report's numbers, not the gate)
     assert code == 0, err
     paths = report_paths(out_path)

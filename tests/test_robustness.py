@@ -14,7 +14,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-import cli
+from graphslim import cli
 
 PIPELINE = "constants-to-initializers,simplify,fold-bn,cleanup,prune-channels{ratio=0.5}"
 RNG = np.random.default_rng(0)

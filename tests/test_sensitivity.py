@@ -10,7 +10,7 @@ from pathlib import Path
 import onnx
 import pytest
 
-import cli
+from graphslim import cli
 from graphslim import sensitivity as S
 from graphslim.channels import analyze
 from graphslim.feeds import random_feeds

@@ -21,13 +21,17 @@ from graphslim import zoo
 pytestmark = pytest.mark.zoo
 
 PIPELINE = "constants-to-initializers,simplify,fold-bn,cleanup"
-GRAPHSLIM = [sys.executable, "-m", "cli"]  # the installed console script's module
+GRAPHSLIM = [sys.executable, "-m", "graphslim.cli"]  # the installed console script's module
 
 # id -> (--input-shape, image ids, --preprocess); None images: seeded random feeds.
 CASES = {
     "yolox-det": (None, ["bus", "zidane"], "raw-bgr"),
     "pplcnet-cls": ("x:1,3,224,224", ["chelsea", "coffee", "page"], "imagenet"),
-    "ppocr-det": ("x:1,3,640,640", ["text", "page"], "resize=640x640,mean=0.5/0.5/0.5,std=0.5/0.5/0.5,bgr"),
+    "ppocr-det": (
+        "x:1,3,640,640",
+        ["text", "page"],
+        "resize=640x640,mean=0.5/0.5/0.5,std=0.5/0.5/0.5,bgr",
+    ),
     "ppocr-cls": ("x:1,3,48,192", ["text"], "resize=48x192,mean=0.5/0.5/0.5,std=0.5/0.5/0.5,bgr"),
     "yolov8n-640": (None, None, None),
     "yolo11n-640": (None, None, None),
@@ -37,7 +41,10 @@ CASES = {
 
 def _graphslim(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [*GRAPHSLIM, *args], capture_output=True, text=True, timeout=600,
+        [*GRAPHSLIM, *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
         cwd=Path(__file__).resolve().parents[1],
     )
 
@@ -58,7 +65,9 @@ def test_exact_pipeline_keeps_outputs(model_id, tmp_path):
         feed_args += ["--input-shape", shape]
     out = tmp_path / "slim.onnx"
     report = tmp_path / "run.json"
-    r = _graphslim("run", str(src), "-P", PIPELINE, "-o", str(out), "--json", str(report), *feed_args)
+    r = _graphslim(
+        "run", str(src), "-P", PIPELINE, "-o", str(out), "--json", str(report), *feed_args
+    )
     assert r.returncode == 0, r.stderr
     assert "final validation" in r.stdout and "PASS" in r.stdout
     data = json.loads(report.read_text())
@@ -67,8 +76,16 @@ def test_exact_pipeline_keeps_outputs(model_id, tmp_path):
     assert data["final"]["macs"] == data["initial"]["macs"]  # exact passes keep the compute
     assert data["final"]["nodes"] <= data["initial"]["nodes"]
 
-    v = _graphslim("validate", str(src), str(out), "--tol", "max-rel=1e-4", "--json",
-                   str(tmp_path / "v.json"), *feed_args)
+    v = _graphslim(
+        "validate",
+        str(src),
+        str(out),
+        "--tol",
+        "max-rel=1e-4",
+        "--json",
+        str(tmp_path / "v.json"),
+        *feed_args,
+    )
     assert v.returncode == 0, v.stdout + v.stderr
     checked = json.loads((tmp_path / "v.json").read_text())
     assert checked["passed"] and checked["feeds"] >= 1
@@ -84,8 +101,16 @@ def test_paddle_constant_weights_become_initializers(tmp_path):
     original = load_model(src)
     assert sum(n.op_type == "Constant" for n in original.graph.node) > 50
     out = tmp_path / "slim.onnx"
-    r = _graphslim("run", str(src), "-P", "constants-to-initializers,cleanup", "-o", str(out),
-                   "--input-shape", "x:1,3,48,192")
+    r = _graphslim(
+        "run",
+        str(src),
+        "-P",
+        "constants-to-initializers,cleanup",
+        "-o",
+        str(out),
+        "--input-shape",
+        "x:1,3,48,192",
+    )
     assert r.returncode == 0, r.stderr
     slim = load_model(out)
     assert not any(n.op_type == "Constant" for n in slim.graph.node)

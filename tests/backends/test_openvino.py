@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import pytest
 
-import cli
+from graphslim import cli
 from graphslim.backends import BackendUnavailable
 from graphslim.backends import openvino as OV
 from graphslim.backends import openvino_ir as OV_IR
@@ -133,8 +133,9 @@ def test_convert_to_ir_and_check(model, feeds, tmp_path):
 def test_qdq_model_runs_int8_kernels(model):
     """A QDQ model (quantize-int8, onnxruntime's placement) runs its convolutions as u8 kernels
     in OpenVINO and stays close to onnxruntime's result of the same QDQ model."""
+    from graphslim.passes.quantize_int8 import QuantizeInt8
+
     from graphslim.contract import PassContext
-    from passes.quantize_int8 import QuantizeInt8
 
     calib = random_feeds(model, count=4, seed=1)
     work = onnx.ModelProto()

@@ -11,8 +11,7 @@ import pytest
 from bridge_helpers import FIXTURES
 from PIL import Image
 
-import cli
-from graphslim import Pipeline
+from graphslim import Pipeline, cli
 
 
 def _main(monkeypatch, capsys, *args) -> tuple[int, str, str]:

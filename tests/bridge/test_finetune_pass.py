@@ -7,6 +7,7 @@ import builtins
 import numpy as np
 import pytest
 from bridge_helpers import fixture_model
+from graphslim.passes.finetune import Finetune
 from onnx import numpy_helper
 
 from graphslim import Pipeline
@@ -15,7 +16,6 @@ from graphslim.contract import PassContext
 from graphslim.errors import OptionsError
 from graphslim.feeds import random_feeds
 from graphslim.runtime import run_model
-from passes.finetune import Finetune
 
 
 def _mse(a: dict, b: dict) -> float:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+from graphslim.passes.cleanup import Cleanup
 from onnx import TensorProto, helper
 
 from graphslim.contract import PassContext
 from graphslim.pipeline import Pipeline
-from passes.cleanup import Cleanup
 
 F = TensorProto.FLOAT
 SHAPE = [1, 4, 3, 3]

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+from graphslim.passes.constants_to_initializers import ConstantsToInitializers
 from onnx import TensorProto, helper, numpy_helper
 
 from graphslim.contract import PassContext
 from graphslim.pipeline import Pipeline
 from graphslim.validate import compare
-from passes.constants_to_initializers import ConstantsToInitializers
 
 F = TensorProto.FLOAT
 

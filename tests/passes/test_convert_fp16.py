@@ -15,7 +15,7 @@ from graphslim.validate import Tolerance, compare
 
 pytest.importorskip("onnxconverter_common", reason="the fp16 extra is not installed")
 
-from passes.convert_fp16 import ConvertFp16  # noqa: E402
+from graphslim.passes.convert_fp16 import ConvertFp16  # noqa: E402
 
 F = TensorProto.FLOAT
 

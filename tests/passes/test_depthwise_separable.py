@@ -8,6 +8,7 @@ import json
 import numpy as np
 import onnx
 import pytest
+from graphslim.passes.depthwise_separable import DepthwiseSeparable
 from onnx import TensorProto, helper
 
 from graphslim import graph as G
@@ -18,7 +19,6 @@ from graphslim.feeds import random_feeds
 from graphslim.metrics import model_stats
 from graphslim.pipeline import Pipeline
 from graphslim.validate import Tolerance, compare
-from passes.depthwise_separable import DepthwiseSeparable
 
 F = TensorProto.FLOAT
 TOL = [Tolerance("max-rel", 1e-4)]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from graphslim.passes.dynamic_conv import DynamicConv
 from onnx import TensorProto, helper, numpy_helper
 
 from graphslim import zoo
@@ -15,7 +16,6 @@ from graphslim.errors import OptionsError
 from graphslim.feeds import Preprocess, preprocess_image, random_feeds
 from graphslim.pipeline import Pipeline
 from graphslim.validate import Tolerance, compare
-from passes.dynamic_conv import DynamicConv
 
 F = TensorProto.FLOAT
 TOL = [Tolerance("max-rel", 1e-5)]

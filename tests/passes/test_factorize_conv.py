@@ -9,6 +9,7 @@ import json
 import numpy as np
 import onnx
 import pytest
+from graphslim.passes.factorize_conv import FactorizeConv
 from onnx import TensorProto, helper
 
 from graphslim import zoo
@@ -18,7 +19,6 @@ from graphslim.feeds import random_feeds
 from graphslim.metrics import model_stats
 from graphslim.pipeline import Pipeline
 from graphslim.validate import Tolerance, compare
-from passes.factorize_conv import FactorizeConv
 
 F = TensorProto.FLOAT
 TOL = [Tolerance("max-rel", 1e-4)]

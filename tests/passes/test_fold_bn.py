@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from graphslim.passes.fold_bn import FoldBN
 from onnx import TensorProto, helper, numpy_helper
 
 from graphslim.contract import PassContext
 from graphslim.pipeline import Pipeline
-from passes.fold_bn import FoldBN
 
 F = TensorProto.FLOAT
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from graphslim.passes.prune_channels import PruneChannels
 from onnx import TensorProto, helper, numpy_helper
 
 from graphslim import graph as G
@@ -28,7 +29,6 @@ from graphslim.feeds import random_feeds
 from graphslim.metrics import model_stats
 from graphslim.runtime import run_model
 from graphslim.validate import Tolerance, compare
-from passes.prune_channels import PruneChannels
 
 F = TensorProto.FLOAT
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
@@ -534,7 +534,7 @@ def _same_as_after(harness, model, prepare, **options):
 
 
 def test_constant_node_weights_are_pruned_as_initializers(harness):
-    from passes.constants_to_initializers import ConstantsToInitializers
+    from graphslim.passes.constants_to_initializers import ConstantsToInitializers
 
     model = harness.fixture("constant_weights")
     original, result = _same_as_after(harness, model, ConstantsToInitializers(), ratio=0.5)
@@ -546,7 +546,7 @@ def test_constant_node_weights_are_pruned_as_initializers(harness):
 def test_deduplicated_biases_behind_identity_are_pruned(harness):
     """Plain torch.onnx export: one zero bias initializer read by every Conv through its own
     Identity (the pattern that froze every group: 'bias is not an initializer')."""
-    from passes.cleanup import Cleanup
+    from graphslim.passes.cleanup import Cleanup
 
     model = harness.fixture("dedup_identity")
     # As exported, the three Convs are not even sources: their bias is an Identity's output.

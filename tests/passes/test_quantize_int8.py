@@ -9,6 +9,9 @@ import logging
 import numpy as np
 import onnx
 import pytest
+from graphslim.passes import _quant_isa as I
+from graphslim.passes import _quant_sensitivity as S
+from graphslim.passes.quantize_int8 import QuantizeInt8
 from onnx import TensorProto, helper, numpy_helper
 
 from graphslim.contract import PassContext
@@ -16,9 +19,6 @@ from graphslim.errors import OptionsError, PreconditionError
 from graphslim.feeds import random_feeds
 from graphslim.pipeline import Pipeline
 from graphslim.runtime import run_model
-from passes import _quant_isa as I
-from passes import _quant_sensitivity as S
-from passes.quantize_int8 import QuantizeInt8
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -162,7 +162,7 @@ def test_explicit_types_override_the_target(harness):
 
 
 def test_random_calibration_warns_and_notes(harness, caplog):
-    with caplog.at_level(logging.WARNING, logger="passes.quantize_int8"):
+    with caplog.at_level(logging.WARNING, logger="graphslim.passes.quantize_int8"):
         _, r = _quantize(harness.fixture("residual_add"))
     assert any("NOT meaningful" in rec.getMessage() for rec in caplog.records)
     assert any("NOT meaningful" in n for n in r.notes)
@@ -457,7 +457,7 @@ def test_only_the_range_mixing_concat_of_a_yolo_head_stays_float(harness):
 
 
 def test_latency_guard_keeps_the_input_when_int8_is_not_faster(harness, monkeypatch):
-    import passes.quantize_int8 as Q
+    import graphslim.passes.quantize_int8 as Q
 
     model = harness.fixture("residual_add")
     monkeypatch.setattr(Q, "_latency", lambda *a: (2.0, 3.0))  # simulated: INT8 slower
@@ -473,7 +473,7 @@ def test_latency_guard_keeps_the_input_when_int8_is_not_faster(harness, monkeypa
 
 
 def test_latency_guard_auto_is_off_for_random_calibration_and_tensorrt(harness, monkeypatch):
-    import passes.quantize_int8 as Q
+    import graphslim.passes.quantize_int8 as Q
 
     def boom(*a):
         raise AssertionError("timed")
