@@ -50,13 +50,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from _common import environment, write_results  # noqa: E402  (bench/_common.py)
-from graphslim.passes.prune_channels import PruneChannels  # noqa: E402
 
 from graphslim import detect, zoo  # noqa: E402
 from graphslim.bench import bench  # noqa: E402
 from graphslim.contract import PassContext  # noqa: E402
 from graphslim.feeds import Preprocess, preprocess_image  # noqa: E402
 from graphslim.metrics import model_stats  # noqa: E402
+from graphslim.passes.prune_channels import PruneChannels  # noqa: E402
 from graphslim.pipeline import Pipeline  # noqa: E402
 from graphslim.runtime import run_model  # noqa: E402
 from graphslim.validate import compare_outputs  # noqa: E402

@@ -40,8 +40,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from _common import environment, write_results  # noqa: E402  (bench/_common.py)
-from graphslim.passes.depthwise_separable import DepthwiseSeparable  # noqa: E402
-from graphslim.passes.factorize_conv import FactorizeConv  # noqa: E402
 
 from graphslim import graph as G  # noqa: E402
 from graphslim import zoo  # noqa: E402
@@ -49,6 +47,8 @@ from graphslim.bench import bench  # noqa: E402
 from graphslim.contract import PassContext  # noqa: E402
 from graphslim.feeds import Preprocess, preprocess_image  # noqa: E402
 from graphslim.metrics import model_stats  # noqa: E402
+from graphslim.passes.depthwise_separable import DepthwiseSeparable  # noqa: E402
+from graphslim.passes.factorize_conv import FactorizeConv  # noqa: E402
 from graphslim.validate import compare_outputs, reference_outputs  # noqa: E402
 
 IMAGES = ["bus", "zidane", "astronaut", "coffee", "chelsea", "motorcycle-left", "rocket"]

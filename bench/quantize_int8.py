@@ -65,13 +65,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from _common import environment, load_results, machine_line, write_results  # noqa: E402
-from graphslim.passes import _quant_isa as I  # noqa: E402
-from graphslim.passes.quantize_int8 import QuantizeInt8  # noqa: E402
 
 from graphslim import detect, zoo  # noqa: E402
 from graphslim.bench import bench  # noqa: E402
 from graphslim.contract import PassContext  # noqa: E402
 from graphslim.feeds import Preprocess, preprocess_image  # noqa: E402
+from graphslim.passes import _quant_isa as I  # noqa: E402
+from graphslim.passes.quantize_int8 import QuantizeInt8  # noqa: E402
 from graphslim.runtime import run_model  # noqa: E402
 
 CALIBRATION = ["astronaut", "camera", "coffee", "chelsea", "rocket", "china", "flower"]

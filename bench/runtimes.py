@@ -179,10 +179,9 @@ def fp16(model_id, model, calib, shapes, feeds, reference, task) -> dict:
 
 
 def openvino(model_id, model, calib, feeds, reference, task, tmp, runs) -> dict:
-    from graphslim.passes.quantize_int8 import QuantizeInt8
-
     from graphslim.backends import openvino as OV
     from graphslim.backends import openvino_ir as OV_IR
+    from graphslim.passes.quantize_int8 import QuantizeInt8
 
     int8 = QuantizeInt8(**INT8[model_id])(copy(model), PassContext(feeds=calib)).model
     with OV.OpenVINOSession(int8, label="int8") as s:

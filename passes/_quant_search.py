@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 
 import onnx
+
 from graphslim.passes import _quant_sensitivity as S
 
 log = logging.getLogger("graphslim.passes.quantize_int8")

@@ -44,11 +44,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from graphslim.passes import _fp16_search as S
 
 from graphslim.contract import Pass, PassContext, PassResult, option
 from graphslim.errors import PreconditionError
 from graphslim.feeds import FeedError, load_feeds, random_feeds
+from graphslim.passes import _fp16_search as S
 
 log = logging.getLogger(__name__)
 

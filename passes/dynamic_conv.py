@@ -28,6 +28,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
+from onnx import helper
+
+from graphslim import graph as G
+from graphslim.contract import Pass, PassContext, PassResult, option
 from graphslim.passes._conv_svd import (
     Builder,
     ConvSite,
@@ -38,10 +42,6 @@ from graphslim.passes._conv_svd import (
     selects,
     splice,
 )
-from onnx import helper
-
-from graphslim import graph as G
-from graphslim.contract import Pass, PassContext, PassResult, option
 
 
 @dataclass(frozen=True, kw_only=True)

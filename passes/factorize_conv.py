@@ -34,6 +34,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
+
+from graphslim.contract import Pass, PassContext, PassResult, option
 from graphslim.passes._conv_svd import (
     Builder,
     ConvSite,
@@ -47,8 +49,6 @@ from graphslim.passes._conv_svd import (
     rel_error,
     rewrite_convs,
 )
-
-from graphslim.contract import Pass, PassContext, PassResult, option
 
 DEFAULT_ENERGY = 0.99
 

@@ -64,15 +64,15 @@ from typing import Literal
 
 import numpy as np
 import onnx
+
+from graphslim.contract import Pass, PassContext, PassResult, option
+from graphslim.errors import PreconditionError
+from graphslim.feeds import FeedError, load_feeds, random_feeds
 from graphslim.passes import _quant_isa as I
 from graphslim.passes import _quant_prepare as P
 from graphslim.passes import _quant_ranges as R
 from graphslim.passes import _quant_search as Q
 from graphslim.passes import _quant_sensitivity as S
-
-from graphslim.contract import Pass, PassContext, PassResult, option
-from graphslim.errors import PreconditionError
-from graphslim.feeds import FeedError, load_feeds, random_feeds
 
 log = logging.getLogger(__name__)
 

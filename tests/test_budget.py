@@ -6,11 +6,11 @@ from pathlib import Path
 
 import onnx
 import pytest
-from graphslim.passes.prune_channels import PruneChannels
 
 from graphslim.contract import PassContext
 from graphslim.errors import OptionsError
 from graphslim.feeds import random_feeds
+from graphslim.passes.prune_channels import PruneChannels
 from graphslim.pruning import budget
 from graphslim.pruning.options import parse_budget
 from graphslim.runtime import run_model
@@ -98,8 +98,11 @@ def test_latency_budget_reports_prediction(model, ctx):
     )
     c = r.counters
     assert c["budget_base_ms"] > 0 and c["budget_target"] == 0.95
+    assert c["budget_predicted"] > 0
     if c["budget_reached"]:
-        assert c["budget_predicted"] <= 0.95
+        # Reached means measured (the prediction may sit above the target when the
+        # measurement found the candidate fast enough: timing is what decides).
+        assert c.get("budget_measured", c["budget_predicted"]) <= 0.95
 
 
 def test_pipeline_inline_budget(model):

@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from graphslim.passes.prune_channels import PruneChannels
 from onnx import TensorProto, helper, numpy_helper
 
 from graphslim import graph as G
 from graphslim.channels import analyze
 from graphslim.feeds import random_feeds
+from graphslim.passes.prune_channels import PruneChannels
 from graphslim.validate import Tolerance, compare
 
 F = TensorProto.FLOAT

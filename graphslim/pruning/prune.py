@@ -133,10 +133,10 @@ def _account(result: PassResult, options: PruneOptions, plan: Plan) -> None:
     frozen = sum(share for _, share in reasons)
     top = "; ".join(f"{reason} ({share:.0%})" for reason, share in reasons[:3] if share >= 0.01)
     why = [f"frozen groups hold {frozen:.0%} of the MACs" + (f": {top}" if top else "")]
-    if options.round_to > 1 or options.min_channels > 1:
+    if options.round_to != 1 or options.min_channels > 1:
+        step = "this CPU's channel block" if options.round_to == "auto" else options.round_to
         why.append(
-            f"kept counts round up to multiples of {options.round_to} "
-            f"(min_channels {options.min_channels})"
+            f"kept counts round up to multiples of {step} (min_channels {options.min_channels})"
         )
     message = f"prune-channels reached {reached:.2f} of the MACs, asked {asked:.2f}: " + "; ".join(
         why

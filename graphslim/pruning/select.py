@@ -105,12 +105,30 @@ def importance_by_class(
 # ---------------------------------------------------------------- selection
 
 
-def _kept(n: int, ratio: float, round_to: int, min_channels: int, width: int = 1) -> int:
+def multiple(round_to: int | str, keep: int, width: int = 1) -> int:
+    """The multiple (in classes of ``width`` channels) that ``keep`` classes round up to.
+
+    ``round_to="auto"`` starts from this machine's conv channel block
+    (:func:`graphslim.machine.channel_block`: a partly filled block costs a full one) and
+    halves it while it is more than an eighth of the channels kept: a wide layer is aligned to
+    the block, a narrow one is not inflated to it (rounding adds less than 1/8 of its
+    channels: 24 channels at ratio 0.5 keep 12, not 16)."""
+    if round_to == "auto":
+        from graphslim.machine import channel_block
+
+        step = channel_block()
+        while step > 1 and step * 8 > keep * width:
+            step //= 2
+        round_to = step
+    return max(1, int(round_to) // width)
+
+
+def _kept(n: int, ratio: float, round_to: int | str, min_channels: int, width: int = 1) -> int:
     """Classes kept of ``n`` at ``ratio``; ``round_to`` and ``min_channels`` count channels,
     and each class is ``width`` channels (a grouped Conv's whole group)."""
-    round_to = max(1, round_to // width)
     min_channels = max(1, -(-min_channels // width))
     keep = n - math.floor(ratio * n + 1e-9)
+    round_to = multiple(round_to, keep, width)
     if n > round_to:
         keep = math.ceil(keep / round_to) * round_to
     return max(min(n, keep), min(n, min_channels), 1)
@@ -121,7 +139,7 @@ def select(
     scores: dict[int, float],
     ratios: dict[int, float],
     scope: str,
-    round_to: int,
+    round_to: int | str,
     min_channels: int,
     dead: set[int],
 ) -> set[int]:

@@ -133,9 +133,8 @@ def test_convert_to_ir_and_check(model, feeds, tmp_path):
 def test_qdq_model_runs_int8_kernels(model):
     """A QDQ model (quantize-int8, onnxruntime's placement) runs its convolutions as u8 kernels
     in OpenVINO and stays close to onnxruntime's result of the same QDQ model."""
-    from graphslim.passes.quantize_int8 import QuantizeInt8
-
     from graphslim.contract import PassContext
+    from graphslim.passes.quantize_int8 import QuantizeInt8
 
     calib = random_feeds(model, count=4, seed=1)
     work = onnx.ModelProto()

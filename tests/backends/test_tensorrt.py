@@ -41,9 +41,8 @@ def test_build_bench_compare(model, precision, cosine, tmp_path):
 
 @needs_trt
 def test_int8_from_qdq(model):
-    from graphslim.passes.quantize_int8 import QuantizeInt8
-
     from graphslim.contract import PassContext
+    from graphslim.passes.quantize_int8 import QuantizeInt8
 
     qdq = QuantizeInt8(calibration="random", target="tensorrt")(model, PassContext()).model
     engine = T.build(qdq, "int8", workspace_mb=256)
@@ -116,11 +115,10 @@ def test_import_graphslim_does_not_import_tensorrt():
 def test_yolox_det_three_precisions(tmp_path):
     """The real detector at FP32, FP16 and explicit-Q/DQ INT8 (quantize-int8{target=tensorrt},
     calibrated on zoo photos) builds and matches onnxruntime."""
-    from graphslim.passes.quantize_int8 import QuantizeInt8
-
     from graphslim import zoo
     from graphslim.contract import PassContext
     from graphslim.feeds import load_feeds
+    from graphslim.passes.quantize_int8 import QuantizeInt8
 
     model = onnx.load_model(zoo.fetch("yolox-det"))
     images = tmp_path / "images"

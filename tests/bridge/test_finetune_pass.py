@@ -7,7 +7,6 @@ import builtins
 import numpy as np
 import pytest
 from bridge_helpers import fixture_model
-from graphslim.passes.finetune import Finetune
 from onnx import numpy_helper
 
 from graphslim import Pipeline
@@ -15,6 +14,7 @@ from graphslim.bridge import TorchMissing
 from graphslim.contract import PassContext
 from graphslim.errors import OptionsError
 from graphslim.feeds import random_feeds
+from graphslim.passes.finetune import Finetune
 from graphslim.runtime import run_model
 
 

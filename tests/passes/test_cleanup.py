@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from graphslim.passes.cleanup import Cleanup
 from onnx import TensorProto, helper
 
 from graphslim.contract import PassContext
+from graphslim.passes.cleanup import Cleanup
 from graphslim.pipeline import Pipeline
 
 F = TensorProto.FLOAT

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from graphslim.passes.constants_to_initializers import ConstantsToInitializers
 from onnx import TensorProto, helper, numpy_helper
 
 from graphslim.contract import PassContext
+from graphslim.passes.constants_to_initializers import ConstantsToInitializers
 from graphslim.pipeline import Pipeline
 from graphslim.validate import compare
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from graphslim.passes.dynamic_conv import DynamicConv
 from onnx import TensorProto, helper, numpy_helper
 
 from graphslim import zoo
 from graphslim.contract import PassContext
 from graphslim.errors import OptionsError
 from graphslim.feeds import Preprocess, preprocess_image, random_feeds
+from graphslim.passes.dynamic_conv import DynamicConv
 from graphslim.pipeline import Pipeline
 from graphslim.validate import Tolerance, compare
 

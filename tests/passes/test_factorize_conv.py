@@ -9,7 +9,6 @@ import json
 import numpy as np
 import onnx
 import pytest
-from graphslim.passes.factorize_conv import FactorizeConv
 from onnx import TensorProto, helper
 
 from graphslim import zoo
@@ -17,6 +16,7 @@ from graphslim.contract import PassContext
 from graphslim.errors import OptionsError
 from graphslim.feeds import random_feeds
 from graphslim.metrics import model_stats
+from graphslim.passes.factorize_conv import FactorizeConv
 from graphslim.pipeline import Pipeline
 from graphslim.validate import Tolerance, compare
 

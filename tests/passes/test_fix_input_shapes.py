@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import onnx
 import pytest
-from graphslim.passes.fix_input_shapes import FixInputShapes
 from onnx import TensorProto, helper
 
 from graphslim.contract import PassContext
 from graphslim.errors import OptionsError, PreconditionError
+from graphslim.passes.fix_input_shapes import FixInputShapes
 from graphslim.pipeline import Pipeline
 from graphslim.registry import get_pass
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from graphslim.passes.fold_bn import FoldBN
 from onnx import TensorProto, helper, numpy_helper
 
 from graphslim.contract import PassContext
+from graphslim.passes.fold_bn import FoldBN
 from graphslim.pipeline import Pipeline
 
 F = TensorProto.FLOAT

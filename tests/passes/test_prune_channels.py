@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from graphslim.passes.prune_channels import PruneChannels
 from onnx import TensorProto, helper, numpy_helper
 
 from graphslim import graph as G
@@ -27,6 +26,7 @@ from graphslim.contract import PassContext
 from graphslim.errors import OptionsError
 from graphslim.feeds import random_feeds
 from graphslim.metrics import model_stats
+from graphslim.passes.prune_channels import PruneChannels
 from graphslim.runtime import run_model
 from graphslim.validate import Tolerance, compare
 
@@ -863,6 +863,35 @@ def test_round_to(harness):
     _, exact = prune(harness, model, ratio=0.3, round_to=1)
     for name, n, k in _group_kept(original, exact):
         assert k == n - int(0.3 * n + 1e-9), (name, n, k)
+
+
+@pytest.mark.parametrize("block", [16, 8])
+def test_round_to_auto_aligns_wide_groups_to_the_block_and_spares_narrow_ones(
+    harness, monkeypatch, block
+):
+    """round_to=auto: the CPU's conv channel block (16 on AVX-512, 8 on AVX2), halved while it
+    is more than an eighth of the channels kept; the result runs and matches in shape."""
+    import graphslim.machine as M
+    from graphslim.pruning.select import multiple
+
+    monkeypatch.setattr(M, "channel_block", lambda: block)
+    assert [multiple("auto", k) for k in (4, 12, 29, 64, 128, 512)] == [
+        1, 1, 2, 8, 16 if block == 16 else 8, block,
+    ]  # fmt: skip
+    assert multiple("auto", 64, width=4) == block // 4  # classes of 4 channels (grouped conv)
+    assert multiple(8, 3) == 8  # an explicit multiple is taken as given
+    from graphslim.errors import OptionsError
+    from graphslim.pipeline import Pipeline
+
+    Pipeline.parse("prune-channels{ratio=0.5,round_to=auto}")  # the CLI / TOML spelling
+    with pytest.raises(OptionsError, match="round_to"):
+        Pipeline.parse("prune-channels{ratio=0.5,round_to=0}")
+    model = harness.fixture("tiny_yolo")
+    original, result = prune(harness, model, ratio=0.5, round_to="auto")
+    for name, n, k in _group_kept(original, result):
+        keep = n - n // 2
+        step = multiple("auto", keep)
+        assert k == (keep if n <= step else step * -(-keep // step)), (name, n, k)
 
 
 def test_min_channels(harness):

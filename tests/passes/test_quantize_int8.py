@@ -9,14 +9,14 @@ import logging
 import numpy as np
 import onnx
 import pytest
-from graphslim.passes import _quant_isa as I
-from graphslim.passes import _quant_sensitivity as S
-from graphslim.passes.quantize_int8 import QuantizeInt8
 from onnx import TensorProto, helper, numpy_helper
 
 from graphslim.contract import PassContext
 from graphslim.errors import OptionsError, PreconditionError
 from graphslim.feeds import random_feeds
+from graphslim.passes import _quant_isa as I
+from graphslim.passes import _quant_sensitivity as S
+from graphslim.passes.quantize_int8 import QuantizeInt8
 from graphslim.pipeline import Pipeline
 from graphslim.runtime import run_model
 

@@ -7,12 +7,12 @@ from __future__ import annotations
 import numpy as np
 import onnxsim
 import pytest
-from graphslim.passes.simplify import Simplify
 from onnx import TensorProto, helper, numpy_helper
 
 from graphslim.contract import PassContext
 from graphslim.errors import PreconditionError
 from graphslim.feeds import random_feeds
+from graphslim.passes.simplify import Simplify
 from graphslim.pipeline import Pipeline
 
 F = TensorProto.FLOAT
