@@ -885,41 +885,13 @@ def bench(
 
 
 def _machine(runtimes) -> dict:
-    """Where a figure was measured: CPU, ISA flags, cores, load, runtime versions."""
-    import os
-    import platform
+    """Where a figure was measured (:func:`graphslim.machine.machine`: CPU, ISA, flags, cores,
+    load) and the versions of the runtimes timed."""
+    from graphslim.machine import machine
+    from graphslim.runtime import runtime_version
 
-    cpu, flags = platform.processor() or platform.machine(), []
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and cpu in ("", platform.machine()):
-                cpu = line.split(":", 1)[1].strip()
-            if line.startswith(("flags", "Features")) and not flags:
-                have = set(line.split(":", 1)[1].split())
-                wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "asimddp")
-                flags = [f for f in wanted if f in have]
-    except OSError:
-        pass
-    versions = {}
-    for rt in runtimes:
-        if rt == "ort":
-            import onnxruntime
-
-            versions["onnxruntime"] = onnxruntime.__version__
-        elif rt == "openvino":
-            from graphslim.backends.openvino import version
-
-            versions["openvino"] = version()
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    return {
-        "machine": {
-            "cpu": cpu,
-            "isa": flags,
-            "cores": os.cpu_count(),
-            "load_average": load,
-            "versions": versions,
-        }
-    }
+    versions = {k: v for rt in runtimes for k, v in runtime_version(rt).items()}
+    return {"machine": machine() | {"versions": versions}}
 
 
 @app.command("report")

@@ -128,6 +128,17 @@ def check_runtime(runtime: str) -> None:
             raise BackendUnavailable(f"OpenVINO runtime unavailable: {why}")
 
 
+def runtime_version(runtime: str) -> dict[str, str]:
+    """``{package: version}`` of a runtime (for the machine record next to timings)."""
+    if runtime == "openvino":
+        from graphslim.backends.openvino import version
+
+        return {"openvino": version()}
+    import onnxruntime
+
+    return {"onnxruntime": onnxruntime.__version__}
+
+
 def open_session(
     model: onnx.ModelProto,
     *,
