@@ -51,7 +51,7 @@ from graphslim.channels import ChannelGraph, analyze
 from graphslim.metrics import COMPUTE_OPS, node_work
 from graphslim.pruning.canonical import canonical_copy
 from graphslim.pruning.options import PruneOptions
-from graphslim.pruning.plan import channels_removed, make_plan, pruned_copy
+from graphslim.pruning.plan import Plan, channels_removed, make_plan, pruned_copy
 from graphslim.pruning.reconstruct import conv_input_means
 from graphslim.validate import compare_outputs
 
@@ -338,6 +338,7 @@ def measure(
     progress: Callable[[int, int, str], None] | None = None,
     task=None,
     metric: str | None = None,
+    plan: Plan | None = None,
 ) -> Sensitivity:
     """Sensitivity curves of every prunable group of ``model`` on ``feeds`` (see module doc).
 
@@ -346,6 +347,8 @@ def measure(
     ``progress(done, total, label)`` after each candidate. ``task`` (a
     :class:`graphslim.tasks.Task`) and ``metric``: each candidate is also scored on the task
     against the original's outputs (``errors[r]["task"]``, e.g. map50 of the detections).
+    ``plan``: the pruner's own plan of ``model``'s canonical copy (made with the same
+    options), so a latency budget analyzes the model once.
     """
     from graphslim.runtime import Session
 
@@ -361,9 +364,12 @@ def measure(
     options.validate()
     # Groups as the pruner sees them (Identity-read and Constant weights seen through). One
     # analysis serves every candidate: each is the plan's model edited with other classes.
-    model, _ = canonical_copy(model)
     ctx = PassContext(seed=seed, feeds=calib, input_shapes=input_shapes)
-    plan = make_plan(model, options, ctx)
+    if plan is None:
+        model, _ = canonical_copy(model)
+        plan = make_plan(model, options, ctx)
+    else:
+        model = plan.cg.model
     cg = plan.cg
     means = conv_input_means(model, cg, calib) if options.compensate and calib else None
     base_sizes = node_sizes(cg)

@@ -42,8 +42,9 @@ from graphslim.sensitivity import Sensitivity, measure, node_fractions
 log = logging.getLogger(__name__)
 
 
-def sensitivity(model, ctx: PassContext, options: PruneOptions) -> Sensitivity:
-    """The curves for ``model`` with these pruning options, cached in ``ctx.cache``."""
+def sensitivity(model, ctx: PassContext, options: PruneOptions, plan=None) -> Sensitivity:
+    """The curves for ``model`` with these pruning options, cached in ``ctx.cache``;
+    ``plan``: the pass's plan of ``model`` (saves a second analysis)."""
     prune = {  # measure what the pass will do
         "importance": options.importance,
         "round_to": options.round_to,
@@ -70,6 +71,7 @@ def sensitivity(model, ctx: PassContext, options: PruneOptions) -> Sensitivity:
             prune_options=prune,
             calib=ctx.feeds,
             seed=ctx.seed,
+            plan=plan,
         )
     return ctx.cache[key]
 

@@ -57,7 +57,7 @@ def _prune_to_budget(model, options: PruneOptions, ctx: PassContext, plan: Plan)
     from graphslim.pruning.budget import budget_ratios, check_latency, sensitivity
 
     t0 = time.perf_counter()
-    sens = sensitivity(model, ctx, options)
+    sens = sensitivity(model, ctx, options, plan)
     t1 = time.perf_counter()
     search = partial(
         budget_ratios, plan.cg, plan.prunable, plan.pinned, plan.pick, sens, options.budget
