@@ -479,24 +479,20 @@ def _run_gate(task, min_metric, on_fail, spec, model, fed, source, preprocess, l
     model (on_fail "final": the run finishes and its report names the pass that broke it)."""
     from dataclasses import replace
 
-    from graphslim.tasks import METRICS, GateSpec, TaskGate, make_task, task_from_outputs
+    from graphslim.tasks import METRICS, UNKNOWN_TASK, GateSpec, TaskGate, gate_task, make_task
 
     if task is None and spec is None:
         if min_metric is not None or on_fail is not None:
             flag = "--min-metric" if min_metric is not None else "--on-fail"
             raise OptionsError(f"{flag} needs --task classify|detect|dense")
         return None, fed
-    kind, output = task or spec.task, None
-    if kind == "auto":
-        found = task_from_outputs(model, fed)
-        if found is None:
-            err.print(
-                "[bold red]warning:[/] the pipeline's task gate cannot tell the task from the "
-                "model's outputs; running WITHOUT it, so nothing checks that the result still "
-                "does its job: name the task with --task classify|detect|dense"
-            )
-            return None, fed
-        kind, output = found
+    found = gate_task(task or spec.task, model, fed)
+    if found is None:
+        err.print(
+            f"[bold red]warning:[/] {UNKNOWN_TASK}: name it with --task classify|detect|dense"
+        )
+        return None, fed
+    kind, output = found
     the_task, fed = make_task(
         kind, model, fed, source=source, preprocess=preprocess, limit=limit, output=output
     )

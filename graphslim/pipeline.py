@@ -479,7 +479,7 @@ def _gate_from_spec(spec, original: onnx.ModelProto, feeds):
     """The TaskGate of a pipeline file's ``[gate]`` for a Python caller (the CLI builds its
     own, with image geometry): the task from the output layout when ``auto``. Without feeds,
     or with a layout no rule knows, the run goes on ungated and says so."""
-    from graphslim.tasks import Task, task_from_outputs
+    from graphslim.tasks import UNKNOWN_TASK, Task, gate_task
 
     if not feeds:
         log.warning(
@@ -487,16 +487,11 @@ def _gate_from_spec(spec, original: onnx.ModelProto, feeds):
             "running WITHOUT it: nothing checks the task"
         )
         return None
-    kind, output = spec.task, None
-    if kind == "auto":
-        found = task_from_outputs(original, feeds)
-        if found is None:
-            log.warning(
-                "the pipeline's task gate cannot tell the task from the model's outputs; "
-                "running WITHOUT it (pass gate=TaskGate(...) to name the task)"
-            )
-            return None
-        kind, output = found
+    found = gate_task(spec.task, original, feeds)
+    if found is None:
+        log.warning("%s (pass gate=TaskGate(...) to name the task)", UNKNOWN_TASK)
+        return None
+    kind, output = found
     return spec.build(Task(kind, output=output), feeds)
 
 

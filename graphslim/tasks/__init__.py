@@ -33,12 +33,14 @@ Dense maps (``dense``; text/segmentation heads): both maps thresholded at ``thre
 
 from graphslim.tasks.gate import (
     DEFAULT_MINIMUM,
+    UNKNOWN_TASK,
     GateSpec,
     GateVerdict,
     Task,
     TaskGate,
     TaskGateFailed,
     evaluate_models,
+    gate_task,
     task_from_outputs,
 )
 from graphslim.tasks.infer import detection_head, detector_layout, infer_task
@@ -86,5 +88,7 @@ __all__ = [
     "make_task",
     "mean_average_precision",
     "parse_min_metric",
+    "UNKNOWN_TASK",
+    "gate_task",
     "task_from_outputs",
 ]

@@ -332,6 +332,25 @@ class GateSpec:
         )
 
 
+UNKNOWN_TASK = (
+    "the pipeline's task gate cannot tell the task from the model's outputs; running WITHOUT "
+    "it, so nothing checks that the result still does its job"
+)
+"""What a caller says (and how it goes on) when a ``[gate]`` with ``task = "auto"`` meets a
+model whose outputs no rule recognizes."""
+
+
+def gate_task(
+    kind: str, original: onnx.ModelProto, feeds: Sequence[dict]
+) -> tuple[str, str | None] | None:
+    """``(task, output)`` for a gate's task: as named, or read from ``original``'s outputs
+    when ``auto`` (None when no rule knows the layout: the caller goes on ungated and says
+    :data:`UNKNOWN_TASK`). One rule for the CLI and for Python callers of the pipeline."""
+    if kind != "auto":
+        return kind, None
+    return task_from_outputs(original, feeds)
+
+
 def task_from_outputs(original: onnx.ModelProto, feeds: Sequence[dict]) -> tuple[str, str] | None:
     """``(task, output)`` of ``original`` from its outputs on the first feed
     (:func:`graphslim.tasks.infer_task`), or None when no rule matches."""
