@@ -1,10 +1,13 @@
 """This machine, as every measured figure records it, and the facts passes choose by.
 
 The x86 ISA decides which integer kernels onnxruntime's MLAS runs (see
-``graphslim.passes._quant_isa``) and the channel block of its NCHWc float convolutions:
-MLAS lays channels out in blocks of ``NchwcBlockSize`` floats, 16 on AVX-512F and 8 otherwise
-(onnxruntime ``core/mlas/lib/platform.cpp``). A channel count that is not a multiple of the
-block leaves a partly filled block that costs a full one.
+``graphslim.passes._quant_isa``). The channel block of its NCHWc float convolutions decides
+which convolutions run blocked at all: onnxruntime's NCHWc transformer converts a Conv only
+when its output channels are a multiple of ``MlasNchwcGetBlockSize()`` (and its input
+channels too, unless fewer than one block); any other Conv runs in plain NCHW between
+Reorder nodes (``core/optimizer/nchwc_transformer.cc``). The block is 8 or 16 floats
+depending on the build and the CPU (``core/mlas/lib/platform.cpp``), and the CPU flags do not
+say which: an AVX-512 Xeon measured here runs 8. So it is probed, not guessed.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import logging
 import os
 import platform
 from pathlib import Path
+
+import onnx
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +69,39 @@ def isa_of(flags: set[str]) -> str:
 
 @functools.cache
 def channel_block() -> int:
-    """Channels per block of this machine's float conv kernels: 16 with AVX-512, else 8."""
-    flags, _ = cpu_flags()
-    return 16 if "avx512f" in flags else 8
+    """Output channels per block of onnxruntime's NCHWc convolutions on this machine (8 or
+    16), probed: the smallest block size whose one-Conv model onnxruntime converts to NCHWc.
+    8 when no size converts (no NCHWc kernels, e.g. some ARM builds)."""
+    import tempfile
+
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for block in (8, 16):
+            weight = numpy_helper.from_array(np.ones((block, 16, 1, 1), np.float32), "w")
+            graph = helper.make_graph(
+                [helper.make_node("Conv", ["x", "w"], ["y"])], "probe",
+                [helper.make_tensor_value_info("x", 1, [1, 16, 8, 8])],
+                [helper.make_tensor_value_info("y", 1, [1, block, 8, 8])], [weight],
+            )  # fmt: skip
+            model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+            model.ir_version = 8
+            opts = ort.SessionOptions()
+            opts.log_severity_level = 3  # the "hardware specific" warning of a saved NCHWc model
+            opts.optimized_model_filepath = str(Path(tmp) / f"probe{block}.onnx")
+            try:
+                ort.InferenceSession(
+                    model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
+                )
+                optimized = onnx.load(opts.optimized_model_filepath)
+            except Exception as exc:  # a probe must never stop a pass: say and assume 8
+                log.debug("NCHWc block probe failed: %s", exc)
+                return 8
+            if any(n.domain == "com.microsoft.nchwc" for n in optimized.graph.node):
+                return block
+    return 8
 
 
 def machine() -> dict:

@@ -26,9 +26,8 @@ class PruneOptions:
     )
     round_to: int | Literal["auto"] = option(
         8,
-        help="round kept channel counts up to a multiple of this; 'auto': this CPU's conv "
-        "channel block (16 with AVX-512, else 8), halved per group while it is more than 1/8 "
-        "of the channels kept",
+        help="round kept channel counts up to a multiple of this; 'auto': the channel block of "
+        "onnxruntime's blocked (NCHWc) convolutions on this machine, probed (8 or 16)",
     )
     min_channels: int = option(1, help="never keep fewer channels in a group")
     exclude: tuple[str, ...] = option((), help="regexes of source node names to leave alone")

@@ -105,21 +105,18 @@ def importance_by_class(
 # ---------------------------------------------------------------- selection
 
 
-def multiple(round_to: int | str, keep: int, width: int = 1) -> int:
-    """The multiple (in classes of ``width`` channels) that ``keep`` classes round up to.
+def multiple(round_to: int | str, width: int = 1) -> int:
+    """The multiple, in classes of ``width`` channels, that kept counts round up to.
 
-    ``round_to="auto"`` starts from this machine's conv channel block
-    (:func:`graphslim.machine.channel_block`: a partly filled block costs a full one) and
-    halves it while it is more than an eighth of the channels kept: a wide layer is aligned to
-    the block, a narrow one is not inflated to it (rounding adds less than 1/8 of its
-    channels: 24 channels at ratio 0.5 keep 12, not 16)."""
+    ``round_to="auto"``: the channel block of onnxruntime's NCHWc convolutions on this
+    machine (:func:`graphslim.machine.channel_block`, probed: 8 or 16). A Conv whose output
+    channels are not a multiple of it runs unblocked between Reorder nodes: pruned at ratio
+    0.5, ShuffleNetV2 runs 54 of its 56 convolutions blocked with ``round_to=8`` and 30 with
+    ``round_to=1`` (bench/round_to.py times what that costs)."""
     if round_to == "auto":
         from graphslim.machine import channel_block
 
-        step = channel_block()
-        while step > 1 and step * 8 > keep * width:
-            step //= 2
-        round_to = step
+        round_to = channel_block()
     return max(1, int(round_to) // width)
 
 
@@ -128,7 +125,7 @@ def _kept(n: int, ratio: float, round_to: int | str, min_channels: int, width: i
     and each class is ``width`` channels (a grouped Conv's whole group)."""
     min_channels = max(1, -(-min_channels // width))
     keep = n - math.floor(ratio * n + 1e-9)
-    round_to = multiple(round_to, keep, width)
+    round_to = multiple(round_to, width)
     if n > round_to:
         keep = math.ceil(keep / round_to) * round_to
     return max(min(n, keep), min(n, min_channels), 1)

@@ -866,20 +866,15 @@ def test_round_to(harness):
 
 
 @pytest.mark.parametrize("block", [16, 8])
-def test_round_to_auto_aligns_wide_groups_to_the_block_and_spares_narrow_ones(
-    harness, monkeypatch, block
-):
-    """round_to=auto: the CPU's conv channel block (16 on AVX-512, 8 on AVX2), halved while it
-    is more than an eighth of the channels kept; the result runs and matches in shape."""
+def test_round_to_auto_is_the_runtime_channel_block(harness, monkeypatch, block):
+    """round_to=auto rounds to onnxruntime's NCHWc channel block (probed: 8 or 16); grouped
+    convs count it in channels; the result runs and keeps its output shapes."""
     import graphslim.machine as M
     from graphslim.pruning.select import multiple
 
     monkeypatch.setattr(M, "channel_block", lambda: block)
-    assert [multiple("auto", k) for k in (4, 12, 29, 64, 128, 512)] == [
-        1, 1, 2, 8, 16 if block == 16 else 8, block,
-    ]  # fmt: skip
-    assert multiple("auto", 64, width=4) == block // 4  # classes of 4 channels (grouped conv)
-    assert multiple(8, 3) == 8  # an explicit multiple is taken as given
+    assert multiple("auto") == block and multiple("auto", width=4) == block // 4
+    assert multiple(8) == 8  # an explicit multiple is taken as given
     from graphslim.errors import OptionsError
     from graphslim.pipeline import Pipeline
 
@@ -890,8 +885,44 @@ def test_round_to_auto_aligns_wide_groups_to_the_block_and_spares_narrow_ones(
     original, result = prune(harness, model, ratio=0.5, round_to="auto")
     for name, n, k in _group_kept(original, result):
         keep = n - n // 2
-        step = multiple("auto", keep)
-        assert k == (keep if n <= step else step * -(-keep // step)), (name, n, k)
+        assert k == (keep if n <= block else block * -(-keep // block)), (name, n, k)
+
+
+def test_channel_block_probe_matches_what_onnxruntime_does():
+    """The probe's answer is the block onnxruntime uses: a Conv with that many output channels
+    is blocked (NCHWc) and one with half as many (below 8: never) is not, unless 8 is the
+    block."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    from graphslim.machine import channel_block
+
+    block = channel_block()
+    assert block in (8, 16)
+
+    def blocked(cout: int) -> bool:
+        w = numpy_helper.from_array(np.ones((cout, 16, 1, 1), np.float32), "w")
+        g = helper.make_graph(
+            [helper.make_node("Conv", ["x", "w"], ["y"])], "g",
+            [helper.make_tensor_value_info("x", 1, [1, 16, 4, 4])],
+            [helper.make_tensor_value_info("y", 1, [1, cout, 4, 4])], [w],
+        )  # fmt: skip
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+        m.ir_version = 8
+        with tempfile.TemporaryDirectory() as tmp:
+            so = ort.SessionOptions()
+            so.log_severity_level = 3
+            so.optimized_model_filepath = f"{tmp}/o.onnx"
+            ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+            return any(
+                n.domain == "com.microsoft.nchwc"
+                for n in onnx.load(so.optimized_model_filepath).graph.node
+            )
+
+    if blocked(8) or blocked(16):  # this build has NCHWc kernels
+        assert blocked(block) and blocked(2 * block)
+        assert blocked(block + 8) == (block == 8)
 
 
 def test_min_channels(harness):
