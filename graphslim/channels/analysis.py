@@ -49,7 +49,41 @@ def analyze(model: onnx.ModelProto, input_shapes: dict | None = None) -> Channel
             cg.freeze(s.atoms, f"reaches graph output '{out.name}'")
     cg.finish()
     _group_macs(cg)
+    _split_parts(cg)
     return cg
+
+
+READERS_THAT_ROUND = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+"""Nodes whose input channel count a runtime's kernels care about (blocking, alignment)."""
+
+
+def _split_parts(cg: ChannelGraph) -> None:
+    """Set each group's ``parts``: the coarsest split of its classes such that the classes any
+    compute node reads from the group are a union of parts (a C2f's second Split half feeds a
+    bottleneck Conv; the Concat of all pieces feeds cv2). Rounding each part to ``round_to``
+    then makes every Conv's input, and every source's output, a multiple of it: onnxruntime
+    runs a Conv blocked (NCHWc) only when its input channels are a multiple of the block too.
+    """
+    reads = []
+    for node in cg.model.graph.node:
+        if node.op_type in READERS_THAT_ROUND and node.input:
+            slot = cg.slot(node.input[0])
+            if slot is not None:
+                reads.append({cg.class_of(a) for a in slot.atoms})
+    for grp in cg.groups:
+        parts = [list(grp.classes)]
+        mine = set(grp.classes)
+        for read in reads:
+            inter = read & mine
+            if not inter or inter == mine:
+                continue
+            parts = [
+                piece
+                for part in parts
+                for piece in ([c for c in part if c in inter], [c for c in part if c not in inter])
+                if piece
+            ]
+        grp.parts = parts if len(parts) > 1 else []
 
 
 def _batch_one(model: onnx.ModelProto) -> dict | None:

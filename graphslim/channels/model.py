@@ -40,6 +40,10 @@ class ChannelGroup:
     # Channels of a source per class: 1, or a grouped Conv's input channels per group (its
     # groups are removed whole, so each class is that many channels).
     width: int = 1
+    # The classes split into the pieces that compute nodes read separately (a C2f's Split
+    # halves, a Concat's inputs): rounding applies per piece, so that every Conv's input
+    # channel count is a multiple too. Empty: one piece, all classes.
+    parts: list[list[int]] = field(default_factory=list)
 
     @property
     def channels(self) -> int:

@@ -157,13 +157,43 @@ def select(
     else:
         per_group = ratios
     for g in groups:
-        live = sorted((c for c in g.classes if c not in dead), key=lambda c: scores[c])
-        keep = _kept(len(g.classes), per_group[g.id], round_to, min_channels, g.width)
-        keep = min(keep, len(live)) if live else 0
+        removed |= _select_group(g, scores, per_group[g.id], round_to, min_channels, dead)
+    return removed
+
+
+def _select_group(
+    g: ChannelGroup,
+    scores: dict[int, float],
+    ratio: float,
+    round_to: int | str,
+    min_channels: int,
+    dead: set[int],
+) -> set[int]:
+    """The lowest-scored classes of ``g`` at ``ratio``. The count is rounded per part wider
+    than the multiple (``g.parts``: the pieces that compute nodes read separately, so every
+    Conv's input is a multiple too), each part keeping at least one class unless all of it is
+    dead; then, if the group keeps fewer than ``min_channels``, the best removed live classes
+    come back."""
+    removed: set[int] = set()
+    # Parts no wider than the multiple cannot be made multiples: they are pooled and the
+    # group's ranking decides among them, as without rounding (and then there is one pool).
+    step = multiple(round_to, g.width)
+    wide = [p for p in g.parts if len(p) > step] if step > 1 else []
+    pool = [c for p in g.parts if len(p) <= step for c in p] if wide else list(g.classes)
+    parts = wide + ([pool] if pool else [])
+    for part in parts:
+        live = sorted((c for c in part if c not in dead), key=lambda c: scores[c])
         if not live:
-            keep = 0
-        n_remove = len(live) - max(keep, 1 if live else 0)
-        removed.update(live[: max(n_remove, 0)])
+            continue
+        mins = min_channels if len(parts) == 1 else 1
+        keep = min(_kept(len(part), ratio, round_to, mins, g.width), len(live))
+        removed.update(live[: len(live) - max(keep, 1)])
+    if len(parts) > 1:
+        floor = min(len(g.classes), max(1, -(-min_channels // g.width)))
+        back = sorted((c for c in removed), key=lambda c: -scores[c])
+        kept = sum(1 for c in g.classes if c not in dead) - len(removed)
+        for c in back[: max(0, floor - kept)]:
+            removed.discard(c)
     return removed
 
 

@@ -851,18 +851,54 @@ def _group_kept(original, result) -> list[tuple[str, int, int]]:
     return rows
 
 
+def _expected_kept(grp, ratio: float, step: int) -> int:
+    """Kept channels of a group (width 1) rounded as the pruner rounds: per part wider than
+    ``step``, the narrower parts pooled (graphslim.pruning.select)."""
+
+    def kept(n: int) -> int:
+        keep = n - int(ratio * n + 1e-9)
+        return keep if n <= step else min(n, step * -(-keep // step))
+
+    wide = [len(p) for p in grp.parts if len(p) > step]
+    if not wide:
+        return kept(grp.channels)
+    return sum(kept(n) for n in wide) + kept(grp.channels - sum(wide))
+
+
 def test_round_to(harness):
+    """Kept counts round up to multiples of 8 per piece that a Conv reads (a C2f's Split
+    halves); pieces of 8 or fewer channels are pooled (tiny_yolo has many)."""
     model = harness.fixture("tiny_yolo")
     original, result = prune(harness, model, ratio=0.5)
+    groups = {s: g for g in analyze(original).groups for s in g.sources}
     rows = _group_kept(original, result)
     assert len(rows) == 27
     for name, n, k in rows:
-        keep = n - n // 2
-        assert k == (keep if n <= 8 else 8 * -(-keep // 8)), (name, n, k)
+        assert k == _expected_kept(groups[name], 0.5, 8), (name, n, k)
         assert n <= 8 or k % 8 == 0
     _, exact = prune(harness, model, ratio=0.3, round_to=1)
     for name, n, k in _group_kept(original, exact):
         assert k == n - int(0.3 * n + 1e-9), (name, n, k)
+
+
+def test_every_conv_keeps_aligned_channels_on_yolov8n():
+    """On YOLOv8n (C2f: Split halves, Concats of them) every Conv reads and writes a multiple of
+    8 channels after pruning, as before: onnxruntime runs a Conv blocked (NCHWc) only when both
+    are multiples of its block. Rounding whole groups left C2f halves at 23, 38, 58, ..."""
+    from graphslim import zoo
+
+    original = onnx.load(str(zoo.fetch("yolov8n-640")))
+    result = PruneChannels(ratio=0.5, compensate=False)(copy.deepcopy(original), PassContext())
+    assert result.counters["macs_reached"] <= 0.30
+    before, after = G.initializers(original.graph), G.initializers(result.model.graph)
+    convs = [n for n in result.model.graph.node if n.op_type == "Conv"]
+    assert len(convs) == 64
+    for n in convs:
+        group = G.attr(n, "group", 1)
+        for axis, scale in ((0, 1), (1, group)):  # output channels, input channels
+            was = before[n.input[1]].dims[axis] * scale
+            now = after[n.input[1]].dims[axis] * scale
+            assert was % 8 or now % 8 == 0, (n.name, axis, was, now)
 
 
 @pytest.mark.parametrize("block", [16, 8])
@@ -883,9 +919,9 @@ def test_round_to_auto_is_the_runtime_channel_block(harness, monkeypatch, block)
         Pipeline.parse("prune-channels{ratio=0.5,round_to=0}")
     model = harness.fixture("tiny_yolo")
     original, result = prune(harness, model, ratio=0.5, round_to="auto")
+    groups = {s: g for g in analyze(original).groups for s in g.sources}
     for name, n, k in _group_kept(original, result):
-        keep = n - n // 2
-        assert k == (keep if n <= block else block * -(-keep // block)), (name, n, k)
+        assert k == _expected_kept(groups[name], 0.5, block), (name, n, k)
 
 
 def test_channel_block_probe_matches_what_onnxruntime_does():
