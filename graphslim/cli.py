@@ -325,19 +325,9 @@ def run(
         calib_feeds = _feeds(
             calib, m, count=count, seed=seed, shapes=shapes, preprocess=preprocess, limit=limit
         )
-    live = _LiveProgress()
+    live = _LiveProgress(keep_stages=bench_stages, model=m)
     ctx = PassContext(seed=seed, input_shapes=shapes, feeds=calib_feeds, progress=live.update)
     gate, fed = _run_gate(task, min_metric, on_fail, pipe.gate, m, fed, feeds, preprocess, limit)
-    stage_models = []
-    if bench_stages:
-        stage_models.append(("input", m))
-
-    def keep_stage(rec, model) -> None:
-        if bench_stages and rec.modified and not rec.rolled_back:
-            stage_models.append((f"{len(stage_models_all) + 1}:{rec.name}", _copy(model)))
-        stage_models_all.append(rec.name)
-
-    stage_models_all: list[str] = []
     with live:
         result = pipe.run(
             m,
@@ -346,17 +336,14 @@ def run(
             validate_each=validate_each,
             tolerances=_tolerances(tol),
             input_shapes=shapes,
-            progress=lambda name, i, n: live.step(f"pass {i + 1}/{n}: {name}"),
             gate=gate if gate is not None else False,
-            on_stage=keep_stage,
+            observer=live,
         )
     _print_result(result, fed, feeds)
     timings = None
     if bench_stages:
         feed = fed[0] if fed else None
-        timings = _time_stages(
-            stage_models, feed or _one_feed(m, seed, shapes), bench_runs, runtime
-        )
+        timings = _time_stages(live.stages, feed or _one_feed(m, seed, shapes), bench_runs, runtime)
     _finish_run(model, output, pipe, m, result, timings, json_path, write_anyway)
 
 
@@ -534,10 +521,17 @@ def _detector_hint(comparison, fed, source) -> None:
 class _LiveProgress:
     """Progress of a long command: a rich spinner on a terminal; plain lines on stderr when it
     is a pipe or a file (one per step, at most one per 10 s within a step; see
-    graphslim.progress.Heartbeat)."""
+    graphslim.progress.Heartbeat). As a pipeline observer (the hooks of
+    :class:`graphslim.pipeline.Observer`, not imported: the CLI starts without the pipeline)
+    it shows each pass and, with
+    ``keep_stages``, keeps a copy of the model after each pass that changed it (``stages``,
+    the input first) for ``run --bench``."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep_stages: bool = False, model=None) -> None:
         from graphslim.progress import Heartbeat
+
+        self.keep_stages, self.passes = keep_stages, 0
+        self.stages = [("input", model)] if keep_stages else []
 
         self.terminal = err.is_terminal
         self.beat = (
@@ -561,6 +555,14 @@ class _LiveProgress:
             self.status.__exit__(*exc)
         if self.beat is not None:
             self.beat.__exit__(*exc)
+
+    def pass_started(self, name: str, index: int, total: int) -> None:
+        self.step(f"pass {index + 1}/{total}: {name}")
+
+    def pass_done(self, record, model) -> None:
+        self.passes += 1
+        if self.keep_stages and record.modified and not record.rolled_back:
+            self.stages.append((f"{self.passes}:{record.name}", _copy(model)))
 
     def step(self, text: str) -> None:
         self.text = text

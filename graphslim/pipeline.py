@@ -264,6 +264,19 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
+class Observer:
+    """What a caller of :meth:`Pipeline.run` may watch: override the hooks wanted (the CLI's
+    live progress and per-stage timing are one). Every hook defaults to doing nothing."""
+
+    def pass_started(self, name: str, index: int, total: int) -> None:
+        """Pass ``index`` of ``total`` starts (also for the task gate's scoring after it:
+        ``name`` is then ``"<pass>: task gate, <metric>"``)."""
+
+    def pass_done(self, record: PassRecord, model: onnx.ModelProto) -> None:
+        """A pass ran (``record``), ``model`` is the current model after it (and after a
+        rollback); e.g. to time every stage. Do not edit ``model``."""
+
+
 @dataclass
 class PipelineResult:
     model: onnx.ModelProto
@@ -336,27 +349,26 @@ class Pipeline:
         validate_each: bool = False,
         tolerances: Sequence[Tolerance] | None = None,
         input_shapes: dict[str, tuple[int, ...]] | None = None,
-        progress=None,
         gate=None,
-        on_stage=None,
+        observer: Observer | None = None,
     ) -> PipelineResult:
         """Run every pass in order on a copy of ``model`` (the caller's model is untouched).
 
         ``feeds``: inputs for validation (default: one seeded random feed). ``tolerances``:
         default ``max-rel=1e-4`` for an all-exact pipeline; for lossy pipelines the error is
         measured and reported, and judged only against tolerances the caller gives.
-        ``progress``: optional callable ``(pass_name, index, total)`` for a progress display.
         ``gate``: optional :class:`graphslim.tasks.TaskGate`, scored after every pass that
         modified the model; below its minimum the run stops, that pass is rolled back
         (``rec.rolled_back``), or the run goes on to be judged at the end, as the gate's
         ``on_fail`` says; the verdict on the final model (naming the stage that fell below
         the minimum) is ``result.gate``. ``gate=None`` uses the pipeline file's ``[gate]``
         (:attr:`gate`) when it has one, measured on ``feeds`` with the task read from the
-        output layout; ``gate=False``: no gate. ``on_stage``: optional callable
-        ``(record, model)`` after each pass (e.g. to time every stage).
+        output layout; ``gate=False``: no gate. ``observer``: an :class:`Observer` told when
+        each pass starts and ends (progress displays, per-stage timing).
         """
         ctx = ctx or PassContext(input_shapes=input_shapes)
         input_shapes = input_shapes or ctx.input_shapes
+        watch = observer or Observer()
         original = model
         if ctx.reference is None:
             ctx = replace(ctx, reference=original)  # the teacher of `finetune`
@@ -377,16 +389,14 @@ class Pipeline:
         done: list[str] = []
         final_metrics = None
         for i, p in enumerate(self.passes):
-            if progress:
-                progress(p.name, i, len(self.passes))
+            watch.pass_started(p.name, i, len(self.passes))
             kept = None
             if gate is not None and gate.on_fail == "rollback":
                 kept = onnx.ModelProto()
                 kept.CopyFrom(current)  # a pass may edit its input in place
             rec, current = _step(p, current, ctx, stats, input_shapes, checked_in, done)
             if gate is not None and rec.modified:
-                if progress:
-                    progress(f"{p.name}: task gate, {gate.metric}", i, len(self.passes))
+                watch.pass_started(f"{p.name}: task gate, {gate.metric}", i, len(self.passes))
                 metrics = _judge(gate, rec, original, current, done)
                 if rec.rolled_back:
                     current, rec.after = kept, stats
@@ -394,8 +404,7 @@ class Pipeline:
                     final_metrics = metrics
             if validate_each:
                 rec.validation = check(current, p.name, done)
-            if on_stage is not None:
-                on_stage(rec, current)
+            watch.pass_done(rec, current)
             records.append(rec)
             done.append(p.name)
             stats = rec.after

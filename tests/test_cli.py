@@ -629,7 +629,7 @@ def test_run_task_default_gate_fails_a_dead_detector(monkeypatch, capsys, model,
         monkeypatch, capsys, *args, "--task", "detect", "--min-metric", "map50=0.05"
     )
     assert code == 0, err
-    assert out_path.is_file() and "task gate: PASS: map50 0.1107 >= minimum 0.05" in out
+    assert out_path.is_file() and "task gate: PASS: map50 0.1190 >= minimum 0.05" in out
 
 
 def test_run_and_validate_without_task_point_at_task_detect(monkeypatch, capsys, model, tmp_path):

@@ -347,12 +347,20 @@ def test_correct_order_and_absent_partners_pass():
 def test_run_records_every_pass_and_leaves_the_callers_model_alone():
     model = bn_model()
     before = model.SerializeToString()
+    from graphslim.pipeline import Observer
+
     seen = []
-    result = Pipeline.parse("fold-bn,cleanup").run(
-        model, progress=lambda name, i, n: seen.append((name, i, n))
-    )
+
+    class Watch(Observer):
+        def pass_started(self, name, index, total):
+            seen.append((name, index, total))
+
+        def pass_done(self, record, model):
+            seen.append((record.name, len(model.graph.node)))
+
+    result = Pipeline.parse("fold-bn,cleanup").run(model, observer=Watch())
     assert model.SerializeToString() == before
-    assert seen == [("fold-bn", 0, 2), ("cleanup", 1, 2)]
+    assert seen == [("fold-bn", 0, 2), ("fold-bn", 4), ("cleanup", 1, 2), ("cleanup", 4)]
     fold, clean = result.records
     assert (fold.name, fold.numerics, fold.modified) == ("fold-bn", "exact", True)
     assert fold.seconds >= 0 and clean.seconds >= 0
