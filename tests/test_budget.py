@@ -163,6 +163,43 @@ def test_latency_check_secant_through_an_offset(monkeypatch):
     assert info["budget_measured"] == pytest.approx(0.5 * 0.97, abs=1e-3)
 
 
+def test_latency_check_aims_higher_when_it_prunes_far_more_than_asked(monkeypatch):
+    # The prediction is pessimistic: a candidate predicted at p runs at 0.6 p. The first
+    # round (0.30 measured for a 0.5 budget) prunes far more than asked: the next aims higher
+    # and lands within UNDERSHOOT of the budget; the less pruned round is kept.
+    _fake_timings(monkeypatch, lambda predicted: 0.6 * predicted)
+    aims = []
+
+    def search(aim):
+        aims.append(aim)
+        p = 0.5 if aim is None else aim
+        return {0: p}, {"budget_predicted": p}
+
+    chosen, info = budget.check_latency(
+        None, "latency=0.5", search, lambda ratios: ratios[0], {}, rounds=4
+    )
+    assert aims[0] is None and aims[1] > 0.5
+    assert 0.5 - budget.UNDERSHOOT <= info["budget_measured"] <= 0.5
+    assert info["budget_reached"] == 1 and info["budget_checks"] == 2
+    assert chosen == {0: aims[1]}
+
+
+def test_latency_check_keeps_a_round_below_the_window_rather_than_a_miss(monkeypatch):
+    # Rounds measure 0.30 (far below 0.5) then 0.60 (a miss) then 0.62: the budget-meeting
+    # round is kept though it prunes more than asked, and the record says it was met.
+    n = iter(range(100))
+
+    def search(aim):
+        return {0: next(n)}, {"budget_predicted": 0.5}
+
+    latency = {0: 0.30, 1: 0.60, 2: 0.62}
+    _fake_timings(monkeypatch, lambda k: latency[k])
+    chosen, info = budget.check_latency(
+        None, "latency=0.5", search, lambda ratios: ratios[0], {}, rounds=3
+    )
+    assert chosen == {0: 0} and info["budget_reached"] == 1 and info["budget_measured"] == 0.3
+
+
 def test_latency_check_returns_fastest_when_budget_not_met(monkeypatch):
     # Nothing gets below 0.7: every round misses; the fastest candidate is kept, flagged.
     n = iter(range(100))

@@ -23,8 +23,10 @@ activations, and a loaded CPU moves every number. So a ``latency`` budget is the
 (NetAdapt's rule: measure, don't trust a proxy): :func:`check_latency` builds the candidate,
 times it against the input model side by side (:func:`graphslim.bench.bench`, alternating
 runs, ratio of medians), and when the measured ratio misses the budget, aims the search
-lower and tries again, up to ``budget_checks`` rounds. The pass reports the measured ratio
-of the model it returns.
+lower and tries again, up to ``budget_checks`` rounds; a candidate measured more than
+:data:`UNDERSHOOT` below the budget prunes more than asked, and the search aims higher. Of
+the rounds measured, the pass keeps the least pruned one that meets the budget, and reports
+its measured ratio.
 """
 
 from __future__ import annotations
@@ -158,29 +160,33 @@ def check_latency(
 ) -> tuple[dict[int, float], dict[str, float]]:
     """Measured check of a latency budget (module doc): ``search(aim)`` -> (ratios, info),
     ``build(ratios)`` -> the pruned candidate. Returns the ratios whose measured latency
-    ratio meets the budget (the first such round), else those of the fastest round tried.
+    ratio meets the budget (see below), else those of the fastest round tried.
 
     A candidate meets the budget when its measured ratio (medians of alternating runs, as
     ``graphslim bench`` reports) is within ``budget * (1 - margin / 2)``: half the margin
-    keeps a second measurement of the same model from landing just above the budget. After a
-    miss the next aim is the secant through the last two (aim, measured) points, solved for
-    ``budget * (1 - margin)``; with one point, or a secant that does not point lower, the aim
-    is scaled by the miss."""
+    keeps a second measurement of the same model from landing just above the budget; the
+    search stops at the first round in ``[budget - UNDERSHOOT, that]``. After a miss (above,
+    or far below: pruned more than asked) the next aim is the secant through the last two
+    (aim, measured) points, solved for ``budget * (1 - margin)``; with one point, or a secant
+    that points the wrong way, the aim is scaled by the miss. Kept: the least pruned round
+    that meets the budget, else the fastest."""
     from graphslim.bench import bench
 
     _, target = parse_budget(budget)
     goal, accept = target * (1 - margin), target * (1 - margin / 2)
+    low = target - UNDERSHOOT
     aim = None
     points: list[tuple[float, float]] = []  # (aim, measured)
-    best: tuple[float, dict[int, float], dict[str, float]] | None = None
+    rounds_info: list[tuple[float, dict[int, float], dict[str, float]]] = []
     tried: set[tuple] = set()
     done = 0
     for k in range(rounds):
         chosen, info = search(aim)
         key = tuple(sorted(chosen.items()))
-        # An aim within one step of the greedy gives the same ratios: step on down.
-        while key in tried and aim is not None and aim > 0.05:
-            aim = max(0.05, aim * 0.97)
+        # An aim within one step of the last gives the same ratios: step on, the same way.
+        up = bool(points) and points[-1][1] < low
+        while key in tried and aim is not None and 0.05 < aim < 1.0:
+            aim = min(1.0, aim * 1.03) if up else max(0.05, aim * 0.97)
             chosen, info = search(aim)
             key = tuple(sorted(chosen.items()))
         if key in tried:
@@ -196,14 +202,12 @@ def check_latency(
             timings[1].median_ms, timings[0].median_ms,
         )  # fmt: skip
         info = info | {"budget_measured": round(measured, 4), "budget_aim": round(current, 4)}
-        if best is None or measured < best[0] or measured <= accept:
-            best = (measured, chosen, info)
-        if measured <= accept:
+        rounds_info.append((measured, chosen, info))
+        if low <= measured <= accept:
             break
         points.append((current, measured))
         aim = _next_aim(points, goal)
-    assert best is not None
-    measured, chosen, info = best
+    measured, chosen, info = _best_round(rounds_info, accept)
     info["budget_reached"] = int(measured <= accept)
     info["budget_checks"] = done
     if measured > accept:
@@ -213,18 +217,41 @@ def check_latency(
             measured,
             done,
         )
+    elif measured < low:
+        log.warning(
+            "prune-channels: budget %s met with room to spare: measured %.3f after %d checks "
+            "(more pruned than asked)",
+            budget,
+            measured,
+            done,
+        )
     return chosen, info
+
+
+UNDERSHOOT = 0.05
+"""A measured latency ratio more than this below the budget prunes more than asked: the
+check aims higher (less pruning) again, as it aims lower after a miss."""
+
+
+def _best_round(rounds_info, accept: float):
+    """The round to keep: among those meeting the budget the slowest (least pruned, closest
+    to what was asked); when none meets it, the fastest."""
+    meeting = [r for r in rounds_info if r[0] <= accept]
+    if meeting:
+        return max(meeting, key=lambda r: r[0])
+    return min(rounds_info, key=lambda r: r[0])
 
 
 def _next_aim(points: list[tuple[float, float]], goal: float) -> float:
     """The aim (a predicted ratio) expected to measure ``goal``, from the (aim, measured)
-    points so far (all of them misses, above the goal)."""
+    points so far (misses above the budget, or rounds far below it): the secant through the
+    last two when it points the right way, else the last aim scaled by the miss."""
     a1, m1 = points[-1]
     scaled = a1 * goal / m1
     if len(points) >= 2:
         a0, m0 = points[-2]
         if abs(a1 - a0) > 1e-6 and (m1 - m0) / (a1 - a0) > 0:
             secant = a1 + (goal - m1) * (a1 - a0) / (m1 - m0)
-            if 0 < secant < a1:
-                return max(0.05, secant)
-    return max(0.05, scaled)
+            if (secant - a1) * (goal - m1) > 0:
+                return min(1.0, max(0.05, secant))
+    return min(1.0, max(0.05, scaled))
