@@ -71,10 +71,14 @@ def test_greedy_prunes_insensitive_groups_first(model, ctx):
     r = PruneChannels(**opts)(copy(model), ctx)
     sens = budget.sensitivity(model, ctx, PruneChannels(**opts).options)
     t = r.counters["budget_error_threshold"]
-    chosen = [max([0.0] + [x for x in sens.ratios if g.error(x) <= t]) for g in sens.groups]
+    rule = [max([0.0] + [x for x in sens.ratios if g.error(x) <= t]) for g in sens.groups]
+    got = {x: r.counters[f"budget_groups_at_{x:g}"] for x in sens.ratios}
+    # What the threshold prunes beyond the budget is given back, one step down at a time:
+    # never more groups at or above a ratio than the rule put there.
     for x in sens.ratios:
-        assert r.counters[f"budget_groups_at_{x:g}"] == chosen.count(x)
-    assert 0 < chosen.count(0.0) < len(chosen)  # the most sensitive groups are spared
+        assert sum(n for y, n in got.items() if y >= x) <= sum(1 for y in rule if y >= x)
+    assert 0 < rule.count(0.0) < len(rule)  # the most sensitive groups are spared
+    assert 0.7 - 0.1 <= r.counters["macs_estimate_ratio"] <= 0.7  # the budget, used
     # A looser budget never uses a higher error threshold.
     loose = PruneChannels(**(opts | {"budget": "macs=0.9"}))(copy(model), ctx)
     assert loose.counters["budget_error_threshold"] <= t
@@ -220,7 +224,7 @@ def test_latency_check_returns_fastest_when_budget_not_met(monkeypatch):
 def test_latency_budget_measures_the_result(model, ctx):
     r = PruneChannels(budget="latency=0.9", budget_ratios=(0.5, 0.75), round_to=1)(copy(model), ctx)
     c = r.counters
-    assert 1 <= c["budget_checks"] <= 3 and c["budget_measured"] > 0
+    assert 1 <= c["budget_checks"] <= 5 and c["budget_measured"] > 0  # budget_checks=5
     assert c["budget_reached"] == int(c["budget_measured"] <= 0.9 * 0.985)
     without = PruneChannels(
         budget="latency=0.9", budget_ratios=(0.5, 0.75), round_to=1, budget_checks=0

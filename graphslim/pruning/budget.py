@@ -11,7 +11,9 @@ worst output with only ``g`` pruned at ``r``; ``e_g(0) = 0``; :mod:`graphslim.se
    node's size fraction, and ``latency = sum_n t_n(f_n) + fixed`` from the per-node profile
    (``latency=``), or the MACs estimate (``macs=``);
 3. ``t`` is bisected over the measured error levels: the smallest threshold whose cost is
-   within the budget wins (cost falls as ``t`` grows, since every ``r_g`` grows).
+   within the budget wins (cost falls as ``t`` grows, since every ``r_g`` grows);
+4. what that threshold prunes beyond the budget is given back: groups step down to their
+   next smaller ratio, largest error first, while the cost stays within the budget.
 
 Groups pinned by ``overrides`` keep their ratio. The curves are measured once per model and
 options, on the context's feeds (seeded random feeds when it has none), and cached in
@@ -134,6 +136,8 @@ def budget_ratios(
             else:
                 lo = mid + 1
     chosen = ratios_at(levels[hi])
+    if reached:
+        chosen = _give_back(chosen, free, curves, sens.ratios, lambda c: cost(pick(c)), target)
     info = {
         "budget_target": value,
         "budget_predicted": round(cost(pick(chosen)), 4),
@@ -145,6 +149,30 @@ def budget_ratios(
     if kind == "latency":
         info["budget_base_ms"] = round(sens.latency.base_ms, 3)
     return chosen, info
+
+
+def _give_back(chosen, free, curves, ratios, cost_of, target: float) -> dict[int, float]:
+    """Step groups down to their next smaller candidate ratio while the predicted cost stays
+    within ``target``: the threshold that meets the budget moves every group whose error is
+    within it at once, which can prune far more than asked (a model whose every error is 0,
+    e.g. on inputs it saturates on, goes to the largest ratio everywhere). Groups with the
+    largest error at their ratio step down first; among equal errors, the smaller (fewer
+    MACs) first, so the pruning that buys the most stays."""
+    steps = sorted(ratios)
+    changed = True
+    while changed:
+        changed = False
+        order = sorted(
+            (g for g in free if chosen[g.id] > 0),
+            key=lambda g: (-curves[g.sources[0]].error(chosen[g.id]), g.macs),
+        )
+        for g in order:
+            lower = max([0.0] + [r for r in steps if r < chosen[g.id]])
+            trial = dict(chosen)
+            trial[g.id] = lower
+            if cost_of(trial) <= target:
+                chosen, changed = trial, True
+    return chosen
 
 
 def check_latency(
