@@ -563,11 +563,16 @@ def test_passes_report_progress_through_the_context():
                 ctx.report("step", k + 1, 3)
             return PassResult(model, False)
 
+    from graphslim.pipeline import Observer
+
     seen, steps = [], []
+
+    class Steps(Observer):
+        def pass_started(self, name, index, total):
+            steps.append((name, index, total))
+
     ctx = PassContext(progress=lambda text, done, total: seen.append((text, done, total)))
-    Pipeline([Counting()]).run(
-        bn_model(), ctx=ctx, progress=lambda name, i, n: steps.append((name, i, n))
-    )
+    Pipeline([Counting()]).run(bn_model(), ctx=ctx, observer=Steps())
     assert seen == [("step", 1, 3), ("step", 2, 3), ("step", 3, 3)]
     assert steps == [("counting", 0, 1)]
     Counting()(bn_model(), PassContext())  # no display: reporting is a no-op
