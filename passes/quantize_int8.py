@@ -49,6 +49,11 @@ is timed against the input, alternately in one process (:func:`graphslim.bench.b
 (``modified`` False) and says so with both figures. This is a wall-clock measurement, so the
 outcome can differ between machines and, near 1.0x, between runs.
 
+Bad input is refused before any work (:class:`~graphslim.errors.PreconditionError`, exit 2
+from the CLI, the input untouched): a model that is already quantized (QDQ pairs, QOperator
+``QLinear*`` / integer ops, :data:`QUANTIZED_OPS`), calibration data that is missing, empty,
+unreadable or does not fit the model through the ``preprocess`` spec (size, channels, layout).
+
 The result keeps the graph's input and output names and the input's metadata_props,
 producer and doc string; the opset may rise to 13.
 """
@@ -169,9 +174,7 @@ class QuantizeInt8(Pass):
 
     def call(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
         o = self.options
-        if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node):
-            why = "the model already has QuantizeLinear/DequantizeLinear nodes; not re-quantized"
-            return PassResult(model, False, skipped=[("<model>", why)], notes=[why])
+        _refuse_quantized(model)
         feeds, notes = _calibration_feeds(model, o, ctx)
         with tempfile.TemporaryDirectory(prefix="graphslim-quant-") as tmp:
             work = Path(tmp)
@@ -257,6 +260,49 @@ class QuantizeInt8(Pass):
         return PassResult(qdq, True, counters, skipped, notes, details)
 
 
+# ----------------------------------------------------------------------------- preconditions
+
+# Ops that only a quantized graph has: QDQ (QuantizeLinear/DequantizeLinear), onnxruntime's
+# QOperator format (QLinear*, com.microsoft QGemm/QAttention/...), integer kernels and the
+# dynamic-quantization ops. Quantizing such a graph again would calibrate already-rounded
+# tensors and stack a second rounding on the first.
+QUANTIZED_OPS = {
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "DynamicQuantizeLinear",
+    "ConvInteger",
+    "MatMulInteger",
+    "QGemm",
+    "QAttention",
+    "QEmbedLayerNormalization",
+    "DynamicQuantizeMatMul",
+    "DynamicQuantizeLSTM",
+    "MatMulIntegerToFloat",
+    "MatMulNBits",
+}
+
+
+def quantized_ops(model: onnx.ModelProto) -> dict[str, int]:
+    """``{op type: count}`` of the quantized ops in the main graph (empty: a float model)."""
+    found: dict[str, int] = {}
+    for n in model.graph.node:
+        if n.op_type in QUANTIZED_OPS or n.op_type.startswith("QLinear"):
+            found[n.op_type] = found.get(n.op_type, 0) + 1
+    return found
+
+
+def _refuse_quantized(model: onnx.ModelProto) -> None:
+    found = quantized_ops(model)
+    if found:
+        first = next(n for n in model.graph.node if n.op_type in found)
+        ops = ", ".join(f"{k} x{v}" for k, v in sorted(found.items()))
+        raise PreconditionError(
+            f"the model is already quantized ({ops}; first: node "
+            f"{first.name or first.output[0]!r}); quantize-int8 takes a float model: give the "
+            "FP32 original"
+        )
+
+
 # ----------------------------------------------------------------------------- calibration
 
 
@@ -290,6 +336,12 @@ def _calibration_feeds(model, o: QuantizeInt8Options, ctx: PassContext):
                 preprocess=o.preprocess,
                 limit=o.calibration_size,
             )
+    except OSError as exc:  # e.g. a folder or image that cannot be read (permissions)
+        where = getattr(exc, "filename", None) or src
+        raise PreconditionError(
+            f"cannot read calibration data {where}: {exc.strerror or exc}; check the path "
+            "and its permissions"
+        ) from exc
     except FeedError as exc:
         hint = ""
         if "--input-shape" in str(exc) or "dynamic" in str(exc):

@@ -286,10 +286,137 @@ def test_byte_stable_for_same_input_and_options(harness):
     assert [(o.domain, o.version) for o in a.opset_import] == [("", 17)]
 
 
-def test_second_run_is_a_noop(harness):
+def test_already_quantized_qdq_model_is_a_precondition_error(harness):
     q, _ = _quantize(harness.fixture("residual_add"))
-    r = harness.check_noop(QuantizeInt8(calibration="random"), q)
-    assert "already" in r.notes[0]
+    before = q.SerializeToString()
+    with pytest.raises(PreconditionError, match="already quantized.*QuantizeLinear x"):
+        QuantizeInt8(calibration="random")(q, PassContext())
+    assert q.SerializeToString() == before
+
+
+def test_already_quantized_qoperator_model_is_a_precondition_error(harness, tmp_path):
+    from graphslim.passes import _quant_prepare as P
+    from onnxruntime.quantization import QuantFormat, quantize_static
+
+    model = harness.fixture("residual_add")
+    onnx.save_model(model, tmp_path / "f.onnx")
+    feeds = random_feeds(model, count=2, seed=0)
+    quantize_static(
+        str(tmp_path / "f.onnx"),
+        str(tmp_path / "q.onnx"),
+        P.feed_reader(feeds),
+        quant_format=QuantFormat.QOperator,
+    )
+    q = onnx.load_model(tmp_path / "q.onnx")
+    assert _nodes(q, "QLinearConv")
+    with pytest.raises(PreconditionError, match="already quantized.*QLinearConv x"):
+        QuantizeInt8(calibration="random")(q, PassContext())
+
+
+# ----------------------------------------------------------------------------- bad input, CLI
+
+
+def _cli(monkeypatch, capsys, tmp_path, model: onnx.ModelProto, spec: str):
+    """``graphslim run IN -P SPEC -o OUT``: (exit code, stderr); asserts the input file is
+    byte-identical afterwards and that no output was written on failure."""
+    import hashlib
+    import sys
+
+    from graphslim import cli
+
+    src = tmp_path / "in.onnx"
+    onnx.save_model(model, src)
+    digest = hashlib.sha256(src.read_bytes()).hexdigest()
+    out = tmp_path / "out.onnx"
+    argv = ["graphslim", "run", str(src), "-P", spec, "-o", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.setattr(cli.err, "width", 400)
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    err = capsys.readouterr().err
+    assert hashlib.sha256(src.read_bytes()).hexdigest() == digest, "input file was modified"
+    if exc.value.code:
+        assert not out.exists()
+    return exc.value.code, err
+
+
+def _one_line(err: str) -> str:
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_cli_already_quantized_model_exits_2_with_one_line(harness, monkeypatch, capsys, tmp_path):
+    q, _ = _quantize(harness.fixture("residual_add"))
+    code, err = _cli(monkeypatch, capsys, tmp_path, q, "quantize-int8{calibration=random}")
+    assert code == 2
+    line = _one_line(err)
+    assert "already quantized" in line and "DequantizeLinear" in line and "FP32" in line
+
+
+def _images(folder, count=2, size=(40, 50), mode="RGB"):
+    from PIL import Image
+
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    shape = (*size, 3) if mode == "RGB" else size
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("case", "preprocess", "expect"),
+    [
+        ("empty", "yolo", "has no .npy/.npz files and no images"),
+        ("missing", "yolo", "does not exist"),
+        ("corrupt", "yolo", "cannot read image"),
+        ("images", "imagenet", "does not match"),  # 224x224 vs the model's 64x64
+        ("images", "'yolo,gray'", "has 3 channels"),
+        ("images", "'yolo,nhwc'", "NCHW"),
+        ("images", "bogus", "unknown preprocess key"),
+    ],
+)
+def test_cli_bad_calibration_data_exits_2_with_one_line(
+    harness, monkeypatch, capsys, tmp_path, case, preprocess, expect
+):
+    folder = tmp_path / "cal"
+    if case == "empty":
+        folder.mkdir()
+    elif case == "corrupt":
+        folder.mkdir()
+        (folder / "a.jpg").write_bytes(b"not an image")
+    elif case == "images":
+        _images(folder)
+    spec = f"quantize-int8{{calibration={folder},preprocess={preprocess}}}"
+    code, err = _cli(monkeypatch, capsys, tmp_path, harness.fixture("tiny_yolo"), spec)
+    assert code == 2
+    line = _one_line(err)
+    assert "calibration" in line and expect in line
+
+
+def test_cli_unreadable_calibration_folder_exits_2_with_one_line(
+    harness, monkeypatch, capsys, tmp_path
+):
+    # chmod cannot make a folder unreadable for root (CI containers): the OS error is simulated
+    from pathlib import Path
+
+    folder = _images(tmp_path / "cal")
+    real = Path.iterdir
+
+    def denied(self):
+        if self == folder:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "iterdir", denied)
+    spec = f"quantize-int8{{calibration={folder}}}"
+    code, err = _cli(monkeypatch, capsys, tmp_path, harness.fixture("tiny_yolo"), spec)
+    assert code == 2
+    line = _one_line(err)
+    assert "cannot read calibration data" in line and str(folder) in line
+    assert "Permission denied" in line
 
 
 def test_bad_options_are_rejected():
