@@ -23,6 +23,19 @@ Targets (``activation_type`` / ``weight_type`` override them):
   report no accuracy difference between u8 and s8 there. Not measured on ARM by us.
 * ``tensorrt``: int8 symmetric activations and weights (zero points 0), as TensorRT's
   explicit-quantization mode requires.
+* ``openvino``: u8 asymmetric activations, s8 symmetric per-channel weights (7-bit on x86
+  without VNNI, as for ``cpu-x86``), and a different *placement*
+  (:data:`OPENVINO_OPS`): Q/DQ pairs only on the *inputs* of the ops OpenVINO runs in INT8
+  (Conv, ConvTranspose, MatMul, Gemm, Add, Concat, pooling, Resize), never on their outputs,
+  and none around activations -- NNCF's rule for OpenVINO (its CPU hardware config quantizes
+  the inputs of those ops). OpenVINO's low-precision transformations fold a Conv with its bias
+  and activation (SiLU, Sigmoid, ...) in f32 post-ops and then the next op's input quantizer
+  into the same kernel; a Q/DQ pair on the Conv output (onnxruntime's QDQ default) splits it
+  into a u8 Conv plus a separate element-wise subgraph. Measured on yolox-det in OpenVINO:
+  0.64x onnxruntime FP32 with onnxruntime's placement, 0.40-0.44x with this one
+  (bench/results/runtimes.md). The identity Q/DQ pairs onnxruntime leaves after ops that only
+  move values (Split, MaxPool, Reshape, ...) are removed (:mod:`passes._quant_openvino`,
+  exact), so OpenVINO carries u8 through them. The latency guard times in OpenVINO here.
 
 Steps, all in a temporary folder: opset < 13 is converted to 13 (per-channel
 DequantizeLinear needs its ``axis``); unnamed nodes get stable names (``{op}_{index}``);
@@ -43,9 +56,10 @@ Before any search, an output-path Concat whose inputs' calibrated ranges differ 
 in float with the layout ops after it; its inputs keep their own scales. Without this, one scale
 rounds every score to 0 and no exclusion elsewhere can bring them back.
 
-Latency guard (``latency_guard``; on for CPU targets with real calibration data): the result
-is timed against the input, alternately in one process (:func:`graphslim.bench.bench`, median of
-``latency_runs``); if INT8 is not faster on this machine, the pass keeps the input
+Latency guard (``latency_guard``; on for CPU and OpenVINO targets with real calibration data):
+the result is timed against the input, alternately in one process (:func:`graphslim.bench.bench`,
+median of ``latency_runs``) on ``runtime`` (onnxruntime CPU; OpenVINO CPU for
+``target=openvino``, skipped with a note when OpenVINO is not installed); if INT8 is not faster on this machine, the pass keeps the input
 (``modified`` False) and says so with both figures. This is a wall-clock measurement, so the
 outcome can differ between machines and, near 1.0x, between runs.
 
@@ -70,6 +84,7 @@ from typing import Literal
 import numpy as np
 import onnx
 from graphslim.passes import _quant_isa as I
+from graphslim.passes import _quant_openvino as V
 from graphslim.passes import _quant_prepare as P
 from graphslim.passes import _quant_ranges as R
 from graphslim.passes import _quant_search as Q
@@ -78,10 +93,11 @@ from graphslim.passes import _quant_sensitivity as S
 from graphslim.contract import Pass, PassContext, PassResult, option
 from graphslim.errors import PreconditionError
 from graphslim.feeds import FeedError, load_feeds, random_feeds
+from graphslim.model_io import needs_external_data
 
 log = logging.getLogger(__name__)
 
-Target = Literal["cpu-x86", "cpu-x86-vnni", "cpu-x86-avx2", "cpu-arm", "tensorrt"]
+Target = Literal["cpu-x86", "cpu-x86-vnni", "cpu-x86-avx2", "cpu-arm", "tensorrt", "openvino"]
 QType = Literal["auto", "uint8", "int8"]
 
 # target -> (activation type, activation symmetric)
@@ -91,7 +107,35 @@ TARGETS: dict[str, tuple[str, bool]] = {
     "cpu-x86-avx2": ("uint8", False),
     "cpu-arm": ("int8", False),
     "tensorrt": ("int8", True),
+    "openvino": ("uint8", False),
 }
+# target=openvino: the op types whose inputs are quantized (and whose outputs are not); NNCF's
+# OpenVINO CPU hardware config quantizes the inputs of these (its "quantizable operations").
+OPENVINO_OPS = (
+    "Conv",
+    "ConvTranspose",
+    "MatMul",
+    "Gemm",
+    "Add",
+    "Concat",
+    "MaxPool",
+    "AveragePool",
+    "GlobalAveragePool",
+    "Resize",
+    "Split",
+)
+# ... of which these compute new values: their outputs stay float (OpenVINO fuses the next
+# quantizer into them); the others' outputs keep their input's grid (then the identity Q/DQ
+# after them is removed, passes._quant_openvino)
+OPENVINO_FLOAT_OUTPUTS = (
+    "Conv",
+    "ConvTranspose",
+    "MatMul",
+    "Gemm",
+    "Add",
+    "AveragePool",
+    "GlobalAveragePool",
+)
 RANDOM_CAP = 8  # random calibration: at most this many feeds (they carry no information)
 
 
@@ -113,7 +157,8 @@ class QuantizeInt8Options:
         "cpu-x86",
         help="cpu-x86: u8 act/s8 weights, settings for this machine's ISA (VNNI: full range; "
         "AVX2/AVX-512 without VNNI: reduce_range); cpu-x86-vnni / cpu-x86-avx2: for a "
-        "deployment machine of that ISA; cpu-arm: s8/s8; tensorrt: symmetric s8/s8",
+        "deployment machine of that ISA; cpu-arm: s8/s8; tensorrt: symmetric s8/s8; "
+        "openvino: u8/s8 with Q/DQ only on the inputs of the ops OpenVINO fuses (NNCF's rule)",
     )
     reduce_range: Literal["auto", "on", "off"] = option(
         "auto",
@@ -145,10 +190,15 @@ class QuantizeInt8Options:
     )
     latency_guard: Literal["auto", "on", "off"] = option(
         "auto",
-        help="time INT8 against FP32 (onnxruntime CPU) and keep the input when INT8 is not "
-        "faster; auto: on for CPU targets with real calibration data",
+        help="time INT8 against FP32 (on `runtime`) and keep the input when INT8 is not "
+        "faster; auto: on for CPU and OpenVINO targets with real calibration data",
     )
     latency_runs: int = option(10, help="alternating timed runs for the latency guard")
+    runtime: Literal["auto", "ort", "openvino"] = option(
+        "auto",
+        help="runtime the latency guard times FP32 and INT8 on; auto: openvino for "
+        "target=openvino, onnxruntime otherwise",
+    )
 
     def validate(self) -> None:
         if self.calibration_size < 1:
@@ -237,18 +287,14 @@ class QuantizeInt8(Pass):
         )
         if q.x86 is not None:
             notes.append(q.x86.note())
-        guard = o.latency_guard == "on" or (
-            o.latency_guard == "auto"
-            and o.target != "tensorrt"
-            and o.calibration.strip().lower() != "random"
-        )
-        if guard:
-            fp32_ms, int8_ms = _latency(model, qdq, feeds[0], o.latency_runs)
+        runtime = _guard_runtime(o, notes)
+        if runtime:
+            fp32_ms, int8_ms = _latency(model, qdq, feeds[0], o.latency_runs, runtime)
             ratio = int8_ms / fp32_ms
             counters.update(latency_fp32_ms=fp32_ms, latency_int8_ms=int8_ms, latency_ratio=ratio)
             figures = (
                 f"INT8 {int8_ms:.2f} ms vs FP32 {fp32_ms:.2f} ms = {ratio:.2f}x (median of "
-                f"{o.latency_runs} alternating onnxruntime CPU runs on this machine)"
+                f"{o.latency_runs} alternating {RUNTIME_NAMES[runtime]} CPU runs on this machine)"
             )
             if ratio >= 1.0:
                 why = f"INT8 is not faster than FP32 here: {figures}; the input is kept"
@@ -258,6 +304,35 @@ class QuantizeInt8(Pass):
                 )
             notes.append(f"latency: {figures}")
         return PassResult(qdq, True, counters, skipped, notes, details)
+
+
+RUNTIME_NAMES = {"ort": "onnxruntime", "openvino": "OpenVINO"}
+
+
+def _guard_runtime(o: QuantizeInt8Options, notes: list[str]) -> str | None:
+    """The runtime the latency guard times on, or None when the guard is off (``auto``: off
+    for tensorrt and for random calibration; for OpenVINO, off with a note when it is not
+    installed, while ``on`` then asks for it)."""
+    on = o.latency_guard == "on" or (
+        o.latency_guard == "auto"
+        and o.target != "tensorrt"
+        and o.calibration.strip().lower() != "random"
+    )
+    if not on:
+        return None
+    runtime = (
+        o.runtime if o.runtime != "auto" else ("openvino" if o.target == "openvino" else "ort")
+    )
+    if runtime == "openvino":
+        from graphslim.backends.openvino import unavailable
+
+        why = unavailable()
+        if why and o.latency_guard == "on":
+            raise PreconditionError(f"latency_guard=on with runtime openvino: {why}")
+        if why:
+            notes.append(f"latency guard skipped: {why}; INT8 was not timed")
+            return None
+    return runtime
 
 
 # ----------------------------------------------------------------------------- preconditions
@@ -368,7 +443,8 @@ class _Quantizer:
         act = act if o.activation_type == "auto" else o.activation_type
         wt = "int8" if o.weight_type == "auto" else o.weight_type
         self.types = (act, wt, sym)
-        self.x86 = I.choose(o.target) if o.target.startswith("cpu-x86") else None
+        x86 = o.target.startswith("cpu-x86") or o.target == "openvino"
+        self.x86 = I.choose("cpu-x86" if o.target == "openvino" else o.target) if x86 else None
         if o.reduce_range != "auto":
             self.reduce_range = o.reduce_range == "on"
         else:  # only u8 x s8 saturates (module doc of passes._quant_isa)
@@ -384,7 +460,11 @@ class _Quantizer:
         extra = {"ActivationSymmetric": sym, "WeightSymmetric": True}
         if o.method == "percentile":
             extra["CalibPercentile"] = o.percentile
+        if o.target == "openvino":
+            # inputs only: no Q/DQ on these ops' outputs (module doc)
+            extra["OpTypesToExcludeOutputQuantization"] = list(OPENVINO_FLOAT_OUTPUTS)
         self.kwargs = dict(
+            op_types_to_quantize=list(OPENVINO_OPS) if o.target == "openvino" else None,
             quant_format=QuantFormat.QDQ,
             per_channel=o.per_channel,
             reduce_range=self.reduce_range,
@@ -394,6 +474,7 @@ class _Quantizer:
             extra_options=extra,
         )
         self.pre_path, self.feeds, self.work = pre_path, feeds, work
+        self.openvino = o.target == "openvino"
         self.cache = work / "calibration.json"
         self.cached = "calibration_cache_path" in inspect.signature(_quantize_static()).parameters
         self.count = 0
@@ -412,7 +493,10 @@ class _Quantizer:
                 "keep the offending nodes in float with exclude=[...]"
             ) from exc
         self.last_path = out
-        return onnx.load_model(str(out))
+        model = onnx.load_model(str(out))
+        if self.openvino and (V.unify_concat_scales(model) + V.drop_requantize(model)):
+            onnx.save_model(model, str(out), save_as_external_data=needs_external_data(model))
+        return model
 
 
 def _quantize_static():
@@ -429,11 +513,12 @@ def _run(model: onnx.ModelProto, feeds) -> list[dict[str, np.ndarray]]:
     return run_model(model, feeds, optimization="all", label="quantize-int8")
 
 
-def _latency(model, qdq, feed, runs: int) -> tuple[float, float]:
-    """Median milliseconds of FP32 and INT8, timed alternately (:func:`graphslim.bench.bench`)."""
+def _latency(model, qdq, feed, runs: int, runtime: str = "ort") -> tuple[float, float]:
+    """Median milliseconds of FP32 and INT8, timed alternately (:func:`graphslim.bench.bench`)
+    on ``runtime`` (``ort`` or ``openvino``)."""
     from graphslim.bench import bench
 
-    fp32, int8 = bench([("fp32", model), ("int8", qdq)], feed, runs=runs)
+    fp32, int8 = bench([("fp32", model), ("int8", qdq)], feed, runs=runs, runtime=runtime)
     return fp32.median_ms, int8.median_ms
 
 

@@ -638,3 +638,165 @@ def test_suffix_search_finds_damage_at_the_outputs_without_names(harness):
     assert any(n.startswith("Concat") or n == cat.name for n in kept), kept
     assert r.counters["output_error"] < r.counters["output_error_no_auto"]
     assert _score_error(model, q, feeds) < 0.1
+
+
+# ----------------------------------------------------------------------------- target=openvino
+
+
+def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    return {o: n for n in model.graph.node for o in n.output}
+
+
+def test_openvino_target_quantizes_inputs_not_outputs(harness):
+    """NNCF's rule: Q/DQ on the inputs of Conv/Add/Concat/..., none on a Conv's output, none
+    around the SiLU's Sigmoid/Mul, no Q/DQ pair after the Split; numbers close to FP32."""
+    from graphslim.passes._quant_openvino import VALUE_MOVING
+    from graphslim.passes.quantize_int8 import OPENVINO_OPS
+
+    model = harness.fixture("c2f")
+    feeds = random_feeds(model, count=4, seed=1)
+    q, r = _quantize(model, PassContext(feeds=feeds), calibration="", target="openvino")
+    prod = _producers(q)
+    dq = _dq_of(q)
+    weights = {t.name for t in q.graph.initializer}
+    for d in _nodes(q, "DequantizeLinear"):
+        if d.input[0] in weights:
+            continue
+        users = [n for n in q.graph.node if d.output[0] in n.input]
+        # an activation is dequantized only into an op OpenVINO runs in INT8 (or one that
+        # moves its values there)
+        assert all(u.op_type in set(OPENVINO_OPS) | VALUE_MOVING for u in users), d.name
+    for conv in _nodes(q, "Conv"):
+        src = prod[conv.input[0]]  # the DQ, or the Split / unified Concat that carry u8
+        while src.op_type in VALUE_MOVING | {"Concat"}:
+            src = prod[src.input[0]]
+        assert src.op_type == "DequantizeLinear" and conv.input[1] in dq, conv.name
+    for op in ("Sigmoid",):
+        for n in _nodes(q, op):
+            assert n.input[0] not in dq, n.name
+    split = _nodes(q, "Split")[0]
+    assert split.input[0] in dq
+    consumers = [n for n in q.graph.node if set(n.input) & set(split.output)]
+    assert consumers and not any(n.op_type == "QuantizeLinear" for n in consumers)
+    # the Concat's inputs share one grid (unified) and its output's identity pair is gone
+    cat = _nodes(q, "Concat")[0]
+    grids = {
+        (_init(q, dq[i].input[1]).tobytes(), _init(q, dq[i].input[2]).tobytes())
+        if i in dq
+        else ("split", prod[i].op_type)
+        for i in cat.input
+    }
+    assert len([g for g in grids if g[0] != "split"]) <= 1, grids
+    assert "target openvino" in " ".join(r.notes)
+    ref, got = run_model(model, feeds), run_model(q, feeds)
+    for a, b in zip(ref, got):
+        for k in a:
+            cos = np.dot(a[k].ravel(), b[k].ravel()) / (np.linalg.norm(a[k]) * np.linalg.norm(b[k]))
+            assert cos > 0.99, (k, cos)
+
+
+def _qdq_chain(op: str, attrs: dict, out_scale: float) -> onnx.ModelProto:
+    """x -> Q/DQ(s=0.1) -> OP -> Q/DQ(out_scale) -> Conv: the pair after OP is an identity
+    when out_scale equals the input's."""
+    text = f"""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[1, 2, 4, 4] x) => (float[1, 2, 2, 2] y) {{
+        qx = QuantizeLinear (x, s, z)
+        dx = DequantizeLinear (qx, s, z)
+        m = {op} <{", ".join(f"{k} = {v}" for k, v in attrs.items())}> (dx)
+        qm = QuantizeLinear (m, s2, z2)
+        dm = DequantizeLinear (qm, s2, z2)
+        y = Conv (dm, w)
+    }}
+    """
+    model = onnx.parser.parse_model(text)
+    w = np.random.default_rng(0).normal(size=(2, 2, 1, 1)).astype(np.float32)
+    model.graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array(0.1, np.float32), "s"),
+            numpy_helper.from_array(np.array(7, np.uint8), "z"),
+            numpy_helper.from_array(np.array(out_scale, np.float32), "s2"),
+            numpy_helper.from_array(np.array(7, np.uint8), "z2"),
+            numpy_helper.from_array(w, "w"),
+        ]
+    )
+    onnx.checker.check_model(model)
+    return model
+
+
+def test_identity_requantization_is_dropped_exactly():
+    from graphslim.passes import _quant_openvino as V
+
+    op, attrs = "MaxPool", {"kernel_shape": "[2, 2]", "strides": "[2, 2]"}
+    model = _qdq_chain(op, attrs, 0.1)
+    feeds = [
+        {"x": np.random.default_rng(i).normal(size=(1, 2, 4, 4)).astype(np.float32)}
+        for i in range(3)
+    ]
+    before = run_model(model, feeds, optimization="disable")
+    work = copy.deepcopy(model)
+    assert V.drop_requantize(work) == 1
+    assert len(_nodes(work, "QuantizeLinear")) == 1 and len(_nodes(work, "DequantizeLinear")) == 1
+    onnx.checker.check_model(work)
+    after = run_model(work, feeds, optimization="disable")
+    for a, b in zip(before, after):
+        np.testing.assert_array_equal(a["y"], b["y"])  # exact: the pair was an identity
+    # another scale is a real requantization: kept
+    other = _qdq_chain(op, attrs, 0.2)
+    assert V.drop_requantize(other) == 0
+
+
+def _concat_chain(out_scale: float) -> onnx.ModelProto:
+    """a, b -> Q/DQ (scales 0.1, 0.2) -> Concat -> Q/DQ(out_scale) -> Relu."""
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[1, 2, 4] a, float[1, 2, 4] b) => (float[1, 4, 4] y) {
+        qa = QuantizeLinear (a, sa, za)
+        da = DequantizeLinear (qa, sa, za)
+        qb = QuantizeLinear (b, sb, zb)
+        db = DequantizeLinear (qb, sb, zb)
+        c = Concat <axis = 1> (da, db)
+        qc = QuantizeLinear (c, sc, zc)
+        dc = DequantizeLinear (qc, sc, zc)
+        y = Relu (dc)
+    }
+    """
+    model = onnx.parser.parse_model(text)
+    model.graph.initializer.extend(
+        numpy_helper.from_array(np.array(v, t), n)
+        for n, v, t in [
+            ("sa", 0.1, np.float32),
+            ("za", 0, np.uint8),
+            ("sb", 0.2, np.float32),
+            ("zb", 0, np.uint8),
+            ("sc", out_scale, np.float32),
+            ("zc", 0, np.uint8),
+        ]
+    )
+    onnx.checker.check_model(model)
+    return model
+
+
+def test_concat_inputs_take_the_output_grid_only_when_it_covers_them():
+    from graphslim.passes import _quant_openvino as V
+
+    model = _concat_chain(0.2)  # output range 0..51 covers a (0..25.5) and b (0..51)
+    feeds = [
+        {
+            "a": np.linspace(0, 25, 8, dtype=np.float32).reshape(1, 2, 4),
+            "b": np.linspace(0, 50, 8, dtype=np.float32).reshape(1, 2, 4),
+        }
+    ]
+    before = run_model(model, feeds, optimization="disable")[0]["y"]
+    assert V.unify_concat_scales(model) == 1
+    assert _init(model, "sa") == pytest.approx(0.2) and _init(model, "sb") == pytest.approx(0.2)
+    assert V.drop_requantize(model) == 1  # the output pair is now an identity
+    after = run_model(model, feeds, optimization="disable")[0]["y"]
+    # a is rounded once onto the output grid instead of twice (0.1, then 0.2): within one
+    # output step of before, and within half a step of the float input
+    assert np.abs(after - before).max() <= 0.2 + 1e-5
+    exact = np.concatenate([feeds[0]["a"], feeds[0]["b"]], axis=1)
+    assert np.abs(after - exact).max() <= 0.1 + 1e-5
+    narrow = _concat_chain(0.1)  # output range 0..25.5 would clip b: nothing moves
+    assert V.unify_concat_scales(narrow) == 0
+    assert _init(narrow, "sb") == pytest.approx(0.2)
