@@ -51,6 +51,12 @@ or ``max_excluded`` nodes are kept in float; a step is kept only when it lowers 
 at least ``min_gain`` (a float node costs speed), so the result is never worse than no
 exclusion. The search stops early after ``_quant_search.PATIENCE`` candidates in a row without gain.
 
+With ``task=detect|classify|dense`` (image calibration feeds), both stages minimise the task
+error against the FP32 model on the calibration feeds instead of the output error:
+``1 - map50`` / ``1 - top-1 agreement`` / ``1 - map IoU``, plus ``output error / 100`` to
+order candidates the (step-shaped) task metric scores alike (:func:`task_score`); ``tolerance``
+then applies to that score.
+
 Before any search, an output-path Concat whose inputs' calibrated ranges differ by more than
 32x (a detection head's box pixels next to its class scores, :mod:`passes._quant_ranges`) is kept
 in float with the layout ops after it; its inputs keep their own scales. Without this, one scale
@@ -194,6 +200,12 @@ class QuantizeInt8Options:
         "faster; auto: on for CPU and OpenVINO targets with real calibration data",
     )
     latency_runs: int = option(10, help="alternating timed runs for the latency guard")
+    task: Literal["none", "detect", "classify", "dense"] = option(
+        "none",
+        help="auto_exclude minimises this task's error against the FP32 model on the "
+        "calibration feeds (detect: 1 - map50, classify: 1 - top-1 agreement, dense: 1 - "
+        "map IoU) plus output error / 100 as a tie-break; none: the output error",
+    )
     runtime: Literal["auto", "ort", "openvino"] = option(
         "auto",
         help="runtime the latency guard times FP32 and INT8 on; auto: openvino for "
@@ -243,13 +255,14 @@ class QuantizeInt8(Pass):
                 why = "no node was quantized (no Conv/Gemm/MatMul/... with float inputs)"
                 return PassResult(model, False, skipped=skipped + [("<model>", why)], notes=[why])
             reference = _run(model, feeds)
-            error = S.output_error(reference, _run(qdq, feeds))
+            score = task_score(o.task, feeds) if o.task != "none" else S.output_error
+            error = score(reference, _run(qdq, feeds))
             counters: dict[str, int | float] = {"output_error_no_auto": error}
             details: list[dict] = []
             auto: list[str] = []
             if o.auto_exclude and error > o.tolerance and o.max_excluded > 0:
                 qdq, path, error, auto, row = Q.suffix_search(
-                    q, o, pre, qdq, error, excluded, reference, _run
+                    q, o, pre, qdq, error, excluded, reference, _run, score
                 )
                 details.append(row)
                 if error > o.tolerance and len(auto) < o.max_excluded:
@@ -264,12 +277,14 @@ class QuantizeInt8(Pass):
                         _run,
                         o.max_excluded - len(auto),
                         path,
+                        score,
                     )
                     auto += more
                     details += rows
+                what = "output error" if o.task == "none" else f"{o.task} task error"
                 notes.append(
                     f"auto_exclude kept {len(auto)} node(s) in float: {', '.join(auto) or 'none'}"
-                    f"; output error {counters['output_error_no_auto']:.4g} -> {error:.4g}"
+                    f"; {what} {counters['output_error_no_auto']:.4g} -> {error:.4g}"
                     f" (tolerance {o.tolerance:g})"
                 )
             elif o.auto_exclude:
@@ -307,6 +322,25 @@ class QuantizeInt8(Pass):
 
 
 RUNTIME_NAMES = {"ort": "onnxruntime", "openvino": "OpenVINO"}
+TASK_METRIC = {"detect": "map50", "classify": "top1", "dense": "iou"}
+OUTPUT_WEIGHT = 0.01  # task mode: output error's share, a tie-break among equal task scores
+
+
+def task_score(kind: str, feeds):
+    """``score(reference, outputs)`` for ``task=kind``: ``1 - metric + OUTPUT_WEIGHT * output
+    error``, the metric of the candidate's outputs against the FP32 model's on the calibration
+    feeds (:mod:`graphslim.tasks`: detections decoded and matched, mAP@0.5; top-1 agreement;
+    IoU of the thresholded maps). The task term is what the user judges; it is flat over
+    many candidates (a few images, a step metric), so the output error orders those."""
+    from graphslim.tasks import Task
+
+    task = Task(kind)
+
+    def score(reference, outputs) -> float:
+        metric = task.evaluate(reference, outputs, feeds).metrics[TASK_METRIC[kind]]
+        return (1.0 - float(metric)) + OUTPUT_WEIGHT * S.output_error(reference, outputs)
+
+    return score
 
 
 def _guard_runtime(o: QuantizeInt8Options, notes: list[str]) -> str | None:

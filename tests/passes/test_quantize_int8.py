@@ -800,3 +800,40 @@ def test_concat_inputs_take_the_output_grid_only_when_it_covers_them():
     narrow = _concat_chain(0.1)  # output range 0..25.5 would clip b: nothing moves
     assert V.unify_concat_scales(narrow) == 0
     assert _init(narrow, "sb") == pytest.approx(0.2)
+
+
+# ----------------------------------------------------------------------------- task-driven search
+
+
+def test_task_detect_search_minimises_the_detection_error(harness):
+    """task=detect: the search scores candidates by 1 - map50 against FP32 (plus output error
+    / 100); with the Concat rule off, the erased scores give map50 ~0 and the search brings
+    the detections back, measured here again with graphslim.tasks on the same feeds."""
+    from graphslim.tasks import Task
+
+    model = _mixed_head(harness)
+    feeds = random_feeds(model, count=4, seed=1, low=0.0, high=1.0)
+    ctx = PassContext(feeds=feeds)
+    q, r = _quantize(
+        model, ctx, calibration="", mixed_concat_float=False, auto_exclude=True, task="detect"
+    )
+    before, after = r.counters["output_error_no_auto"], r.counters["output_error"]
+    assert before > 0.5  # 1 - map50 with the scores rounded to 0
+    assert after < 0.1 and r.counters["excluded_auto"] >= 1
+    assert any("detect task error" in n for n in r.notes)
+    map50 = Task("detect").evaluate(run_model(model, feeds), run_model(q, feeds), feeds)
+    assert map50.metrics["map50"] > 0.9
+
+
+def testtask_score_is_one_minus_the_metric_plus_a_tie_break():
+    import graphslim.passes.quantize_int8 as Q
+
+    ref = [{"p": np.array([[0.1, 0.9]], np.float32)}, {"p": np.array([[0.8, 0.2]], np.float32)}]
+    one_wrong = [
+        {"p": np.array([[0.1, 0.9]], np.float32)},
+        {"p": np.array([[0.2, 0.8]], np.float32)},
+    ]
+    score = Q.task_score("classify", None)
+    assert score(ref, ref) == 0.0
+    expected = 0.5 + Q.OUTPUT_WEIGHT * S.output_error(ref, one_wrong)
+    assert score(ref, one_wrong) == pytest.approx(expected)
