@@ -69,6 +69,11 @@ median of ``latency_runs``) on ``runtime`` (onnxruntime CPU; OpenVINO CPU for
 (``modified`` False) and says so with both figures. This is a wall-clock measurement, so the
 outcome can differ between machines and, near 1.0x, between runs.
 
+``mode=dynamic`` (:mod:`passes._quant_dynamic`): onnxruntime's ``quantize_dynamic`` of the
+MatMul-type ops instead (weights offline, activation ranges at run time, no calibration), for
+MatMul/Gemm-heavy models such as text recognizers; with feeds its output error is measured
+and the latency guard applies as for static.
+
 Bad input is refused before any work (:class:`~graphslim.errors.PreconditionError`, exit 2
 from the CLI, the input untouched): a model that is already quantized (QDQ pairs, QOperator
 ``QLinear*`` / integer ops, :data:`QUANTIZED_OPS`), calibration data that is missing, empty,
@@ -89,6 +94,7 @@ from typing import Literal
 
 import numpy as np
 import onnx
+from graphslim.passes import _quant_dynamic as D
 from graphslim.passes import _quant_isa as I
 from graphslim.passes import _quant_openvino as V
 from graphslim.passes import _quant_prepare as P
@@ -147,6 +153,12 @@ RANDOM_CAP = 8  # random calibration: at most this many feeds (they carry no inf
 
 @dataclass(frozen=True, kw_only=True)
 class QuantizeInt8Options:
+    mode: Literal["static", "dynamic"] = option(
+        "static",
+        help="static: QDQ with calibrated activation ranges; dynamic: onnxruntime's dynamic "
+        "quantization of MatMul-type ops (weights offline, activations at run time, no "
+        "calibration; for MatMul/Gemm-heavy models)",
+    )
     calibration: str = option(
         "",
         help="calibration data: an image folder, a .npy/.npz file (or folder), or 'random' "
@@ -237,6 +249,8 @@ class QuantizeInt8(Pass):
     def call(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
         o = self.options
         _refuse_quantized(model)
+        if o.mode == "dynamic":
+            return _dynamic(model, o, ctx)
         feeds, notes = _calibration_feeds(model, o, ctx)
         with tempfile.TemporaryDirectory(prefix="graphslim-quant-") as tmp:
             work = Path(tmp)
@@ -302,23 +316,84 @@ class QuantizeInt8(Pass):
         )
         if q.x86 is not None:
             notes.append(q.x86.note())
-        runtime = _guard_runtime(o, notes)
-        if runtime:
-            fp32_ms, int8_ms = _latency(model, qdq, feeds[0], o.latency_runs, runtime)
-            ratio = int8_ms / fp32_ms
-            counters.update(latency_fp32_ms=fp32_ms, latency_int8_ms=int8_ms, latency_ratio=ratio)
-            figures = (
-                f"INT8 {int8_ms:.2f} ms vs FP32 {fp32_ms:.2f} ms = {ratio:.2f}x (median of "
-                f"{o.latency_runs} alternating {RUNTIME_NAMES[runtime]} CPU runs on this machine)"
+        return _guarded(
+            model, qdq, feeds[0], o, _guard_runtime(o, notes), counters, skipped, notes, details
+        )
+
+
+def _guarded(model, qdq, feed, o, runtime, counters, skipped, notes, details) -> PassResult:
+    """The result, or the input when the latency guard (on ``runtime``; None: off) finds
+    INT8 not faster."""
+    if runtime:
+        fp32_ms, int8_ms = _latency(model, qdq, feed, o.latency_runs, runtime)
+        ratio = int8_ms / fp32_ms
+        counters.update(latency_fp32_ms=fp32_ms, latency_int8_ms=int8_ms, latency_ratio=ratio)
+        figures = (
+            f"INT8 {int8_ms:.2f} ms vs FP32 {fp32_ms:.2f} ms = {ratio:.2f}x (median of "
+            f"{o.latency_runs} alternating {RUNTIME_NAMES[runtime]} CPU runs on this machine)"
+        )
+        if ratio >= 1.0:
+            why = f"INT8 is not faster than FP32 here: {figures}; the input is kept"
+            log.warning("quantize-int8: %s", why)
+            return PassResult(
+                model, False, counters, skipped + [("<model>", why)], notes + [why], details
             )
-            if ratio >= 1.0:
-                why = f"INT8 is not faster than FP32 here: {figures}; the input is kept"
-                log.warning("quantize-int8: %s", why)
-                return PassResult(
-                    model, False, counters, skipped + [("<model>", why)], notes + [why], details
-                )
-            notes.append(f"latency: {figures}")
-        return PassResult(qdq, True, counters, skipped, notes, details)
+        notes.append(f"latency: {figures}")
+    return PassResult(qdq, True, counters, skipped, notes, details)
+
+
+def _dynamic(model: onnx.ModelProto, o: QuantizeInt8Options, ctx: PassContext) -> PassResult:
+    """mode=dynamic (:mod:`passes._quant_dynamic`): no calibration; the feeds (calibration
+    source or context), when given, measure the output error and time the result."""
+    real = bool(ctx.feeds) or o.calibration.strip().lower() not in ("", "random")
+    if real:
+        feeds, notes = _calibration_feeds(model, o, ctx)
+    else:
+        count = min(o.calibration_size, 2)
+        feeds = random_feeds(model, count=count, seed=ctx.seed, shapes=ctx.input_shapes)
+        notes = ["mode=dynamic: no feeds given; output error measured on random inputs"]
+    on_x86 = o.target.startswith("cpu-x86") or o.target == "openvino"
+    x86 = I.choose("cpu-x86" if o.target == "openvino" else o.target) if on_x86 else None
+    reduce = (o.reduce_range == "on") or (
+        o.reduce_range == "auto" and bool(x86 and x86.reduce_range)
+    )
+    with tempfile.TemporaryDirectory(prefix="graphslim-quant-") as tmp:
+        work = Path(tmp)
+        pre, pre_notes = P.prepare(model, work)
+        notes += pre_notes
+        excluded, skipped = P.resolve_exclude(pre, o.exclude)
+        qdq = D.quantize_dynamic(
+            work / "pre.onnx",
+            work / "dynamic.onnx",
+            exclude=excluded,
+            per_channel=o.per_channel,
+            reduce_range=reduce,
+        )
+    quantized = D.integer_nodes(qdq)
+    if not quantized:
+        why = (
+            f"mode=dynamic quantized no node (no {'/'.join(D.DYNAMIC_OPS)} with a constant weight)"
+        )
+        return PassResult(model, False, skipped=skipped + [("<model>", why)], notes=notes + [why])
+    _restore(qdq, model)
+    error = S.output_error(_run(model, feeds), _run(qdq, feeds))
+    counters: dict[str, int | float] = {
+        "nodes_quantized": quantized,
+        "excluded_user": len(excluded),
+        "output_error": error,
+        "reduce_range": int(reduce),
+    }
+    notes.append(
+        f"mode=dynamic: {quantized} MatMul-type node(s) with s8 "
+        f"{'per-channel' if o.per_channel else 'per-tensor'} weights"
+        f"{' (7-bit, reduce_range)' if reduce else ''}, u8 activations quantized at run time; "
+        f"output error {error:.4g} on {len(feeds)} sample(s)"
+    )
+    if x86 is not None:
+        notes.append(x86.note())
+    guard = o.latency_guard == "on" or (o.latency_guard == "auto" and real)
+    runtime = _guard_runtime(o, notes) if guard else None
+    return _guarded(model, qdq, feeds[0], o, runtime, counters, skipped, notes, [])
 
 
 RUNTIME_NAMES = {"ort": "onnxruntime", "openvino": "OpenVINO"}

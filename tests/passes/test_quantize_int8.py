@@ -837,3 +837,48 @@ def testtask_score_is_one_minus_the_metric_plus_a_tie_break():
     assert score(ref, ref) == 0.0
     expected = 0.5 + Q.OUTPUT_WEIGHT * S.output_error(ref, one_wrong)
     assert score(ref, one_wrong) == pytest.approx(expected)
+
+
+# ----------------------------------------------------------------------------- mode=dynamic
+
+
+def _matmul_model(harness) -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    w1 = rng.normal(0, 0.3, (16, 32)).astype(np.float32)
+    w2 = rng.normal(0, 0.3, (32, 4)).astype(np.float32)
+    return harness.model(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+            helper.make_node("Relu", ["h"], ["r"], name="relu"),
+            helper.make_node("MatMul", ["r", "w2"], ["y"], name="fc2"),
+        ],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 4])],
+        {"w1": w1, "w2": w2},
+    )
+
+
+def test_dynamic_mode_quantizes_matmuls_without_calibration(harness):
+    from graphslim.passes import _quant_dynamic as D
+
+    model = _matmul_model(harness)
+    q, r = _quantize(model, calibration="", mode="dynamic")  # no feeds at all
+    assert r.modified and r.counters["nodes_quantized"] == 2 == D.integer_nodes(q)
+    assert not _nodes(q, "MatMul") and not _nodes(q, "QuantizeLinear")
+    assert any("random inputs" in n for n in r.notes)
+    onnx.checker.check_model(q)
+    feeds = random_feeds(model, count=3, seed=5)
+    ref, got = run_model(model, feeds), run_model(q, feeds)
+    err = S.output_error(ref, got)
+    assert 0 < err < 0.05, err  # INT8 rounding, not a broken graph
+    assert r.counters["output_error"] < 0.05
+
+
+def test_dynamic_mode_excludes_and_declines_conv_models(harness):
+    model = _matmul_model(harness)
+    q, r = _quantize(model, mode="dynamic", exclude=("fc2",))
+    assert r.counters["nodes_quantized"] == 1 and [n.name for n in _nodes(q, "MatMul")] == ["fc2"]
+    conv = harness.fixture("residual_add")
+    out, r = _quantize(conv, mode="dynamic")
+    assert r.modified is False and "quantized no node" in r.notes[-1]
+    assert out.SerializeToString() == conv.SerializeToString()
