@@ -882,3 +882,51 @@ def test_dynamic_mode_excludes_and_declines_conv_models(harness):
     out, r = _quantize(conv, mode="dynamic")
     assert r.modified is False and "quantized no node" in r.notes[-1]
     assert out.SerializeToString() == conv.SerializeToString()
+
+
+# ----------------------------------------------------------------------------- bias correction
+
+
+def _biased_model(harness) -> onnx.ModelProto:
+    """Conv -> Relu -> Conv(+bias) -> output; inputs mostly small, so the u8 grid of the
+    Relu output (asymmetric range up to an outlier) rounds with a systematic offset."""
+    rng = np.random.default_rng(3)
+    w1 = rng.normal(0, 0.5, (8, 3, 3, 3)).astype(np.float32)
+    w2 = rng.normal(0, 0.5, (4, 8, 1, 1)).astype(np.float32)
+    b2 = rng.normal(0, 0.1, 4).astype(np.float32)
+    return harness.model(
+        [
+            helper.make_node("Conv", ["x", "w1"], ["a"], name="c1", pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["a"], ["r"], name="relu"),
+            helper.make_node("Conv", ["r", "w2", "b2"], ["y"], name="c2"),
+        ],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
+        {"w1": w1, "w2": w2, "b2": b2},
+    )
+
+
+def test_bias_correction_removes_the_mean_error_of_output_convs(harness):
+    from graphslim.passes import _quant_bias as B
+
+    model = _biased_model(harness)
+    feeds = random_feeds(model, count=6, seed=4, low=0.0, high=1.0)
+    ctx = PassContext(feeds=feeds)
+    plain, _ = _quantize(model, ctx, calibration="", target="openvino", bias_correction="off")
+    assert [c.name for c in B.output_convs(plain)] == ["c2"]
+    fixed = copy.deepcopy(plain)
+    assert B.correct(fixed, model, feeds) == 1
+
+    def mean_offset(q) -> float:
+        ref, got = run_model(model, feeds), run_model(q, feeds, optimization="basic")
+        diff = np.mean([r["y"] - g["y"] for r, g in zip(ref, got)], axis=(0, 1, 3, 4))
+        return float(np.abs(diff).max())
+
+    before, after = mean_offset(plain), mean_offset(fixed)
+    assert after < before  # the per-channel offset is what the correction removes
+    step = max(_init(fixed, n.input[1]).max() for n in _nodes(fixed, "DequantizeLinear")
+               if n.input[0].startswith("b2"))  # fmt: skip
+    assert after <= step  # within one bias quantization step
+    # in the pass: applied only when the error on the calibration feeds drops, and said so
+    _, r = _quantize(model, ctx, calibration="", target="openvino")
+    assert any(n.startswith("bias correction of 1 output conv") for n in r.notes)
