@@ -399,6 +399,8 @@ def _quality_text(q: dict) -> str:
 def _line(r: dict) -> str:
     auto = r.get("counters", {}).get("excluded_auto")
     extra = f" | auto-excluded {auto}" if auto else ""
+    if any(n.startswith("INT8 is not faster") for n in r.get("notes", [])):
+        extra += " | declined by the latency guard: FP32 kept (this row times FP32 against itself)"
     return (
         f"| {r['model']} | {r['variant']} | {r['median_ms']:.2f} | {r['ratio']:.2f}x | "
         f"{r['size_mb']:.2f} MB ({r['size_ratio']:.2f}x) | {_quality_text(r['quality'])}{extra} |"

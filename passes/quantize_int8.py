@@ -312,7 +312,8 @@ class QuantizeInt8(Pass):
                     f" (tolerance {o.tolerance:g})"
                 )
             elif o.auto_exclude:
-                notes.append(f"auto_exclude: output error {error:.4g} already within tolerance")
+                what = "output error" if o.task == "none" else f"{o.task} task error"
+                notes.append(f"auto_exclude: {what} {error:.4g} already within tolerance")
             if o.bias_correction == "on" or (
                 o.bias_correction == "auto" and o.target == "openvino"
             ):
