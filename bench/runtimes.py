@@ -101,6 +101,9 @@ def main() -> None:
     print(f"calibration images: {', '.join(CALIBRATION)}")
     print(f"evaluation images:  {', '.join(EVALUATION)}  (disjoint)")
     record = {"machine": machine(), "fp16": [], "openvino": []}
+    nncf_arg = ["--nncf", "NNCF_VENV/bin/python"] if args.nncf else []  # path is this box's
+    argv = [a for a in sys.argv[1:] if a != args.nncf and a != "--nncf"] + nncf_arg
+    record["machine"]["command"] = " ".join(["python bench/runtimes.py", *argv])
     with tempfile.TemporaryDirectory(prefix="graphslim-runtimes-") as tmp:
         tmp = Path(tmp)
         calib_dir, eval_dir = tmp / "calib", tmp / "eval"
@@ -334,7 +337,7 @@ def markdown(r: dict) -> str:
         f"load average before {tuple(round(x, 1) for x in m['load_before'])}, after "
         f"{tuple(round(x, 1) for x in m.get('load_after', ()))}; {m['note']}. Versions: "
         + ", ".join(f"{k} {v.split('-')[0]}" for k, v in m["versions"].items())
-        + ". Command: `python bench/runtimes.py`.",
+        + f". Command: `{m.get('command', 'python bench/runtimes.py')}`.",
         "",
     ]
     if r["fp16"]:
