@@ -149,6 +149,11 @@ def main() -> None:
         for part, skipped in (("fp16", args.skip_fp16), ("openvino", args.skip_openvino)):
             if skipped and previous.get(part):
                 record[part] = previous[part]
+                if part == "fp16":  # say which run the kept rows come from
+                    record["machine"]["fp16_rows"] = previous["machine"].get("fp16_rows") or (
+                        "from an earlier run (load "
+                        f"{tuple(round(x, 1) for x in previous['machine']['load_before'])})"
+                    )
     (out / "runtimes.json").write_text(json.dumps(record, indent=2) + "\n")
     (out / "runtimes.md").write_text(markdown(record))
     print(f"wrote {out / 'runtimes.md'}")
