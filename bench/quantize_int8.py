@@ -7,18 +7,28 @@ Models (zoo, real trained weights):
   preprocessing ``imagenet``); labels come from rotating real images;
 * fall-yolov8s (the zoo's trained ultralytics YOLOv8s, 2 classes, detects people; input 640,
   preprocessing ``yolo``, output ``[1, 6, 8400]``) when ``--fall-yolov8s PATH`` names its ONNX
-  export (``graphslim export``; the zoo holds only the ``.pt``).
+  export (``graphslim export``; the zoo holds only the ``.pt``);
+* ppocr-det (PaddleOCR v4 DBNet text detector, input fixed to 640x640, rapidocr's
+  preprocessing): agreement is the IoU of the text-probability maps binarized at 0.3 (PaddleOCR's DB
+  threshold), INT8 vs FP32;
+* ppocr-cls (PaddleOCR's text-direction classifier, 2 classes 0/180 degrees, input 48x192):
+  top-1 agreement on the images at 0 and 180 degrees.
+Models whose weights are Constant nodes (PaddleOCR) go through ``constants-to-initializers``
+first.
 
 Calibration and evaluation images are DISJOINT (printed at the start): calibrate on
 astronaut, camera (the cameraman: a person, for the person detector), coffee, chelsea,
 rocket, china, flower; evaluate on bus, zidane, motorcycle-left,
-page, text. For pplcnet-cls both sets are used at the four rotations; detectors are evaluated
-on each evaluation image, its mirror image and its centre 70% (more detections to judge by).
+page, text. For pplcnet-cls both sets are used at the four rotations (ppocr-cls: 0 and 180);
+detectors are evaluated on each evaluation image, its mirror image and its centre 70% (more
+detections to judge by).
 
 Variants per model:
 
 * ``ort-default``: ``quant_pre_process`` + ``quantize_static`` with onnxruntime's defaults
   (QDQ, QInt8 activations and weights, per-tensor, MinMax), same calibration images;
+* ``nncf`` (with ``--nncf PYTHON``, a venv that has nncf): NNCF's PTQ with its defaults
+  (``nncf.quantize`` on the ONNX model), same calibration images, timed in onnxruntime;
 * ``ours``: ``quantize-int8{target=cpu-x86}`` (u8 activations, s8 per-channel weights, the
   settings for the ISA detected on this machine: full range on VNNI, reduce_range without);
 * ``ours[cpu-x86-avx2]`` on a VNNI machine (``ours[cpu-x86-vnni]`` elsewhere): the settings for
@@ -35,8 +45,8 @@ agreement with FP32 on the evaluation images: yolox-det -- share of FP32 detecti
 output's cosine; pplcnet-cls -- top-1 agreement with FP32 (and accuracy against the rotation
 labels, for reference).
 
-    python bench/quantize_int8.py [--runs 30] [--models yolox-det,pplcnet-cls] [--no-auto]
-                                  [--fall-yolov8s PATH] [--check]
+    python bench/quantize_int8.py [--runs 30] [--models yolox-det,pplcnet-cls,...] [--no-auto]
+                                  [--fall-yolov8s PATH] [--nncf NNCF_PYTHON] [--check]
 
 writes bench/results/quantize_int8.md and .json next to this file (with the machine: CPU
 model, ISA, flags, cores, load, library versions; see ``bench/_common.py``).
@@ -53,6 +63,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -73,22 +84,25 @@ from graphslim.feeds import Preprocess, preprocess_image  # noqa: E402
 from graphslim.passes import _quant_isa as I  # noqa: E402
 from graphslim.passes.quantize_int8 import QuantizeInt8  # noqa: E402
 from graphslim.runtime import run_model  # noqa: E402
+from graphslim.tasks.metrics import dense_metrics  # noqa: E402
 
 CALIBRATION = ["astronaut", "camera", "coffee", "chelsea", "rocket", "china", "flower"]
 EVALUATION = ["bus", "zidane", "motorcycle-left", "page", "text"]
-ROTATIONS = (
-    0,
-    90,
-    180,
-    270,
-)  # class k = turned ROTATIONS[k] degrees clockwise (the model's classes)
+PPOCR = "scale=1/255,mean=0.5/0.5/0.5,std=0.5/0.5/0.5,bgr"
 MODELS = {
     # id -> (preprocess, input size, task)
     "yolox-det": ("raw-bgr", (416, 416), "detect"),
     "pplcnet-cls": ("imagenet", (224, 224), "classify"),
     "fall-yolov8s": ("yolo", (640, 640), "detect"),
+    # rapidocr 1.4.4's preprocessing (BGR, (x/255 - 0.5) / 0.5, fixtures/zoo.toml); fixed
+    # input sizes (both models are dynamic)
+    "ppocr-det": (f"resize=640x640,{PPOCR}", (640, 640), "dense"),
+    "ppocr-cls": (f"resize=48x192,{PPOCR}", (48, 192), "classify"),
 }
-DEFAULT_MODELS = "yolox-det,pplcnet-cls"
+# classify: the rotations that are the model's classes (class k = turned by the k-th, clockwise)
+CLASS_ROTATIONS = {"pplcnet-cls": (0, 90, 180, 270), "ppocr-cls": (0, 180)}
+DENSE_THRESHOLD = 0.3  # PaddleOCR's DB post-processing binarizes the map at 0.3
+DEFAULT_MODELS = "yolox-det,pplcnet-cls,ppocr-det,ppocr-cls"
 YOLOX_STRIDES = (8, 16, 32)
 RATIO_BAND = 1.25  # --check: a latency ratio holds within x/÷ this factor ...
 RATIO_SLACK = 0.10  # ... or within this absolute difference (small ratios on a loaded box)
@@ -101,6 +115,12 @@ def main() -> None:
     ap.add_argument("--no-auto", action="store_true", help="skip the auto_exclude variant")
     ap.add_argument("--fall-yolov8s", type=Path, default=None, help="ONNX export of fall-yolov8s")
     ap.add_argument("--check", action="store_true", help="rerun and compare with the results file")
+    ap.add_argument(
+        "--nncf",
+        default=os.environ.get("GRAPHSLIM_NNCF_PYTHON"),
+        help="python of a venv with nncf (a peer, not a dependency): adds an NNCF PTQ row "
+        "(its defaults, same calibration images) ($GRAPHSLIM_NNCF_PYTHON)",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(logging.ERROR)  # onnxruntime.quantization logs to root
@@ -145,8 +165,15 @@ def run_one(model_id: str, images: dict, tmp: Path, args) -> dict:
     spec = Preprocess.parse(pre_spec)
     path = args.fall_yolov8s if model_id == "fall-yolov8s" else zoo.fetch(model_id)
     fp32 = onnx.load_model(str(path))
+    if any(n.op_type == "Constant" for n in fp32.graph.node):  # PaddleOCR: weights as Constants
+        from graphslim.passes.constants_to_initializers import ConstantsToInitializers
+
+        fp32 = ConstantsToInitializers()(fp32, PassContext()).model
+        path = tmp / f"{model_id}-fp32.onnx"
+        onnx.save_model(fp32, path)
     input_name = fp32.graph.input[0].name
-    rotations = ROTATIONS if task == "classify" else (0,)
+    shapes = {input_name: (1, 3, *size)}
+    rotations = CLASS_ROTATIONS.get(model_id, (0,))
     cal_dir = tmp / f"{model_id}-cal"
     cal_dir.mkdir()
     for k in CALIBRATION:
@@ -163,17 +190,27 @@ def run_one(model_id: str, images: dict, tmp: Path, args) -> dict:
                 eval_feeds.append({input_name: x[None]})
                 labels.append(cls)
 
+    failed: list[tuple[str, str, str]] = []
     t0 = time.perf_counter()
     ort_q = _ort_default(path, cal_dir, fp32, spec, size, tmp)
     variants = [("ort-default", ort_q, {"seconds": round(time.perf_counter() - t0, 1)})]
+    if args.nncf:
+        t0 = time.perf_counter()
+        q, why = _nncf(path, cal_dir, fp32, spec, size, tmp, args.nncf)
+        info = {"seconds": round(time.perf_counter() - t0, 1)}
+        if q is None:
+            failed.append((model_id, "nncf", why))
+        else:
+            variants.append(("nncf", q, info))
     other = "cpu-x86-avx2" if I.choose("cpu-x86").isa == "vnni" else "cpu-x86-vnni"
     settings = [("ours", {}), (f"ours[{other}]", {"target": other})]
-    settings += [] if args.no_auto else [("ours+auto", {"auto_exclude": True})]
+    # the search scored by the task metric against FP32 (quantize-int8{task=...})
+    settings += [] if args.no_auto else [("ours+auto", {"auto_exclude": True, "task": task})]
     for label, extra in settings:
         t0 = time.perf_counter()
         extra = {"target": "cpu-x86", **extra}
         p = QuantizeInt8(calibration=str(cal_dir), preprocess=pre_spec, **extra)
-        r = p(fp32, PassContext())
+        r = p(fp32, PassContext(input_shapes=shapes))
         info = {
             "seconds": round(time.perf_counter() - t0, 1),
             "counters": r.counters,
@@ -197,7 +234,15 @@ def run_one(model_id: str, images: dict, tmp: Path, args) -> dict:
     print("| model | variant | median ms | vs FP32 | size | agreement with FP32 |")
     for r in rows:
         print(_line(r))
-    return {"model": model_id, "task": task, "eval_samples": len(eval_feeds), "rows": rows}
+    for m, v, why in failed:
+        print(f"| {m} | {v} | failed: {why} |")
+    return {
+        "model": model_id,
+        "task": task,
+        "eval_samples": len(eval_feeds),
+        "rows": rows,
+        "failed": [{"variant": v, "why": why} for _, v, why in failed],
+    }
 
 
 def _rotated(path: Path, degrees: int):
@@ -241,7 +286,47 @@ def _ort_default(path: Path, cal_dir: Path, fp32, spec, size, tmp: Path) -> onnx
     pre, out = tmp / f"{path.stem}-pre.onnx", tmp / f"{path.stem}-ortq.onnx"
     quant_pre_process(str(path), str(pre), skip_symbolic_shape=True)  # sympy not installed
     quantize_static(str(pre), str(out), Reader())
-    return onnx.load_model(str(out))
+    return _static_shape(onnx.load_model(str(out)), name, size)
+
+
+def _static_shape(model: onnx.ModelProto, name: str, size) -> onnx.ModelProto:
+    """Fix a dynamic image input to ``1 x 3 x size`` (the timing feeds' shape)."""
+    for i in model.graph.input:
+        if i.name == name:
+            for d, v in zip(i.type.tensor_type.shape.dim, (1, 3, *size)):
+                d.ClearField("dim_param")
+                d.dim_value = v
+    return model
+
+
+NNCF_SCRIPT = """
+import sys, numpy as np, onnx, nncf
+src, data, out = sys.argv[1:4]
+model = onnx.load(src)
+d = np.load(data)
+name = model.graph.input[0].name
+dataset = nncf.Dataset([{name: d[k]} for k in d.files])
+onnx.save(nncf.quantize(model, dataset, subset_size=len(d.files)), out)
+"""
+
+
+def _nncf(path: Path, cal_dir: Path, fp32, spec, size, tmp: Path, python: str):
+    """NNCF PTQ with its defaults (``nncf.quantize`` on the ONNX model) on the same
+    calibration images, run by ``python`` (NNCF's own venv): a peer, not a dependency."""
+    import subprocess
+
+    from graphslim.feeds import list_images
+
+    data, out = tmp / f"{path.stem}-nncf.npz", tmp / f"{path.stem}-nncf.onnx"
+    arrays = [preprocess_image(f, spec, size)[0][None] for f in list_images(cal_dir)]
+    np.savez(data, **{f"s{i}": a for i, a in enumerate(arrays)})
+    done = subprocess.run(
+        [python, "-c", NNCF_SCRIPT, str(path), str(data), str(out)], capture_output=True, text=True
+    )
+    if done.returncode:  # a peer's failure is a result to record, not a reason to stop
+        lines = done.stderr.strip().splitlines() or ["no message"]
+        return None, f"NNCF {lines[-1]}"
+    return _static_shape(onnx.load_model(str(out)), fp32.graph.input[0].name, size), ""
 
 
 def _agreement(task: str, reference, got, labels, size) -> dict:
@@ -251,6 +336,9 @@ def _agreement(task: str, reference, got, labels, size) -> dict:
     a = np.concatenate([x.ravel() for x in ref]).astype(np.float64)
     b = np.concatenate([x.ravel() for x in cand]).astype(np.float64)
     cosine = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+    if task == "dense":  # the text probability map, binarized as PaddleOCR's DB does
+        m = dense_metrics(reference, got, threshold=DENSE_THRESHOLD, output=name).metrics
+        return {"map_iou": m["iou"], "pixel_agreement": m["agreement"], "cosine": cosine}
     if task == "classify":
         r1 = np.array([int(np.argmax(x)) for x in ref])
         c1 = np.array([int(np.argmax(x)) for x in cand])
@@ -292,6 +380,11 @@ def _row(model_id, label, timing, size_b, fp32_size, quality, info) -> dict:
 def _quality_text(q: dict) -> str:
     if not q:
         return "reference"
+    if "map_iou" in q:
+        return (
+            f"map IoU {q['map_iou']:.4f} (> {DENSE_THRESHOLD}), pixels agree "
+            f"{q['pixel_agreement']:.4f}, cos {q['cosine']:.5f}"
+        )
     if "top1_agreement" in q:
         return (
             f"top-1 agree {q['top1_agreement']:.3f} (acc {q['accuracy_int8']:.2f} vs fp32 "
@@ -306,6 +399,8 @@ def _quality_text(q: dict) -> str:
 def _line(r: dict) -> str:
     auto = r.get("counters", {}).get("excluded_auto")
     extra = f" | auto-excluded {auto}" if auto else ""
+    if any(n.startswith("INT8 is not faster") for n in r.get("notes", [])):
+        extra += " | declined by the latency guard: FP32 kept (this row times FP32 against itself)"
     return (
         f"| {r['model']} | {r['variant']} | {r['median_ms']:.2f} | {r['ratio']:.2f}x | "
         f"{r['size_mb']:.2f} MB ({r['size_ratio']:.2f}x) | {_quality_text(r['quality'])}{extra} |"
@@ -318,7 +413,8 @@ def write(results: list[dict], env: dict) -> None:
         "",
         f"`python bench/quantize_int8.py` (shared 2-core box: load average above), onnxruntime "
         f"CPU, {env['runs']} alternating runs per model. Calibration: {', '.join(CALIBRATION)}; "
-        f"evaluation (disjoint): {', '.join(EVALUATION)} (pplcnet-cls: x4 rotations; detectors: each image, "
+        f"evaluation (disjoint): {', '.join(EVALUATION)} (pplcnet-cls: x4 rotations, ppocr-cls: x2; "
+        "detectors: each image, "
         "mirrored, and its centre 70% zoomed). "
         "`ours` uses the settings for this machine's ISA; the bracketed variant uses the other "
         "ISA's settings (its accuracy is what that ISA gets; its latency here is NOT that "
@@ -328,13 +424,25 @@ def write(results: list[dict], env: dict) -> None:
         "|---|---|---|---|---|---|",
     ]
     lines += [_line(r) for res in results for r in res["rows"]]
+    lines += [
+        f"| {res['model']} | {f['variant']} | - | - | - | failed: {f['why']} |"
+        for res in results
+        for f in res.get("failed", [])
+    ]
     lines += ["", "Settings per variant (the pass's notes):", ""]
     for res in results:
         for r in res["rows"]:
             for n in r.get("notes", []):
-                if n.startswith(("target ", "x86 ISA", "mixed-range", "INT8 is not", "latency:")):
+                if n.startswith(
+                    ("target ", "x86 ISA", "mixed-range", "INT8 is not", "latency:", "auto_exclude")
+                ):
                     lines.append(f"- {res['model']} {r['variant']}: {n}")
-    lines += ["", "auto_exclude steps (output error on the calibration images):", ""]
+    lines += [
+        "",
+        "auto_exclude steps (`ours+auto` = `auto_exclude=true,task=TASK`: the error is 1 - the "
+        "task metric vs FP32 on the calibration images + output error / 100):",
+        "",
+    ]
     for res in results:
         for r in res["rows"]:
             for d in r.get("details", []):
@@ -349,7 +457,7 @@ def write(results: list[dict], env: dict) -> None:
                     f"- {res['model']} auto_exclude step: {what}; tried "
                     + ", ".join(f"{t['nodes']} -> {t['error']:.4g}" for t in d.get("trials", []))
                     + f"; kept in float: {d['kept_float'] or 'none (gain < min_gain)'}"
-                    f", output error {d['error_before']:.4g} -> {d['error_after']:.4g}"
+                    f", error {d['error_before']:.4g} -> {d['error_after']:.4g}"
                 )
     md = write_results("quantize_int8", env, {"results": results}, lines)
     print(f"wrote {md} and .json")
@@ -357,7 +465,7 @@ def write(results: list[dict], env: dict) -> None:
 
 def _exact_figures(row: dict) -> dict:
     q = row.get("quality") or {}
-    keys = ("matched", "fp32_detections", "int8_detections", "top1_agreement")
+    keys = ("matched", "fp32_detections", "int8_detections", "top1_agreement", "map_iou")
     return {k: q[k] for k in keys if k in q}
 
 

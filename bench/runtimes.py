@@ -11,15 +11,18 @@ zidane, motorcycle-left, page, text.
    evaluation images against FP32 in onnxruntime CPU: worst output max-rel and cosine, the
    task metric (detect: map50 of FP16's detections against FP32's; classify: top-1
    agreement; dense: IoU of the thresholded maps), the nodes kept in FP32 and why.
-2. OpenVINO vs onnxruntime (detectors): FP32 and ``quantize-int8{target=cpu-x86}`` (QDQ,
-   calibrated on all six calibration images; YOLOv8's final Concat kept float, see ``INT8``),
-   each in onnxruntime and in OpenVINO (f32 inference precision), timed alternately in one
+2. OpenVINO vs onnxruntime (detectors): FP32; ``quantize-int8{target=cpu-x86}`` (QDQ,
+   onnxruntime's placement; YOLOv8's final Concat kept float, see ``INT8``) in onnxruntime
+   and in OpenVINO; ``quantize-int8{target=openvino}`` (Q/DQ placed for OpenVINO) in
+   OpenVINO; with ``--nncf PYTHON`` NNCF's PTQ with its defaults (run in NNCF's own venv) in
+   OpenVINO -- all calibrated on the same six images, all timed alternately in one
    :func:`graphslim.bench.bench` call (ratio = median / onnxruntime FP32 median); how many of
-   OpenVINO's executed convolutions run as u8 kernels; detection match of OpenVINO INT8
+   OpenVINO's executed convolutions run as u8 kernels; detection match of each INT8 variant
    against onnxruntime FP32 (map50, matched / FP32 detections); the OpenVINO IR
    (``convert --to openvino``) loaded back and compared with onnxruntime FP32.
 
     python bench/runtimes.py [--runs 30] [--skip-fp16] [--skip-openvino] [--models ...]
+                             [--nncf /path/to/nncf-venv/bin/python]
 
 writes bench/results/runtimes.md and .json next to this file (a skipped part keeps its rows
 from the last run). Needs the fp16 and openvino extras.
@@ -46,6 +49,7 @@ from graphslim import zoo  # noqa: E402
 from graphslim.bench import bench  # noqa: E402
 from graphslim.contract import PassContext  # noqa: E402
 from graphslim.feeds import load_feeds  # noqa: E402
+from graphslim.passes.quantize_int8 import QuantizeInt8  # noqa: E402
 from graphslim.runtime import run_model  # noqa: E402
 from graphslim.tasks import make_task  # noqa: E402
 from graphslim.validate import compare_outputs  # noqa: E402
@@ -65,10 +69,14 @@ MODELS = {
 }
 DETECTORS = ("yolox-det", "fall-yolov8s")
 # quantize-int8 options per detector: YOLOv8's last Concat joins boxes (0..640) and class
-# scores (0..1) in one tensor; one INT8 scale for both erases the scores, so it stays float.
-INT8 = {
-    "yolox-det": {"target": "cpu-x86"},
-    "fall-yolov8s": {"target": "cpu-x86", "exclude": ("/model.22/Concat_3",)},
+# scores (0..1) in one tensor; one INT8 scale for both erases the scores, so it stays float
+# (named for cpu-x86 as in earlier runs; the pass finds it by itself, see its mixed-Concat rule).
+INT8 = {  # detector -> {variant: options}
+    "yolox-det": {"cpu-x86": {"target": "cpu-x86"}, "openvino": {"target": "openvino"}},
+    "fall-yolov8s": {
+        "cpu-x86": {"target": "cpu-x86", "exclude": ("/model.22/Concat_3",)},
+        "openvino": {"target": "openvino"},
+    },
 }
 
 
@@ -78,6 +86,12 @@ def main() -> None:
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--skip-fp16", action="store_true")
     ap.add_argument("--skip-openvino", action="store_true")
+    ap.add_argument(
+        "--nncf",
+        default=os.environ.get("GRAPHSLIM_NNCF_PYTHON"),
+        help="python of a venv with nncf (a peer, kept out of graphslim's venv): adds an NNCF "
+        "PTQ row to the OpenVINO tables ($GRAPHSLIM_NNCF_PYTHON)",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(logging.ERROR)  # onnxruntime.quantization logs to root
@@ -86,6 +100,9 @@ def main() -> None:
     print(f"calibration images: {', '.join(CALIBRATION)}")
     print(f"evaluation images:  {', '.join(EVALUATION)}  (disjoint)")
     record = {"machine": machine(), "fp16": [], "openvino": []}
+    nncf_arg = ["--nncf", "NNCF_VENV/bin/python"] if args.nncf else []  # path is this box's
+    argv = [a for a in sys.argv[1:] if a != args.nncf and a != "--nncf"] + nncf_arg
+    record["machine"]["command"] = " ".join(["python bench/runtimes.py", *argv])
     with tempfile.TemporaryDirectory(prefix="graphslim-runtimes-") as tmp:
         tmp = Path(tmp)
         calib_dir, eval_dir = tmp / "calib", tmp / "eval"
@@ -114,10 +131,14 @@ def main() -> None:
                 record["fp16"].append(row)
                 print(json.dumps(row))
             if not args.skip_openvino and model_id in DETECTORS:
-                row = openvino(model_id, model, calib, feeds, reference, the_task, tmp, args.runs)
+                row = openvino(
+                    model_id, model, calib, feeds, reference, the_task, tmp, args.runs, args.nncf
+                )
                 record["openvino"].append(row)
                 print(json.dumps(row))
     record["machine"]["load_after"] = os.getloadavg()
+    if NNCF_VERSION:
+        record["machine"]["versions"]["nncf"] = NNCF_VERSION[0]
     out = ROOT / "bench" / "results"
     # A part skipped this time keeps its rows from the last run (FP16 accuracy does not
     # depend on the machine's load; latency rows carry their own load figures).
@@ -127,6 +148,11 @@ def main() -> None:
         for part, skipped in (("fp16", args.skip_fp16), ("openvino", args.skip_openvino)):
             if skipped and previous.get(part):
                 record[part] = previous[part]
+                if part == "fp16":  # say which run the kept rows come from
+                    record["machine"]["fp16_rows"] = previous["machine"].get("fp16_rows") or (
+                        "from an earlier run (load "
+                        f"{tuple(round(x, 1) for x in previous['machine']['load_before'])})"
+                    )
     (out / "runtimes.json").write_text(json.dumps(record, indent=2) + "\n")
     (out / "runtimes.md").write_text(markdown(record))
     print(f"wrote {out / 'runtimes.md'}")
@@ -178,46 +204,90 @@ def fp16(model_id, model, calib, shapes, feeds, reference, task) -> dict:
     }
 
 
-def openvino(model_id, model, calib, feeds, reference, task, tmp, runs) -> dict:
+def openvino(model_id, model, calib, feeds, reference, task, tmp, runs, nncf_python) -> dict:
     from graphslim.backends import openvino as OV
     from graphslim.backends import openvino_ir as OV_IR
-    from graphslim.passes.quantize_int8 import QuantizeInt8
 
-    int8 = QuantizeInt8(**INT8[model_id])(copy(model), PassContext(feeds=calib)).model
-    with OV.OpenVINOSession(int8, label="int8") as s:
-        convs = s.executed_precisions().get("Convolution", {})
-        got = [s.run({k: v for k, v in f.items() if k in s.input_names}) for f in feeds]
-    match = flat(task.evaluate(reference, got, feeds))
-    ort_int8 = flat(task.evaluate(reference, run_model(int8, feeds), feeds))
+    variants = {}  # label -> (model, runtime, how it was made)
+    for target, options in INT8[model_id].items():
+        made = QuantizeInt8(**options, latency_guard="off")(copy(model), PassContext(feeds=calib))
+        variants[target] = (made.model, f"quantize-int8 {options}")
+    if nncf_python:
+        variants["nncf"] = (nncf_ptq(model, calib, tmp, nncf_python), NNCF_HOW)
+    rows = []
+    for name, (int8, how) in variants.items():
+        runtimes = ("ort", "openvino") if name == "cpu-x86" else ("openvino",)
+        for rt in runtimes:
+            if rt == "openvino":
+                with OV.OpenVINOSession(int8, label=name) as s:
+                    convs = s.executed_precisions().get("Convolution", {})
+                    got = [s.run({k: v for k, v in f.items() if k in s.input_names}) for f in feeds]
+            else:
+                convs, got = None, run_model(int8, feeds)
+            match = flat(task.evaluate(reference, got, feeds))
+            rows.append(
+                {
+                    "label": f"{RUNTIME_LABEL[rt]} INT8 {name}",
+                    "variant": name,
+                    "runtime": rt,
+                    "how": how,
+                    "convolutions": convs,
+                    "vs_ort_fp32": {
+                        k: match.get(k)
+                        for k in ("map50", "original_detections", "matched", "missed", "extra")
+                    },
+                }
+            )
     xml = OV_IR.convert(model, tmp / f"{model_id}.xml")
     ir = OV_IR.check(model, xml, feeds, ())
     load_before = os.getloadavg()
-    timings = bench(
-        [
-            ("onnxruntime FP32", model, "ort"),
-            ("OpenVINO FP32", model, "openvino"),
-            ("onnxruntime INT8", int8, "ort"),
-            ("OpenVINO INT8", int8, "openvino"),
-        ],
-        feeds[0],
-        runs=runs,
-        warmup=5,
-    )
+    entries = [("onnxruntime FP32", model, "ort"), ("OpenVINO FP32", model, "openvino")]
+    entries += [(r["label"], variants[r["variant"]][0], r["runtime"]) for r in rows]
+    timings = bench(entries, feeds[0], runs=runs, warmup=5)
     return {
         "model": model_id,
         "timings": [t.to_dict() for t in timings],
         "load_before": load_before,
         "load_after": os.getloadavg(),
-        "openvino_int8_convolutions": convs,
-        "openvino_int8_vs_ort_fp32": {
-            k: match.get(k) for k in ("map50", "original_detections", "matched", "missed", "extra")
-        },
-        "ort_int8_vs_ort_fp32": {
-            k: ort_int8.get(k) for k in ("map50", "original_detections", "matched")
-        },
+        "int8": rows,
         "ir_vs_ort_fp32": {"max_rel": ir.worst("max-rel"), "cosine": ir.worst("cosine")},
-        "int8_options": INT8[model_id],
     }
+
+
+RUNTIME_LABEL = {"ort": "onnxruntime", "openvino": "OpenVINO"}
+NNCF_HOW = "NNCF PTQ, defaults (nncf.quantize on the ONNX model, preset performance)"
+NNCF_SCRIPT = """
+import sys, numpy as np, onnx, nncf
+src, data, out = sys.argv[1:4]
+model = onnx.load(src)
+d = np.load(data)
+name = model.graph.input[0].name
+dataset = nncf.Dataset([{name: d[k]} for k in d.files])
+onnx.save(nncf.quantize(model, dataset, subset_size=len(d.files)), out)
+print(nncf.__version__)
+"""
+
+
+def nncf_ptq(model, calib, tmp: Path, python: str) -> onnx.ModelProto:
+    """NNCF's post-training quantization with its defaults on the same calibration feeds, run
+    in NNCF's own venv (``python``): a peer, not a dependency."""
+    import subprocess
+
+    import numpy as np
+
+    src, data, out = tmp / "nncf-in.onnx", tmp / "nncf-calib.npz", tmp / "nncf-out.onnx"
+    onnx.save_model(model, src)
+    np.savez(data, **{f"s{i}": next(iter(f.values())) for i, f in enumerate(calib)})
+    done = subprocess.run(
+        [python, "-c", NNCF_SCRIPT, str(src), str(data), str(out)], capture_output=True, text=True
+    )
+    if done.returncode:
+        sys.exit(f"error: NNCF failed ({python}): {done.stderr.strip().splitlines()[-1]}")
+    NNCF_VERSION.append(done.stdout.strip().splitlines()[-1])
+    return onnx.load_model(out)
+
+
+NNCF_VERSION: list[str] = []
 
 
 def flat(metrics) -> dict:
@@ -271,7 +341,7 @@ def markdown(r: dict) -> str:
         f"load average before {tuple(round(x, 1) for x in m['load_before'])}, after "
         f"{tuple(round(x, 1) for x in m.get('load_after', ()))}; {m['note']}. Versions: "
         + ", ".join(f"{k} {v.split('-')[0]}" for k, v in m["versions"].items())
-        + ". Command: `python bench/runtimes.py`.",
+        + f". Command: `{m.get('command', 'python bench/runtimes.py')}`.",
         "",
     ]
     if r["fp16"]:
@@ -302,15 +372,23 @@ def markdown(r: dict) -> str:
             lines.append(
                 f"| {t['label']} | {t['median_ms']:.1f} | {t['p90_ms']:.1f} | {t['min_ms']:.1f} | {t['ratio']:.2f}x |"
             )
-        o, q = x["openvino_int8_vs_ort_fp32"], x["ort_int8_vs_ort_fp32"]
         lines += [
             "",
-            f"INT8: quantize-int8 {x.get('int8_options')}, calibrated on the six calibration "
-            f"images. OpenVINO INT8 convolutions executed as: {x['openvino_int8_convolutions']}. "
-            f"Detections of OpenVINO INT8 vs onnxruntime FP32: map50 {o['map50']:.4f}, "
-            f"{o['matched']}/{o['original_detections']} matched, {o['extra']} extra "
-            f"(onnxruntime INT8: map50 {q['map50']:.4f}, {q['matched']}/{q['original_detections']}). "
-            f"OpenVINO IR of FP32 vs onnxruntime: max-rel {x['ir_vs_ort_fp32']['max_rel']:.2e}, "
+            "| INT8 variant | runtime | made by | u8 convolutions | detections vs onnxruntime FP32 |",
+            "|---|---|---|---|---|",
+        ]
+        for r in x["int8"]:
+            o = r["vs_ort_fp32"]
+            convs = "-" if r["convolutions"] is None else r["convolutions"]
+            lines.append(
+                f"| {r['variant']} | {RUNTIME_LABEL[r['runtime']]} | {r['how']} | {convs} | "
+                f"map50 {o['map50']:.4f}, {o['matched']}/{o['original_detections']} matched, "
+                f"{o['extra']} extra |"
+            )
+        lines += [
+            "",
+            "Calibrated on the six calibration images. OpenVINO IR of FP32 vs onnxruntime: "
+            f"max-rel {x['ir_vs_ort_fp32']['max_rel']:.2e}, "
             f"cosine {x['ir_vs_ort_fp32']['cosine']:.6f}.",
             "",
         ]

@@ -39,9 +39,12 @@ def suffix_order(pre: onnx.ModelProto, candidates: set[str]) -> list[str]:
     return [n.name for n in reversed(pre.graph.node) if n.name in candidates]
 
 
-def suffix_search(q, o, pre, qdq, error: float, excluded: list[str], reference, run):
+def suffix_search(
+    q, o, pre, qdq, error: float, excluded: list[str], reference, run, score=S.output_error
+):
     """Returns ``(model, its path, error, kept nodes, detail row)``; ``run(model, feeds)``
-    evaluates.
+    evaluates, ``score(reference outputs, outputs)`` is the error minimised (the output
+    error, or the task error of ``quantize-int8{task=...}``).
 
     ``q`` is the pass's quantizer (``q.run(exclude, tag)``, ``q.feeds``); the detail row has
     the greedy stage's keys plus ``strategy = "suffix"``."""
@@ -66,7 +69,7 @@ def suffix_search(q, o, pre, qdq, error: float, excluded: list[str], reference, 
     def err(k: int) -> float:
         if k not in measured:
             model = q.run(excluded + order[:k], f"suffix{k}")
-            e = S.output_error(reference, run(model, q.feeds))
+            e = score(reference, run(model, q.feeds))
             measured[k] = (e, model, q.last_path)
             row["trials"].append({"nodes": order[:k], "error": e})
             log.info("auto_exclude suffix: last %d node(s) float -> output error %.4g", k, e)
@@ -90,7 +93,9 @@ def suffix_search(q, o, pre, qdq, error: float, excluded: list[str], reference, 
     return model, path, e, order[:hi], row
 
 
-def greedy_search(q, o, pre, qdq, error, excluded, reference, run, budget, best_path):
+def greedy_search(
+    q, o, pre, qdq, error, excluded, reference, run, budget, best_path, score=S.output_error
+):
     """Second stage: the node adding the most measured noise first (module doc of
     :mod:`passes.quantize_int8`), at most ``budget`` nodes, from the model at ``best_path``;
     returns (model, error, auto nodes, details)."""
@@ -130,7 +135,7 @@ def greedy_search(q, o, pre, qdq, error, excluded, reference, run, budget, best_
         for group in options:
             trials += 1
             cand = q.run(excluded + auto + group, f"auto{len(auto)}")
-            err = S.output_error(reference, run(cand, q.feeds))
+            err = score(reference, run(cand, q.feeds))
             log.info("auto_exclude: %s -> output error %.4g (was %.4g)", group, err, error)
             row["trials"].append({"nodes": group, "error": err})
             if err < error * (1 - max(o.min_gain, 1e-6)):

@@ -23,6 +23,19 @@ Targets (``activation_type`` / ``weight_type`` override them):
   report no accuracy difference between u8 and s8 there. Not measured on ARM by us.
 * ``tensorrt``: int8 symmetric activations and weights (zero points 0), as TensorRT's
   explicit-quantization mode requires.
+* ``openvino``: u8 asymmetric activations, s8 symmetric per-channel weights (7-bit on x86
+  without VNNI, as for ``cpu-x86``), and a different *placement*
+  (:data:`OPENVINO_OPS`): Q/DQ pairs only on the *inputs* of the ops OpenVINO runs in INT8
+  (Conv, ConvTranspose, MatMul, Gemm, Add, Concat, pooling, Resize), never on their outputs,
+  and none around activations -- NNCF's rule for OpenVINO (its CPU hardware config quantizes
+  the inputs of those ops). OpenVINO's low-precision transformations fold a Conv with its bias
+  and activation (SiLU, Sigmoid, ...) in f32 post-ops and then the next op's input quantizer
+  into the same kernel; a Q/DQ pair on the Conv output (onnxruntime's QDQ default) splits it
+  into a u8 Conv plus a separate element-wise subgraph. Measured on yolox-det in OpenVINO:
+  0.64x onnxruntime FP32 with onnxruntime's placement, 0.40-0.44x with this one
+  (bench/results/runtimes.md). The identity Q/DQ pairs onnxruntime leaves after ops that only
+  move values (Split, MaxPool, Reshape, ...) are removed (:mod:`passes._quant_openvino`,
+  exact), so OpenVINO carries u8 through them. The latency guard times in OpenVINO here.
 
 Steps, all in a temporary folder: opset < 13 is converted to 13 (per-channel
 DequantizeLinear needs its ``axis``); unnamed nodes get stable names (``{op}_{index}``);
@@ -38,16 +51,37 @@ or ``max_excluded`` nodes are kept in float; a step is kept only when it lowers 
 at least ``min_gain`` (a float node costs speed), so the result is never worse than no
 exclusion. The search stops early after ``_quant_search.PATIENCE`` candidates in a row without gain.
 
+With ``task=detect|classify|dense`` (image calibration feeds), both stages minimise the task
+error against the FP32 model on the calibration feeds instead of the output error:
+``1 - map50`` / ``1 - top-1 agreement`` / ``1 - map IoU``, plus ``output error / 100`` to
+order candidates the (step-shaped) task metric scores alike (:func:`task_score`); ``tolerance``
+then applies to that score.
+
 Before any search, an output-path Concat whose inputs' calibrated ranges differ by more than
 32x (a detection head's box pixels next to its class scores, :mod:`passes._quant_ranges`) is kept
 in float with the layout ops after it; its inputs keep their own scales. Without this, one scale
 rounds every score to 0 and no exclusion elsewhere can bring them back.
 
-Latency guard (``latency_guard``; on for CPU targets with real calibration data): the result
-is timed against the input, alternately in one process (:func:`graphslim.bench.bench`, median of
-``latency_runs``); if INT8 is not faster on this machine, the pass keeps the input
+Latency guard (``latency_guard``; on for CPU and OpenVINO targets with real calibration data):
+the result is timed against the input, alternately in one process (:func:`graphslim.bench.bench`,
+median of ``latency_runs``) on ``runtime`` (onnxruntime CPU; OpenVINO CPU for
+``target=openvino``, skipped with a note when OpenVINO is not installed); if INT8 is not faster on this machine, the pass keeps the input
 (``modified`` False) and says so with both figures. This is a wall-clock measurement, so the
 outcome can differ between machines and, near 1.0x, between runs.
+
+Bias correction (``bias_correction``; auto: on for ``target=openvino``): the convolutions
+that feed the outputs get ``E[FP32 - INT8]`` per channel added to their bias
+(:mod:`passes._quant_bias`), kept only when the error on the calibration feeds drops.
+
+``mode=dynamic`` (:mod:`passes._quant_dynamic`): onnxruntime's ``quantize_dynamic`` of the
+MatMul-type ops instead (weights offline, activation ranges at run time, no calibration), for
+MatMul/Gemm-heavy models such as text recognizers; with feeds its output error is measured
+and the latency guard applies as for static.
+
+Bad input is refused before any work (:class:`~graphslim.errors.PreconditionError`, exit 2
+from the CLI, the input untouched): a model that is already quantized (QDQ pairs, QOperator
+``QLinear*`` / integer ops, :data:`QUANTIZED_OPS`), calibration data that is missing, empty,
+unreadable or does not fit the model through the ``preprocess`` spec (size, channels, layout).
 
 The result keeps the graph's input and output names and the input's metadata_props,
 producer and doc string; the opset may rise to 13.
@@ -68,7 +102,11 @@ import onnx
 from graphslim.contract import Pass, PassContext, PassResult, option
 from graphslim.errors import PreconditionError
 from graphslim.feeds import FeedError, load_feeds, random_feeds
+from graphslim.model_io import needs_external_data
+from graphslim.passes import _quant_bias as B
+from graphslim.passes import _quant_dynamic as D
 from graphslim.passes import _quant_isa as I
+from graphslim.passes import _quant_openvino as V
 from graphslim.passes import _quant_prepare as P
 from graphslim.passes import _quant_ranges as R
 from graphslim.passes import _quant_search as Q
@@ -76,7 +114,7 @@ from graphslim.passes import _quant_sensitivity as S
 
 log = logging.getLogger(__name__)
 
-Target = Literal["cpu-x86", "cpu-x86-vnni", "cpu-x86-avx2", "cpu-arm", "tensorrt"]
+Target = Literal["cpu-x86", "cpu-x86-vnni", "cpu-x86-avx2", "cpu-arm", "tensorrt", "openvino"]
 QType = Literal["auto", "uint8", "int8"]
 
 # target -> (activation type, activation symmetric)
@@ -86,12 +124,46 @@ TARGETS: dict[str, tuple[str, bool]] = {
     "cpu-x86-avx2": ("uint8", False),
     "cpu-arm": ("int8", False),
     "tensorrt": ("int8", True),
+    "openvino": ("uint8", False),
 }
+# target=openvino: the op types whose inputs are quantized (and whose outputs are not); NNCF's
+# OpenVINO CPU hardware config quantizes the inputs of these (its "quantizable operations").
+OPENVINO_OPS = (
+    "Conv",
+    "ConvTranspose",
+    "MatMul",
+    "Gemm",
+    "Add",
+    "Concat",
+    "MaxPool",
+    "AveragePool",
+    "GlobalAveragePool",
+    "Resize",
+    "Split",
+)
+# ... of which these compute new values: their outputs stay float (OpenVINO fuses the next
+# quantizer into them); the others' outputs keep their input's grid (then the identity Q/DQ
+# after them is removed, passes._quant_openvino)
+OPENVINO_FLOAT_OUTPUTS = (
+    "Conv",
+    "ConvTranspose",
+    "MatMul",
+    "Gemm",
+    "Add",
+    "AveragePool",
+    "GlobalAveragePool",
+)
 RANDOM_CAP = 8  # random calibration: at most this many feeds (they carry no information)
 
 
 @dataclass(frozen=True, kw_only=True)
 class QuantizeInt8Options:
+    mode: Literal["static", "dynamic"] = option(
+        "static",
+        help="static: QDQ with calibrated activation ranges; dynamic: onnxruntime's dynamic "
+        "quantization of MatMul-type ops (weights offline, activations at run time, no "
+        "calibration; for MatMul/Gemm-heavy models)",
+    )
     calibration: str = option(
         "",
         help="calibration data: an image folder, a .npy/.npz file (or folder), or 'random' "
@@ -108,7 +180,8 @@ class QuantizeInt8Options:
         "cpu-x86",
         help="cpu-x86: u8 act/s8 weights, settings for this machine's ISA (VNNI: full range; "
         "AVX2/AVX-512 without VNNI: reduce_range); cpu-x86-vnni / cpu-x86-avx2: for a "
-        "deployment machine of that ISA; cpu-arm: s8/s8; tensorrt: symmetric s8/s8",
+        "deployment machine of that ISA; cpu-arm: s8/s8; tensorrt: symmetric s8/s8; "
+        "openvino: u8/s8 with Q/DQ only on the inputs of the ops OpenVINO fuses (NNCF's rule)",
     )
     reduce_range: Literal["auto", "on", "off"] = option(
         "auto",
@@ -133,6 +206,11 @@ class QuantizeInt8Options:
         help="auto_exclude keeps a node in float only if the output error drops by this fraction",
     )
 
+    bias_correction: Literal["auto", "on", "off"] = option(
+        "auto",
+        help="add E[FP32 - INT8] (calibration feeds, per channel) to the bias of the convs "
+        "that feed the outputs, kept only if the error drops; auto: on for target=openvino",
+    )
     mixed_concat_float: bool = option(
         True,
         help="keep in float an output-path Concat whose inputs' calibrated ranges differ by "
@@ -140,10 +218,21 @@ class QuantizeInt8Options:
     )
     latency_guard: Literal["auto", "on", "off"] = option(
         "auto",
-        help="time INT8 against FP32 (onnxruntime CPU) and keep the input when INT8 is not "
-        "faster; auto: on for CPU targets with real calibration data",
+        help="time INT8 against FP32 (on `runtime`) and keep the input when INT8 is not "
+        "faster; auto: on for CPU and OpenVINO targets with real calibration data",
     )
     latency_runs: int = option(10, help="alternating timed runs for the latency guard")
+    task: Literal["none", "detect", "classify", "dense"] = option(
+        "none",
+        help="auto_exclude minimises this task's error against the FP32 model on the "
+        "calibration feeds (detect: 1 - map50, classify: 1 - top-1 agreement, dense: 1 - "
+        "map IoU) plus output error / 100 as a tie-break; none: the output error",
+    )
+    runtime: Literal["auto", "ort", "openvino"] = option(
+        "auto",
+        help="runtime the latency guard times FP32 and INT8 on; auto: openvino for "
+        "target=openvino, onnxruntime otherwise",
+    )
 
     def validate(self) -> None:
         if self.calibration_size < 1:
@@ -169,9 +258,9 @@ class QuantizeInt8(Pass):
 
     def call(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
         o = self.options
-        if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node):
-            why = "the model already has QuantizeLinear/DequantizeLinear nodes; not re-quantized"
-            return PassResult(model, False, skipped=[("<model>", why)], notes=[why])
+        _refuse_quantized(model)
+        if o.mode == "dynamic":
+            return _dynamic(model, o, ctx)
         feeds, notes = _calibration_feeds(model, o, ctx)
         with tempfile.TemporaryDirectory(prefix="graphslim-quant-") as tmp:
             work = Path(tmp)
@@ -190,13 +279,14 @@ class QuantizeInt8(Pass):
                 why = "no node was quantized (no Conv/Gemm/MatMul/... with float inputs)"
                 return PassResult(model, False, skipped=skipped + [("<model>", why)], notes=[why])
             reference = _run(model, feeds)
-            error = S.output_error(reference, _run(qdq, feeds))
+            score = task_score(o.task, feeds) if o.task != "none" else S.output_error
+            error = score(reference, _run(qdq, feeds))
             counters: dict[str, int | float] = {"output_error_no_auto": error}
             details: list[dict] = []
             auto: list[str] = []
             if o.auto_exclude and error > o.tolerance and o.max_excluded > 0:
                 qdq, path, error, auto, row = Q.suffix_search(
-                    q, o, pre, qdq, error, excluded, reference, _run
+                    q, o, pre, qdq, error, excluded, reference, _run, score
                 )
                 details.append(row)
                 if error > o.tolerance and len(auto) < o.max_excluded:
@@ -211,16 +301,23 @@ class QuantizeInt8(Pass):
                         _run,
                         o.max_excluded - len(auto),
                         path,
+                        score,
                     )
                     auto += more
                     details += rows
+                what = "output error" if o.task == "none" else f"{o.task} task error"
                 notes.append(
                     f"auto_exclude kept {len(auto)} node(s) in float: {', '.join(auto) or 'none'}"
-                    f"; output error {counters['output_error_no_auto']:.4g} -> {error:.4g}"
+                    f"; {what} {counters['output_error_no_auto']:.4g} -> {error:.4g}"
                     f" (tolerance {o.tolerance:g})"
                 )
             elif o.auto_exclude:
-                notes.append(f"auto_exclude: output error {error:.4g} already within tolerance")
+                what = "output error" if o.task == "none" else f"{o.task} task error"
+                notes.append(f"auto_exclude: {what} {error:.4g} already within tolerance")
+            if o.bias_correction == "on" or (
+                o.bias_correction == "auto" and o.target == "openvino"
+            ):
+                qdq, error = _bias_corrected(qdq, pre, feeds, reference, score, error, notes)
         _restore(qdq, model)
         counters.update(_count(qdq, len(feeds), user_excluded, len(auto), error))
         counters["excluded_mixed_concat"] = len(excluded) - user_excluded
@@ -234,27 +331,192 @@ class QuantizeInt8(Pass):
         )
         if q.x86 is not None:
             notes.append(q.x86.note())
-        guard = o.latency_guard == "on" or (
-            o.latency_guard == "auto"
-            and o.target != "tensorrt"
-            and o.calibration.strip().lower() != "random"
+        return _guarded(
+            model, qdq, feeds[0], o, _guard_runtime(o, notes), counters, skipped, notes, details
         )
-        if guard:
-            fp32_ms, int8_ms = _latency(model, qdq, feeds[0], o.latency_runs)
-            ratio = int8_ms / fp32_ms
-            counters.update(latency_fp32_ms=fp32_ms, latency_int8_ms=int8_ms, latency_ratio=ratio)
-            figures = (
-                f"INT8 {int8_ms:.2f} ms vs FP32 {fp32_ms:.2f} ms = {ratio:.2f}x (median of "
-                f"{o.latency_runs} alternating onnxruntime CPU runs on this machine)"
+
+
+def _bias_corrected(qdq, pre, feeds, reference, score, error, notes):
+    """``qdq`` with its output convolutions' biases corrected (:mod:`passes._quant_bias`) when
+    that lowers ``score`` on the calibration feeds, else ``qdq`` unchanged."""
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(qdq)
+    count = B.correct(fixed, pre, feeds)
+    if not count:
+        return qdq, error
+    after = score(reference, _run(fixed, feeds))
+    kept = after < error
+    notes.append(
+        f"bias correction of {count} output conv(s): error {error:.4g} -> {after:.4g} "
+        f"({'kept' if kept else 'not kept: no better'})"
+    )
+    return (fixed, after) if kept else (qdq, error)
+
+
+def _guarded(model, qdq, feed, o, runtime, counters, skipped, notes, details) -> PassResult:
+    """The result, or the input when the latency guard (on ``runtime``; None: off) finds
+    INT8 not faster."""
+    if runtime:
+        fp32_ms, int8_ms = _latency(model, qdq, feed, o.latency_runs, runtime)
+        ratio = int8_ms / fp32_ms
+        counters.update(latency_fp32_ms=fp32_ms, latency_int8_ms=int8_ms, latency_ratio=ratio)
+        figures = (
+            f"INT8 {int8_ms:.2f} ms vs FP32 {fp32_ms:.2f} ms = {ratio:.2f}x (median of "
+            f"{o.latency_runs} alternating {RUNTIME_NAMES[runtime]} CPU runs on this machine)"
+        )
+        if ratio >= 1.0:
+            why = f"INT8 is not faster than FP32 here: {figures}; the input is kept"
+            log.warning("quantize-int8: %s", why)
+            return PassResult(
+                model, False, counters, skipped + [("<model>", why)], notes + [why], details
             )
-            if ratio >= 1.0:
-                why = f"INT8 is not faster than FP32 here: {figures}; the input is kept"
-                log.warning("quantize-int8: %s", why)
-                return PassResult(
-                    model, False, counters, skipped + [("<model>", why)], notes + [why], details
-                )
-            notes.append(f"latency: {figures}")
-        return PassResult(qdq, True, counters, skipped, notes, details)
+        notes.append(f"latency: {figures}")
+    return PassResult(qdq, True, counters, skipped, notes, details)
+
+
+def _dynamic(model: onnx.ModelProto, o: QuantizeInt8Options, ctx: PassContext) -> PassResult:
+    """mode=dynamic (:mod:`passes._quant_dynamic`): no calibration; the feeds (calibration
+    source or context), when given, measure the output error and time the result."""
+    real = bool(ctx.feeds) or o.calibration.strip().lower() not in ("", "random")
+    if real:
+        feeds, notes = _calibration_feeds(model, o, ctx)
+    else:
+        count = min(o.calibration_size, 2)
+        feeds = random_feeds(model, count=count, seed=ctx.seed, shapes=ctx.input_shapes)
+        notes = ["mode=dynamic: no feeds given; output error measured on random inputs"]
+    on_x86 = o.target.startswith("cpu-x86") or o.target == "openvino"
+    x86 = I.choose("cpu-x86" if o.target == "openvino" else o.target) if on_x86 else None
+    reduce = (o.reduce_range == "on") or (
+        o.reduce_range == "auto" and bool(x86 and x86.reduce_range)
+    )
+    with tempfile.TemporaryDirectory(prefix="graphslim-quant-") as tmp:
+        work = Path(tmp)
+        pre, pre_notes = P.prepare(model, work)
+        notes += pre_notes
+        excluded, skipped = P.resolve_exclude(pre, o.exclude)
+        qdq = D.quantize_dynamic(
+            work / "pre.onnx",
+            work / "dynamic.onnx",
+            exclude=excluded,
+            per_channel=o.per_channel,
+            reduce_range=reduce,
+        )
+    quantized = D.integer_nodes(qdq)
+    if not quantized:
+        why = (
+            f"mode=dynamic quantized no node (no {'/'.join(D.DYNAMIC_OPS)} with a constant weight)"
+        )
+        return PassResult(model, False, skipped=skipped + [("<model>", why)], notes=notes + [why])
+    _restore(qdq, model)
+    error = S.output_error(_run(model, feeds), _run(qdq, feeds))
+    counters: dict[str, int | float] = {
+        "nodes_quantized": quantized,
+        "excluded_user": len(excluded),
+        "output_error": error,
+        "reduce_range": int(reduce),
+    }
+    notes.append(
+        f"mode=dynamic: {quantized} MatMul-type node(s) with s8 "
+        f"{'per-channel' if o.per_channel else 'per-tensor'} weights"
+        f"{' (7-bit, reduce_range)' if reduce else ''}, u8 activations quantized at run time; "
+        f"output error {error:.4g} on {len(feeds)} sample(s)"
+    )
+    if x86 is not None:
+        notes.append(x86.note())
+    guard = o.latency_guard == "on" or (o.latency_guard == "auto" and real)
+    runtime = _guard_runtime(o, notes) if guard else None
+    return _guarded(model, qdq, feeds[0], o, runtime, counters, skipped, notes, [])
+
+
+RUNTIME_NAMES = {"ort": "onnxruntime", "openvino": "OpenVINO"}
+TASK_METRIC = {"detect": "map50", "classify": "top1", "dense": "iou"}
+OUTPUT_WEIGHT = 0.01  # task mode: output error's share, a tie-break among equal task scores
+
+
+def task_score(kind: str, feeds):
+    """``score(reference, outputs)`` for ``task=kind``: ``1 - metric + OUTPUT_WEIGHT * output
+    error``, the metric of the candidate's outputs against the FP32 model's on the calibration
+    feeds (:mod:`graphslim.tasks`: detections decoded and matched, mAP@0.5; top-1 agreement;
+    IoU of the thresholded maps). The task term is what the user judges; it is flat over
+    many candidates (a few images, a step metric), so the output error orders those."""
+    from graphslim.tasks import Task
+
+    task = Task(kind)
+
+    def score(reference, outputs) -> float:
+        metric = task.evaluate(reference, outputs, feeds).metrics[TASK_METRIC[kind]]
+        return (1.0 - float(metric)) + OUTPUT_WEIGHT * S.output_error(reference, outputs)
+
+    return score
+
+
+def _guard_runtime(o: QuantizeInt8Options, notes: list[str]) -> str | None:
+    """The runtime the latency guard times on, or None when the guard is off (``auto``: off
+    for tensorrt and for random calibration; for OpenVINO, off with a note when it is not
+    installed, while ``on`` then asks for it)."""
+    on = o.latency_guard == "on" or (
+        o.latency_guard == "auto"
+        and o.target != "tensorrt"
+        and o.calibration.strip().lower() != "random"
+    )
+    if not on:
+        return None
+    runtime = (
+        o.runtime if o.runtime != "auto" else ("openvino" if o.target == "openvino" else "ort")
+    )
+    if runtime == "openvino":
+        from graphslim.backends.openvino import unavailable
+
+        why = unavailable()
+        if why and o.latency_guard == "on":
+            raise PreconditionError(f"latency_guard=on with runtime openvino: {why}")
+        if why:
+            notes.append(f"latency guard skipped: {why}; INT8 was not timed")
+            return None
+    return runtime
+
+
+# ----------------------------------------------------------------------------- preconditions
+
+# Ops that only a quantized graph has: QDQ (QuantizeLinear/DequantizeLinear), onnxruntime's
+# QOperator format (QLinear*, com.microsoft QGemm/QAttention/...), integer kernels and the
+# dynamic-quantization ops. Quantizing such a graph again would calibrate already-rounded
+# tensors and stack a second rounding on the first.
+QUANTIZED_OPS = {
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "DynamicQuantizeLinear",
+    "ConvInteger",
+    "MatMulInteger",
+    "QGemm",
+    "QAttention",
+    "QEmbedLayerNormalization",
+    "DynamicQuantizeMatMul",
+    "DynamicQuantizeLSTM",
+    "MatMulIntegerToFloat",
+    "MatMulNBits",
+}
+
+
+def quantized_ops(model: onnx.ModelProto) -> dict[str, int]:
+    """``{op type: count}`` of the quantized ops in the main graph (empty: a float model)."""
+    found: dict[str, int] = {}
+    for n in model.graph.node:
+        if n.op_type in QUANTIZED_OPS or n.op_type.startswith("QLinear"):
+            found[n.op_type] = found.get(n.op_type, 0) + 1
+    return found
+
+
+def _refuse_quantized(model: onnx.ModelProto) -> None:
+    found = quantized_ops(model)
+    if found:
+        first = next(n for n in model.graph.node if n.op_type in found)
+        ops = ", ".join(f"{k} x{v}" for k, v in sorted(found.items()))
+        raise PreconditionError(
+            f"the model is already quantized ({ops}; first: node "
+            f"{first.name or first.output[0]!r}); quantize-int8 takes a float model: give the "
+            "FP32 original"
+        )
 
 
 # ----------------------------------------------------------------------------- calibration
@@ -290,6 +552,12 @@ def _calibration_feeds(model, o: QuantizeInt8Options, ctx: PassContext):
                 preprocess=o.preprocess,
                 limit=o.calibration_size,
             )
+    except OSError as exc:  # e.g. a folder or image that cannot be read (permissions)
+        where = getattr(exc, "filename", None) or src
+        raise PreconditionError(
+            f"cannot read calibration data {where}: {exc.strerror or exc}; check the path "
+            "and its permissions"
+        ) from exc
     except FeedError as exc:
         hint = ""
         if "--input-shape" in str(exc) or "dynamic" in str(exc):
@@ -316,7 +584,8 @@ class _Quantizer:
         act = act if o.activation_type == "auto" else o.activation_type
         wt = "int8" if o.weight_type == "auto" else o.weight_type
         self.types = (act, wt, sym)
-        self.x86 = I.choose(o.target) if o.target.startswith("cpu-x86") else None
+        x86 = o.target.startswith("cpu-x86") or o.target == "openvino"
+        self.x86 = I.choose("cpu-x86" if o.target == "openvino" else o.target) if x86 else None
         if o.reduce_range != "auto":
             self.reduce_range = o.reduce_range == "on"
         else:  # only u8 x s8 saturates (module doc of passes._quant_isa)
@@ -332,7 +601,11 @@ class _Quantizer:
         extra = {"ActivationSymmetric": sym, "WeightSymmetric": True}
         if o.method == "percentile":
             extra["CalibPercentile"] = o.percentile
+        if o.target == "openvino":
+            # inputs only: no Q/DQ on these ops' outputs (module doc)
+            extra["OpTypesToExcludeOutputQuantization"] = list(OPENVINO_FLOAT_OUTPUTS)
         self.kwargs = dict(
+            op_types_to_quantize=list(OPENVINO_OPS) if o.target == "openvino" else None,
             quant_format=QuantFormat.QDQ,
             per_channel=o.per_channel,
             reduce_range=self.reduce_range,
@@ -342,6 +615,7 @@ class _Quantizer:
             extra_options=extra,
         )
         self.pre_path, self.feeds, self.work = pre_path, feeds, work
+        self.openvino = o.target == "openvino"
         self.cache = work / "calibration.json"
         self.cached = "calibration_cache_path" in inspect.signature(_quantize_static()).parameters
         self.count = 0
@@ -360,7 +634,10 @@ class _Quantizer:
                 "keep the offending nodes in float with exclude=[...]"
             ) from exc
         self.last_path = out
-        return onnx.load_model(str(out))
+        model = onnx.load_model(str(out))
+        if self.openvino and (V.unify_concat_scales(model) + V.drop_requantize(model)):
+            onnx.save_model(model, str(out), save_as_external_data=needs_external_data(model))
+        return model
 
 
 def _quantize_static():
@@ -377,11 +654,12 @@ def _run(model: onnx.ModelProto, feeds) -> list[dict[str, np.ndarray]]:
     return run_model(model, feeds, optimization="all", label="quantize-int8")
 
 
-def _latency(model, qdq, feed, runs: int) -> tuple[float, float]:
-    """Median milliseconds of FP32 and INT8, timed alternately (:func:`graphslim.bench.bench`)."""
+def _latency(model, qdq, feed, runs: int, runtime: str = "ort") -> tuple[float, float]:
+    """Median milliseconds of FP32 and INT8, timed alternately (:func:`graphslim.bench.bench`)
+    on ``runtime`` (``ort`` or ``openvino``)."""
     from graphslim.bench import bench
 
-    fp32, int8 = bench([("fp32", model), ("int8", qdq)], feed, runs=runs)
+    fp32, int8 = bench([("fp32", model), ("int8", qdq)], feed, runs=runs, runtime=runtime)
     return fp32.median_ms, int8.median_ms
 
 

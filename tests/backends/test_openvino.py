@@ -130,9 +130,11 @@ def test_convert_to_ir_and_check(model, feeds, tmp_path):
 
 
 @needs_ov
-def test_qdq_model_runs_int8_kernels(model):
-    """A QDQ model (quantize-int8, onnxruntime's placement) runs its convolutions as u8 kernels
-    in OpenVINO and stays close to onnxruntime's result of the same QDQ model."""
+@pytest.mark.parametrize("target", ["cpu-x86", "openvino"])
+def test_qdq_model_runs_int8_kernels(model, target):
+    """A QDQ model (quantize-int8, onnxruntime's placement or the OpenVINO one) runs its
+    convolutions as u8 kernels in OpenVINO and stays close to onnxruntime's result of the same
+    QDQ model and to FP32."""
     from graphslim.contract import PassContext
     from graphslim.passes.quantize_int8 import QuantizeInt8
 
@@ -141,13 +143,57 @@ def test_qdq_model_runs_int8_kernels(model):
     work.CopyFrom(model)
     # latency_guard off: this is about OpenVINO running a QDQ model, not about whether INT8
     # beats FP32 on this tiny model here (timing-dependent)
-    qdq = QuantizeInt8(target="cpu-x86", latency_guard="off")(work, PassContext(feeds=calib)).model
+    qdq = QuantizeInt8(target=target, latency_guard="off")(work, PassContext(feeds=calib)).model
     with OV.OpenVINOSession(qdq, label="qdq") as s:
         convs = s.executed_precisions()["Convolution"]
         assert set(convs) == {"u8"}, convs
         got = [s.run(f) for f in calib[:2]]
     c = compare_outputs(run_model(qdq, calib[:2]), got, [Tolerance("cosine", 0.99)])
     assert c.passed, c.failure_summary()
+    c = compare_outputs(run_model(model, calib[:2]), got, [Tolerance("cosine", 0.99)])
+    assert c.passed, c.failure_summary()
+
+
+@needs_ov
+def test_openvino_placement_leaves_no_standalone_requantization(model):
+    """target=openvino: OpenVINO executes fewer separate element-wise subgraphs (standalone
+    FakeQuantize / requantization) than with onnxruntime's placement, all convolutions u8."""
+    from graphslim.contract import PassContext
+    from graphslim.passes.quantize_int8 import QuantizeInt8
+
+    calib = random_feeds(model, count=4, seed=1)
+    counts = {}
+    for target in ("cpu-x86", "openvino"):
+        work = onnx.ModelProto()
+        work.CopyFrom(model)
+        q = QuantizeInt8(target=target, latency_guard="off")(work, PassContext(feeds=calib))
+        with OV.OpenVINOSession(q.model, label=target) as s:
+            assert set(s.executed_precisions()["Convolution"]) == {"u8"}
+            counts[target] = sum(
+                s.executed_precisions(layer_types=("Subgraph",)).get("Subgraph", {}).values()
+            )
+    assert counts["openvino"] < counts["cpu-x86"], counts
+
+
+@needs_ov
+def test_openvino_target_latency_guard_times_in_openvino(model, monkeypatch):
+    import graphslim.passes.quantize_int8 as Q
+    from graphslim.contract import PassContext
+
+    seen = []
+
+    def fake(fp32, int8, feed, runs, runtime="ort"):
+        seen.append(runtime)
+        return 2.0, 1.0
+
+    monkeypatch.setattr(Q, "_latency", fake)
+    calib = random_feeds(model, count=2, seed=1)
+    r = Q.QuantizeInt8(target="openvino")(model, PassContext(feeds=calib))
+    assert seen == ["openvino"] and r.modified
+    assert any("alternating OpenVINO CPU runs" in n for n in r.notes)
+    Q.QuantizeInt8(target="openvino", runtime="ort")(model, PassContext(feeds=calib))
+    Q.QuantizeInt8(target="cpu-x86", runtime="openvino")(model, PassContext(feeds=calib))
+    assert seen == ["openvino", "ort", "openvino"]
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -286,10 +286,138 @@ def test_byte_stable_for_same_input_and_options(harness):
     assert [(o.domain, o.version) for o in a.opset_import] == [("", 17)]
 
 
-def test_second_run_is_a_noop(harness):
+def test_already_quantized_qdq_model_is_a_precondition_error(harness):
     q, _ = _quantize(harness.fixture("residual_add"))
-    r = harness.check_noop(QuantizeInt8(calibration="random"), q)
-    assert "already" in r.notes[0]
+    before = q.SerializeToString()
+    with pytest.raises(PreconditionError, match="already quantized.*QuantizeLinear x"):
+        QuantizeInt8(calibration="random")(q, PassContext())
+    assert q.SerializeToString() == before
+
+
+def test_already_quantized_qoperator_model_is_a_precondition_error(harness, tmp_path):
+    from onnxruntime.quantization import QuantFormat, quantize_static
+
+    from graphslim.passes import _quant_prepare as P
+
+    model = harness.fixture("residual_add")
+    onnx.save_model(model, tmp_path / "f.onnx")
+    feeds = random_feeds(model, count=2, seed=0)
+    quantize_static(
+        str(tmp_path / "f.onnx"),
+        str(tmp_path / "q.onnx"),
+        P.feed_reader(feeds),
+        quant_format=QuantFormat.QOperator,
+    )
+    q = onnx.load_model(tmp_path / "q.onnx")
+    assert _nodes(q, "QLinearConv")
+    with pytest.raises(PreconditionError, match="already quantized.*QLinearConv x"):
+        QuantizeInt8(calibration="random")(q, PassContext())
+
+
+# ----------------------------------------------------------------------------- bad input, CLI
+
+
+def _cli(monkeypatch, capsys, tmp_path, model: onnx.ModelProto, spec: str):
+    """``graphslim run IN -P SPEC -o OUT``: (exit code, stderr); asserts the input file is
+    byte-identical afterwards and that no output was written on failure."""
+    import hashlib
+    import sys
+
+    from graphslim import cli
+
+    src = tmp_path / "in.onnx"
+    onnx.save_model(model, src)
+    digest = hashlib.sha256(src.read_bytes()).hexdigest()
+    out = tmp_path / "out.onnx"
+    argv = ["graphslim", "run", str(src), "-P", spec, "-o", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.setattr(cli.err, "width", 400)
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    err = capsys.readouterr().err
+    assert hashlib.sha256(src.read_bytes()).hexdigest() == digest, "input file was modified"
+    if exc.value.code:
+        assert not out.exists()
+    return exc.value.code, err
+
+
+def _one_line(err: str) -> str:
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_cli_already_quantized_model_exits_2_with_one_line(harness, monkeypatch, capsys, tmp_path):
+    q, _ = _quantize(harness.fixture("residual_add"))
+    code, err = _cli(monkeypatch, capsys, tmp_path, q, "quantize-int8{calibration=random}")
+    assert code == 2
+    line = _one_line(err)
+    assert "already quantized" in line and "DequantizeLinear" in line and "FP32" in line
+
+
+def _images(folder, count=2, size=(40, 50), mode="RGB"):
+    from PIL import Image
+
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    shape = (*size, 3) if mode == "RGB" else size
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("case", "preprocess", "expect"),
+    [
+        ("empty", "yolo", "has no .npy/.npz files and no images"),
+        ("missing", "yolo", "does not exist"),
+        ("corrupt", "yolo", "cannot read image"),
+        ("images", "imagenet", "does not match"),  # 224x224 vs the model's 64x64
+        ("images", "'yolo,gray'", "has 3 channels"),
+        ("images", "'yolo,nhwc'", "NCHW"),
+        ("images", "bogus", "unknown preprocess key"),
+    ],
+)
+def test_cli_bad_calibration_data_exits_2_with_one_line(
+    harness, monkeypatch, capsys, tmp_path, case, preprocess, expect
+):
+    folder = tmp_path / "cal"
+    if case == "empty":
+        folder.mkdir()
+    elif case == "corrupt":
+        folder.mkdir()
+        (folder / "a.jpg").write_bytes(b"not an image")
+    elif case == "images":
+        _images(folder)
+    spec = f"quantize-int8{{calibration={folder},preprocess={preprocess}}}"
+    code, err = _cli(monkeypatch, capsys, tmp_path, harness.fixture("tiny_yolo"), spec)
+    assert code == 2
+    line = _one_line(err)
+    assert "calibration" in line and expect in line
+
+
+def test_cli_unreadable_calibration_folder_exits_2_with_one_line(
+    harness, monkeypatch, capsys, tmp_path
+):
+    # chmod cannot make a folder unreadable for root (CI containers): the OS error is simulated
+    from pathlib import Path
+
+    folder = _images(tmp_path / "cal")
+    real = Path.iterdir
+
+    def denied(self):
+        if self == folder:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "iterdir", denied)
+    spec = f"quantize-int8{{calibration={folder}}}"
+    code, err = _cli(monkeypatch, capsys, tmp_path, harness.fixture("tiny_yolo"), spec)
+    assert code == 2
+    line = _one_line(err)
+    assert "cannot read calibration data" in line and str(folder) in line
+    assert "Permission denied" in line
 
 
 def test_bad_options_are_rejected():
@@ -511,3 +639,295 @@ def test_suffix_search_finds_damage_at_the_outputs_without_names(harness):
     assert any(n.startswith("Concat") or n == cat.name for n in kept), kept
     assert r.counters["output_error"] < r.counters["output_error_no_auto"]
     assert _score_error(model, q, feeds) < 0.1
+
+
+# ----------------------------------------------------------------------------- target=openvino
+
+
+def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    return {o: n for n in model.graph.node for o in n.output}
+
+
+def test_openvino_target_quantizes_inputs_not_outputs(harness):
+    """NNCF's rule: Q/DQ on the inputs of Conv/Add/Concat/..., none on a Conv's output, none
+    around the SiLU's Sigmoid/Mul, no Q/DQ pair after the Split; numbers close to FP32."""
+    from graphslim.passes._quant_openvino import VALUE_MOVING
+    from graphslim.passes.quantize_int8 import OPENVINO_OPS
+
+    model = harness.fixture("c2f")
+    feeds = random_feeds(model, count=4, seed=1)
+    q, r = _quantize(model, PassContext(feeds=feeds), calibration="", target="openvino")
+    prod = _producers(q)
+    dq = _dq_of(q)
+    weights = {t.name for t in q.graph.initializer}
+    for d in _nodes(q, "DequantizeLinear"):
+        if d.input[0] in weights:
+            continue
+        users = [n for n in q.graph.node if d.output[0] in n.input]
+        # an activation is dequantized only into an op OpenVINO runs in INT8 (or one that
+        # moves its values there)
+        assert all(u.op_type in set(OPENVINO_OPS) | VALUE_MOVING for u in users), d.name
+    for conv in _nodes(q, "Conv"):
+        src = prod[conv.input[0]]  # the DQ, or the Split / unified Concat that carry u8
+        while src.op_type in VALUE_MOVING | {"Concat"}:
+            src = prod[src.input[0]]
+        assert src.op_type == "DequantizeLinear" and conv.input[1] in dq, conv.name
+    for op in ("Sigmoid",):
+        for n in _nodes(q, op):
+            assert n.input[0] not in dq, n.name
+    split = _nodes(q, "Split")[0]
+    assert split.input[0] in dq
+    consumers = [n for n in q.graph.node if set(n.input) & set(split.output)]
+    assert consumers and not any(n.op_type == "QuantizeLinear" for n in consumers)
+    # the Concat's inputs share one grid (unified) and its output's identity pair is gone
+    cat = _nodes(q, "Concat")[0]
+    grids = {
+        (_init(q, dq[i].input[1]).tobytes(), _init(q, dq[i].input[2]).tobytes())
+        if i in dq
+        else ("split", prod[i].op_type)
+        for i in cat.input
+    }
+    assert len([g for g in grids if g[0] != "split"]) <= 1, grids
+    assert "target openvino" in " ".join(r.notes)
+    ref, got = run_model(model, feeds), run_model(q, feeds)
+    for a, b in zip(ref, got):
+        for k in a:
+            cos = np.dot(a[k].ravel(), b[k].ravel()) / (np.linalg.norm(a[k]) * np.linalg.norm(b[k]))
+            assert cos > 0.99, (k, cos)
+
+
+def _qdq_chain(op: str, attrs: dict, out_scale: float) -> onnx.ModelProto:
+    """x -> Q/DQ(s=0.1) -> OP -> Q/DQ(out_scale) -> Conv: the pair after OP is an identity
+    when out_scale equals the input's."""
+    text = f"""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[1, 2, 4, 4] x) => (float[1, 2, 2, 2] y) {{
+        qx = QuantizeLinear (x, s, z)
+        dx = DequantizeLinear (qx, s, z)
+        m = {op} <{", ".join(f"{k} = {v}" for k, v in attrs.items())}> (dx)
+        qm = QuantizeLinear (m, s2, z2)
+        dm = DequantizeLinear (qm, s2, z2)
+        y = Conv (dm, w)
+    }}
+    """
+    model = onnx.parser.parse_model(text)
+    w = np.random.default_rng(0).normal(size=(2, 2, 1, 1)).astype(np.float32)
+    model.graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array(0.1, np.float32), "s"),
+            numpy_helper.from_array(np.array(7, np.uint8), "z"),
+            numpy_helper.from_array(np.array(out_scale, np.float32), "s2"),
+            numpy_helper.from_array(np.array(7, np.uint8), "z2"),
+            numpy_helper.from_array(w, "w"),
+        ]
+    )
+    onnx.checker.check_model(model)
+    return model
+
+
+def test_identity_requantization_is_dropped_exactly():
+    from graphslim.passes import _quant_openvino as V
+
+    op, attrs = "MaxPool", {"kernel_shape": "[2, 2]", "strides": "[2, 2]"}
+    model = _qdq_chain(op, attrs, 0.1)
+    feeds = [
+        {"x": np.random.default_rng(i).normal(size=(1, 2, 4, 4)).astype(np.float32)}
+        for i in range(3)
+    ]
+    before = run_model(model, feeds, optimization="disable")
+    work = copy.deepcopy(model)
+    assert V.drop_requantize(work) == 1
+    assert len(_nodes(work, "QuantizeLinear")) == 1 and len(_nodes(work, "DequantizeLinear")) == 1
+    onnx.checker.check_model(work)
+    after = run_model(work, feeds, optimization="disable")
+    for a, b in zip(before, after):
+        np.testing.assert_array_equal(a["y"], b["y"])  # exact: the pair was an identity
+    # another scale is a real requantization: kept
+    other = _qdq_chain(op, attrs, 0.2)
+    assert V.drop_requantize(other) == 0
+
+
+def _concat_chain(out_scale: float) -> onnx.ModelProto:
+    """a, b -> Q/DQ (scales 0.1, 0.2) -> Concat -> Q/DQ(out_scale) -> Relu."""
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[1, 2, 4] a, float[1, 2, 4] b) => (float[1, 4, 4] y) {
+        qa = QuantizeLinear (a, sa, za)
+        da = DequantizeLinear (qa, sa, za)
+        qb = QuantizeLinear (b, sb, zb)
+        db = DequantizeLinear (qb, sb, zb)
+        c = Concat <axis = 1> (da, db)
+        qc = QuantizeLinear (c, sc, zc)
+        dc = DequantizeLinear (qc, sc, zc)
+        y = Relu (dc)
+    }
+    """
+    model = onnx.parser.parse_model(text)
+    model.graph.initializer.extend(
+        numpy_helper.from_array(np.array(v, t), n)
+        for n, v, t in [
+            ("sa", 0.1, np.float32),
+            ("za", 0, np.uint8),
+            ("sb", 0.2, np.float32),
+            ("zb", 0, np.uint8),
+            ("sc", out_scale, np.float32),
+            ("zc", 0, np.uint8),
+        ]
+    )
+    onnx.checker.check_model(model)
+    return model
+
+
+def test_concat_inputs_take_the_output_grid_only_when_it_covers_them():
+    from graphslim.passes import _quant_openvino as V
+
+    model = _concat_chain(0.2)  # output range 0..51 covers a (0..25.5) and b (0..51)
+    feeds = [
+        {
+            "a": np.linspace(0, 25, 8, dtype=np.float32).reshape(1, 2, 4),
+            "b": np.linspace(0, 50, 8, dtype=np.float32).reshape(1, 2, 4),
+        }
+    ]
+    before = run_model(model, feeds, optimization="disable")[0]["y"]
+    assert V.unify_concat_scales(model) == 1
+    assert _init(model, "sa") == pytest.approx(0.2) and _init(model, "sb") == pytest.approx(0.2)
+    assert V.drop_requantize(model) == 1  # the output pair is now an identity
+    after = run_model(model, feeds, optimization="disable")[0]["y"]
+    # a is rounded once onto the output grid instead of twice (0.1, then 0.2): within one
+    # output step of before, and within half a step of the float input
+    assert np.abs(after - before).max() <= 0.2 + 1e-5
+    exact = np.concatenate([feeds[0]["a"], feeds[0]["b"]], axis=1)
+    assert np.abs(after - exact).max() <= 0.1 + 1e-5
+    narrow = _concat_chain(0.1)  # output range 0..25.5 would clip b: nothing moves
+    assert V.unify_concat_scales(narrow) == 0
+    assert _init(narrow, "sb") == pytest.approx(0.2)
+
+
+# ----------------------------------------------------------------------------- task-driven search
+
+
+def test_task_detect_search_minimises_the_detection_error(harness):
+    """task=detect: the search scores candidates by 1 - map50 against FP32 (plus output error
+    / 100); with the Concat rule off, the erased scores give map50 ~0 and the search brings
+    the detections back, measured here again with graphslim.tasks on the same feeds."""
+    from graphslim.tasks import Task
+
+    model = _mixed_head(harness)
+    feeds = random_feeds(model, count=4, seed=1, low=0.0, high=1.0)
+    ctx = PassContext(feeds=feeds)
+    q, r = _quantize(
+        model, ctx, calibration="", mixed_concat_float=False, auto_exclude=True, task="detect"
+    )
+    before, after = r.counters["output_error_no_auto"], r.counters["output_error"]
+    assert before > 0.5  # 1 - map50 with the scores rounded to 0
+    assert after < 0.1 and r.counters["excluded_auto"] >= 1
+    assert any("detect task error" in n for n in r.notes)
+    map50 = Task("detect").evaluate(run_model(model, feeds), run_model(q, feeds), feeds)
+    assert map50.metrics["map50"] > 0.9
+
+
+def testtask_score_is_one_minus_the_metric_plus_a_tie_break():
+    import graphslim.passes.quantize_int8 as Q
+
+    ref = [{"p": np.array([[0.1, 0.9]], np.float32)}, {"p": np.array([[0.8, 0.2]], np.float32)}]
+    one_wrong = [
+        {"p": np.array([[0.1, 0.9]], np.float32)},
+        {"p": np.array([[0.2, 0.8]], np.float32)},
+    ]
+    score = Q.task_score("classify", None)
+    assert score(ref, ref) == 0.0
+    expected = 0.5 + Q.OUTPUT_WEIGHT * S.output_error(ref, one_wrong)
+    assert score(ref, one_wrong) == pytest.approx(expected)
+
+
+# ----------------------------------------------------------------------------- mode=dynamic
+
+
+def _matmul_model(harness) -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    w1 = rng.normal(0, 0.3, (16, 32)).astype(np.float32)
+    w2 = rng.normal(0, 0.3, (32, 4)).astype(np.float32)
+    return harness.model(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+            helper.make_node("Relu", ["h"], ["r"], name="relu"),
+            helper.make_node("MatMul", ["r", "w2"], ["y"], name="fc2"),
+        ],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 4])],
+        {"w1": w1, "w2": w2},
+    )
+
+
+def test_dynamic_mode_quantizes_matmuls_without_calibration(harness):
+    from graphslim.passes import _quant_dynamic as D
+
+    model = _matmul_model(harness)
+    q, r = _quantize(model, calibration="", mode="dynamic")  # no feeds at all
+    assert r.modified and r.counters["nodes_quantized"] == 2 == D.integer_nodes(q)
+    assert not _nodes(q, "MatMul") and not _nodes(q, "QuantizeLinear")
+    assert any("random inputs" in n for n in r.notes)
+    onnx.checker.check_model(q)
+    feeds = random_feeds(model, count=3, seed=5)
+    ref, got = run_model(model, feeds), run_model(q, feeds)
+    err = S.output_error(ref, got)
+    assert 0 < err < 0.05, err  # INT8 rounding, not a broken graph
+    assert r.counters["output_error"] < 0.05
+
+
+def test_dynamic_mode_excludes_and_declines_conv_models(harness):
+    model = _matmul_model(harness)
+    q, r = _quantize(model, mode="dynamic", exclude=("fc2",))
+    assert r.counters["nodes_quantized"] == 1 and [n.name for n in _nodes(q, "MatMul")] == ["fc2"]
+    conv = harness.fixture("residual_add")
+    out, r = _quantize(conv, mode="dynamic")
+    assert r.modified is False and "quantized no node" in r.notes[-1]
+    assert out.SerializeToString() == conv.SerializeToString()
+
+
+# ----------------------------------------------------------------------------- bias correction
+
+
+def _biased_model(harness) -> onnx.ModelProto:
+    """Conv -> Relu -> Conv(+bias) -> output; inputs mostly small, so the u8 grid of the
+    Relu output (asymmetric range up to an outlier) rounds with a systematic offset."""
+    rng = np.random.default_rng(3)
+    w1 = rng.normal(0, 0.5, (8, 3, 3, 3)).astype(np.float32)
+    w2 = rng.normal(0, 0.5, (4, 8, 1, 1)).astype(np.float32)
+    b2 = rng.normal(0, 0.1, 4).astype(np.float32)
+    return harness.model(
+        [
+            helper.make_node("Conv", ["x", "w1"], ["a"], name="c1", pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["a"], ["r"], name="relu"),
+            helper.make_node("Conv", ["r", "w2", "b2"], ["y"], name="c2"),
+        ],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
+        {"w1": w1, "w2": w2, "b2": b2},
+    )
+
+
+def test_bias_correction_removes_the_mean_error_of_output_convs(harness):
+    from graphslim.passes import _quant_bias as B
+
+    model = _biased_model(harness)
+    feeds = random_feeds(model, count=6, seed=4, low=0.0, high=1.0)
+    ctx = PassContext(feeds=feeds)
+    plain, _ = _quantize(model, ctx, calibration="", target="openvino", bias_correction="off")
+    assert [c.name for c in B.output_convs(plain)] == ["c2"]
+    fixed = copy.deepcopy(plain)
+    assert B.correct(fixed, model, feeds) == 1
+
+    def mean_offset(q) -> float:
+        ref, got = run_model(model, feeds), run_model(q, feeds, optimization="basic")
+        diff = np.mean([r["y"] - g["y"] for r, g in zip(ref, got)], axis=(0, 1, 3, 4))
+        return float(np.abs(diff).max())
+
+    before, after = mean_offset(plain), mean_offset(fixed)
+    assert after < before  # the per-channel offset is what the correction removes
+    step = max(_init(fixed, n.input[1]).max() for n in _nodes(fixed, "DequantizeLinear")
+               if n.input[0].startswith("b2"))  # fmt: skip
+    assert after <= step  # within one bias quantization step
+    # in the pass: applied only when the error on the calibration feeds drops, and said so
+    _, r = _quantize(model, ctx, calibration="", target="openvino")
+    assert any(n.startswith("bias correction of 1 output conv") for n in r.notes)
