@@ -24,7 +24,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from graphslim.passes._quant_isa import machine  # noqa: E402
+from graphslim.machine import machine  # noqa: E402
 
 
 def _version(module: str) -> str | None:

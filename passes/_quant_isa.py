@@ -25,16 +25,23 @@ machine's ISA when it is not this one.
 from __future__ import annotations
 
 import logging
-import os
 import platform
 from dataclasses import dataclass
-from pathlib import Path
+
+# The machine facts live in the core (the CLI and every bench record them too); the ISA rules
+# below use them.
+from graphslim.machine import (  # noqa: F401  (re-exported: machine, cpu_model)
+    REPORTED_FLAGS,
+    VNNI_FLAGS,
+    cpu_flags,
+    cpu_model,
+    isa_of,
+    machine,
+)
 
 log = logging.getLogger("graphslim.passes.quantize_int8")
 
 ISAS = ("vnni", "avx512", "avx2", "unknown")
-VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "avx512vnni", "avxvnni")  # kernel / py-cpuinfo spellings
-REPORTED_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "fma")
 
 
 @dataclass(frozen=True)
@@ -48,47 +55,6 @@ class X86Choice:
 
     def note(self) -> str:
         return f"x86 ISA {self.isa} ({self.source}): {self.why}"
-
-
-def cpu_flags() -> tuple[set[str], str]:
-    """The CPU feature flags of this machine and where they came from (empty if unknown)."""
-    path = Path("/proc/cpuinfo")
-    if path.is_file():
-        try:
-            for line in path.read_text(errors="replace").splitlines():
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split()), "/proc/cpuinfo"
-        except OSError as exc:  # a restricted container: fall through to py-cpuinfo
-            log.debug("cannot read /proc/cpuinfo: %s", exc)
-    try:
-        import cpuinfo  # py-cpuinfo, optional
-
-        return set(cpuinfo.get_cpu_info().get("flags", [])), "py-cpuinfo"
-    except Exception:  # not installed, or it failed on this platform
-        return set(), "unknown"
-
-
-def cpu_model() -> str:
-    path = Path("/proc/cpuinfo")
-    if path.is_file():
-        try:
-            for line in path.read_text(errors="replace").splitlines():
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-        except OSError:
-            pass
-    return platform.processor() or platform.machine()
-
-
-def isa_of(flags: set[str]) -> str:
-    """``vnni`` / ``avx512`` / ``avx2`` / ``unknown`` from a set of CPU flags."""
-    if any(f in flags for f in VNNI_FLAGS):
-        return "vnni"
-    if "avx512bw" in flags:
-        return "avx512"
-    if "avx2" in flags:
-        return "avx2"
-    return "unknown"
 
 
 def choose(target: str, flags: set[str] | None = None, source: str | None = None) -> X86Choice:
@@ -120,17 +86,3 @@ def choose(target: str, flags: set[str] | None = None, source: str | None = None
         "onnxruntime's VPMADDUBSW kernel sums u8*s8 pairs in a saturating int16; 7-bit weights "
         "keep every pair sum <= 2*255*64 = 32640, exact",
     )
-
-
-def machine() -> dict:
-    """This machine, for every recorded figure: CPU model, ISA, flags, cores, load."""
-    flags, source = cpu_flags()
-    return {
-        "cpu_model": cpu_model(),
-        "arch": platform.machine(),
-        "isa": isa_of(flags),
-        "isa_flags": sorted(f for f in REPORTED_FLAGS if f in flags),
-        "flags_source": source,
-        "cores": os.cpu_count(),
-        "loadavg": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
-    }
