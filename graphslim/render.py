@@ -344,7 +344,8 @@ def sensitivity_table(sens, top: int) -> Table:
 
 def metric_label(metric: str) -> str:
     """Column / progress label of a fine-tune selection metric."""
-    return "output cosine" if metric == "cosine" else f"{metric} vs teacher"
+    fixed = {"cosine": "output cosine", "accuracy": "label accuracy"}
+    return fixed.get(metric, f"{metric} vs labels" if metric.startswith("label-") else f"{metric} vs teacher")
 
 
 def finetune_table(result) -> Table:

@@ -43,8 +43,10 @@ seeded per sample (``seed, epoch, sample index``), so the result does not depend
 batch is split over processes: horizontal flip, random resized crop, brightness/contrast,
 3x3 blur, small rotation.
 
-The best epoch is chosen by one validation metric against the teacher, named in every
-record (``metric``): with ``task`` the task's own (``detect``: ``map50`` of the student's
+The best epoch is chosen by one validation metric, named in every record (``metric``):
+with validation labels on a classifier, ``accuracy`` against the labels (the user's own
+ground truth beats agreement with the teacher); else, against the teacher: with ``task``
+the task's own (``detect``: ``map50`` of the student's
 detections against the teacher's; ``classify``: ``top1`` agreement; ``dense``: ``iou`` of
 the maps thresholded at 0.5, :mod:`graphslim.tasks`); without it ``top1`` agreement on the
 first 2-D ``[N, C]`` output, or else ``cosine``, the mean cosine similarity of the flattened
@@ -76,6 +78,7 @@ import onnx
 
 from graphslim.bridge import BridgeError, require_torch
 from graphslim.bridge.data import Rows, stack_batch
+from graphslim.bridge.labels import read_labels  # noqa: F401  (the public home of labels)
 from graphslim.bridge.logits import dead_outputs, find_logits, logit_loss, matching_logits
 from graphslim.bridge.task_losses import detect_loss
 
@@ -213,30 +216,14 @@ def load_image_inputs(
     return np.concatenate([f[spec.name] for f in feeds]).astype(np.float32)
 
 
-def read_labels(path: str | os.PathLike, images: Sequence[Path] | None = None) -> np.ndarray:
-    """Integer labels: a ``.npy`` array, or a text file of ``name label`` / ``name,label`` lines
-    matched to ``images`` by file name (or one label per line, in image order)."""
-    p = Path(path)
-    if not p.is_file():
-        raise BridgeError(f"labels file {p} does not exist")
-    if p.suffix == ".npy":
-        return np.load(p).astype(np.int64).reshape(-1)
-    rows = [line.replace(",", " ").split() for line in p.read_text().splitlines() if line.strip()]
-    try:
-        if all(len(r) == 1 for r in rows):
-            return np.array([int(r[0]) for r in rows], dtype=np.int64)
-        table = {r[0]: int(r[-1]) for r in rows}
-    except ValueError as exc:
-        raise BridgeError(f"{p}: labels must be integers ({exc})") from exc
-    if images is None:
-        return np.array(list(table.values()), dtype=np.int64)
-    missing = [i.name for i in images if i.name not in table]
-    if missing:
-        raise BridgeError(f"{p}: no label for image {missing[0]}")
-    return np.array([table[i.name] for i in images], dtype=np.int64)
-
-
 # ------------------------------------------------------------------------------ trainer
+
+
+def validation_subset(n: int, limit: int, seed: int) -> np.ndarray:
+    """Sorted indices of at most ``limit`` of ``n`` samples: all of them, or a seeded sample."""
+    if n <= limit:
+        return np.arange(n)
+    return np.sort(np.random.default_rng((seed, n)).choice(n, size=limit, replace=False))
 
 
 def _looks_like_probabilities(t: np.ndarray) -> bool:
@@ -337,9 +324,13 @@ class Distiller:
             labels = labels[train_idx] if labels is not None else None
             inputs = Rows(inputs, train_idx) if streamed else inputs[train_idx]
         elif streamed or len(val_inputs) > options.val_limit:
-            keep = min(len(val_inputs), options.val_limit)
-            val_inputs = Rows(val_inputs, np.arange(keep))[:]
-            val_labels = val_labels[:keep] if val_labels is not None else None
+            # a seeded sample, not the first ``val_limit``: a sorted folder of class folders
+            # would otherwise give the first classes only
+            keep = validation_subset(len(val_inputs), options.val_limit, options.seed)
+            val_inputs = Rows(val_inputs, keep)[:]
+            val_labels = np.asarray(val_labels)[keep] if val_labels is not None else None
+        if streamed and not isinstance(inputs, Rows):  # batches index it with arrays
+            inputs = Rows(inputs, np.arange(len(inputs)))
         self.inputs, self.labels = inputs, labels
         self.val_inputs = np.ascontiguousarray(val_inputs, dtype=np.float32)
         self.val_labels = val_labels
@@ -618,6 +609,8 @@ class Distiller:
     @property
     def metric(self) -> str:
         """The name of the metric that picks the best epoch (see the module doc)."""
+        if self.val_labels is not None and self.class_output is not None:
+            return "accuracy"
         if self.task is not None:
             return TASK_METRIC[self.task.kind]
         return "top1" if self.class_output is not None else "cosine"
@@ -652,6 +645,8 @@ class Distiller:
         cosine = output_cosine(student, self.val_teacher, self.output_names)
         if self.task is None and self.class_output is None:
             value = cosine
+        if self.metric == "accuracy":
+            value = float(accuracy)
         return Scores(self.metric, value, cosine, accuracy, loss, task_metrics)
 
     def epoch_order(self, epoch: int) -> np.ndarray:
