@@ -124,7 +124,10 @@ def finetune_history(path: Path) -> dict:
         "metric": data["metric"],
         "parity_passed": data["parity"].get("passed"),
         "history": [
-            {k: h[k] for k in ("epoch", "loss", "val_loss", "value", "cosine", "accuracy", "seconds")}
+            {
+                k: h[k]
+                for k in ("epoch", "loss", "val_loss", "value", "cosine", "accuracy", "seconds")
+            }
             for h in data["history"]
         ],
     }
@@ -315,7 +318,9 @@ def bench_pplcnet(args, log) -> dict:
             "steps": steps,
             "finetune": finetune_history(ft_json),
             "data": f"{args.docs_b} rendered documents x 4 turns (seed 0); val 100 x 4 (seed 1)",
-            "goal": "ratio 0.3 + KD: accuracy within 3 points of the original" if ratio == 0.3 else None,
+            "goal": "ratio 0.3 + KD: accuracy within 3 points of the original"
+            if ratio == 0.3
+            else None,
         }
         log(f"pplcnet {spec}: {row['evaluation']}")
         rows.append(row)

@@ -120,3 +120,59 @@ def yolo_label_files(folder: str | os.PathLike, images: Sequence[Path]) -> list[
     if not any(f.stem in stems for f in files):
         raise BridgeError(f"{root}: no YOLO .txt label matches any of the {len(images)} images")
     return [root / f"{Path(i).stem}.txt" for i in images]
+
+
+class YoloLabels:
+    """The YOLO labels of a streamed image set, read when indexed (never all up front).
+
+    ``labels[i]`` is the :class:`graphslim.detect.Detections` of image ``i`` in *network
+    input* pixels (the box mapped through the image's preprocessing: ``x' = x r_x + pad_x``),
+    so that they compare with the detections decoded from the model's head directly; IoU,
+    and so mAP, is unchanged by that per-axis scale and shift. ``labels[array]`` is the
+    subset, still lazy."""
+
+    def __init__(self, txt: Sequence[Path], images: Sequence[Path], preprocess, size) -> None:
+        if len(txt) != len(images):
+            raise BridgeError(f"{len(txt)} label files for {len(images)} images")
+        self.txt, self.images = list(txt), list(images)
+        self.preprocess, self.size = preprocess, size
+
+    @classmethod
+    def for_dataset(cls, folder: str | os.PathLike, dataset) -> YoloLabels:
+        """Labels of an :class:`~graphslim.bridge.data.ImageFolderDataset`'s images."""
+        txt = yolo_label_files(folder, dataset.files)
+        return cls(txt, dataset.files, dataset.preprocess, dataset.size)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, np.integer)):
+            return self.detections(int(key))
+        picked = np.atleast_1d(np.arange(len(self))[key])
+        return YoloLabels(
+            [self.txt[i] for i in picked],
+            [self.images[i] for i in picked],
+            self.preprocess,
+            self.size,
+        )
+
+    def detections(self, i: int):
+        """Image ``i``'s boxes in network-input pixels (see the class doc)."""
+        from graphslim.detect import Detections
+        from graphslim.errors import OptionsError
+        from graphslim.feeds import FeedError, preprocess_image
+        from graphslim.tasks.labels import load_yolo_labels
+
+        try:
+            geometry = preprocess_image(self.images[i], self.preprocess, self.size)[1]
+            (d,) = load_yolo_labels(self.txt[i].parent, [self.images[i]], [geometry])
+        except (OptionsError, FeedError, ValueError) as exc:
+            raise BridgeError(f"{self.txt[i]}: {exc}") from None
+        rx, ry = geometry.ratio_xy or (geometry.ratio, geometry.ratio)
+        boxes = d.boxes * np.array([rx, ry, rx, ry], np.float32)
+        boxes += np.array([*geometry.pad, *geometry.pad], np.float32)
+        return Detections(boxes.astype(np.float32), d.scores, d.classes)
+
+    def all(self) -> list:
+        return [self.detections(i) for i in range(len(self))]
