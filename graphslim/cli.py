@@ -1096,7 +1096,9 @@ def _finetune_options(*, augment: str, checkpoint, tol, **kw):
 
 
 class _FinetuneProgress:
-    """The fine-tune's progress bar (epoch, step, loss, selection metric) and start line."""
+    """The fine-tune's progress bar (epoch, step, loss, selection metric) and start line.
+    The bar appears once training starts (``on_start``): an error while the data and the
+    models are checked stays the only line printed."""
 
     def __enter__(self):
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -1110,16 +1112,19 @@ class _FinetuneProgress:
             console=err,
             transient=False,
         )
-        self.prog.__enter__()
         self.bar = self.prog.add_task(
             "finetune", total=1, epoch=0, loss=float("nan"), metric="", value="-"
         )
+        self.started = False
         return self
 
     def __exit__(self, *exc) -> None:
-        self.prog.__exit__(*exc)
+        if self.started:
+            self.prog.__exit__(*exc)
 
     def on_start(self, info: dict) -> None:
+        self.prog.start()
+        self.started = True
         self.prog.console.print(_finetune_start_line(info))
         for name, why in info["dead"].items():
             self.prog.console.print(f"[yellow]dead start[/]: output '{name}' is constant ({why})")

@@ -18,8 +18,8 @@ independently per sample):
   ``RandomBrightnessContrast`` (+-0.2 each), p 0.5 each;
 * ``blur``: one of ``GaussianBlur`` (3..5) or ``MotionBlur`` (3..5), p 0.3.
 
-Every sample's draw is seeded by ``(seed, epoch, sample index)``
-(``Compose.set_random_seed``), so a run is repeatable and independent of batching, worker
+Every sample's draw is seeded by ``(seed, epoch, sample index)`` (one seed per transform,
+:meth:`ImageAugment.draw_seeds`), so a run is repeatable and independent of batching, worker
 processes and data-parallel splits. The teacher sees exactly what the student sees: the
 augmented image is preprocessed once and both models get that same tensor.
 """
@@ -101,12 +101,20 @@ class ImageAugment:
         self.names, self.seed = state["names"], state["seed"]
         self._compose = build(self.names)
 
-    def draw_seed(self, epoch: int, index: int) -> int:
-        """The 32-bit seed of one sample's draw (numpy's SeedSequence of the three numbers)."""
-        return int(np.random.SeedSequence((self.seed, int(epoch), int(index))).generate_state(1)[0])
+    def draw_seeds(self, epoch: int, index: int) -> list[int]:
+        """32-bit seeds of one sample's draw, one per transform (numpy's SeedSequence of
+        ``(seed, epoch, index)``): ``Compose.set_random_seed`` alone hands every transform
+        the same seed, and then transforms with the same ``p`` fire all together or not at
+        all."""
+        n = len(self._compose.transforms) + 1
+        state = np.random.SeedSequence((self.seed, int(epoch), int(index))).generate_state(n)
+        return [int(s) for s in state]
 
     def __call__(self, image: np.ndarray, epoch: int, index: int) -> np.ndarray:
         if not self.names:
             return image
-        self._compose.set_random_seed(self.draw_seed(epoch, index))
+        first, *rest = self.draw_seeds(epoch, index)
+        self._compose.set_random_seed(first)
+        for transform, s in zip(self._compose.transforms, rest):
+            transform.set_random_seed(s)
         return self._compose(image=np.ascontiguousarray(image))["image"]

@@ -1,8 +1,9 @@
 """Streaming training images: a Dataset over image folders, decoded one sample at a time.
 
 ``ImageFolderDataset(folder, model, preprocess)`` lists the images under ``folder``
-recursively (``.jpg .jpeg .png .bmp .webp``, sorted by relative path), checks each file's
-header once (a file PIL cannot identify is skipped with a warning naming it), and decodes and
+recursively (``.jpg .jpeg .png .bmp .webp``, sorted by relative path), checks each file once
+without decoding it (PIL's ``verify``: a file it cannot identify, or a truncated PNG, is
+skipped with a warning naming it), and decodes and
 preprocesses an image only when it is indexed: memory holds the file list, not the pixels.
 It is a ``torch.utils.data.Dataset`` (``__len__`` / ``__getitem__``), so a ``DataLoader``
 with worker processes can decode batches ahead of training
@@ -48,7 +49,7 @@ def _readable(path: Path) -> bool:
 
     try:
         with Image.open(path) as image:
-            image.size  # noqa: B018 - the header is read, the pixels are not
+            image.verify()  # reads the file through (PNG CRCs, truncation), decodes no pixels
         return True
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
         return False
