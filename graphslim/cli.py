@@ -1125,7 +1125,9 @@ class _FinetuneProgress:
     def on_start(self, info: dict) -> None:
         self.prog.start()
         self.started = True
-        self.prog.console.print(_finetune_start_line(info))
+        from graphslim.render import finetune_start_line
+
+        self.prog.console.print(finetune_start_line(info))
         for name, why in info["dead"].items():
             self.prog.console.print(f"[yellow]dead start[/]: output '{name}' is constant ({why})")
 
@@ -1138,25 +1140,6 @@ class _FinetuneProgress:
         self.prog.update(
             self.bar, epoch=rec.epoch, metric=metric_label(rec.metric), value=f"{rec.value:.4f}"
         )
-
-
-def _finetune_start_line(info: dict) -> str:
-    """Bridge parity figures and the losses, one line."""
-    parity = info["parity"]
-    if not parity:
-        what = "parity not checked"
-    else:
-        worst = max(parity["outputs"], key=lambda o: o["stats"].get("max-rel", 0.0))
-        st = worst["stats"]
-        verdict = "PASS" if parity["passed"] else "[red]FAIL, forced[/]"
-        what = (
-            f"bridge parity {verdict} ({', '.join(parity['tolerances'])}): worst output "
-            f"'{worst['name']}' max-rel {st['max-rel']:.2e}, max-abs {st['max-abs']:.2e}"
-        )
-    losses = ", ".join(f"{k}: {v}" for k, v in info["losses"].items())
-    from graphslim.render import metric_label
-
-    return f"{what}; losses {losses}; best epoch by {metric_label(info['metric'])}"
 
 
 @zoo_app.command("list")

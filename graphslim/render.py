@@ -349,6 +349,23 @@ def metric_label(metric: str) -> str:
     return fixed.get(metric, f"{metric.removeprefix('label_')} vs {vs}")
 
 
+def finetune_start_line(info: dict) -> str:
+    """Bridge parity figures, the losses and the selection metric of a fine-tune, one line."""
+    parity = info["parity"]
+    if not parity:
+        what = "parity not checked"
+    else:
+        worst = max(parity["outputs"], key=lambda o: o["stats"].get("max-rel", 0.0))
+        st = worst["stats"]
+        verdict = "PASS" if parity["passed"] else "[red]FAIL, forced[/]"
+        what = (
+            f"bridge parity {verdict} ({', '.join(parity['tolerances'])}): worst output "
+            f"'{worst['name']}' max-rel {st['max-rel']:.2e}, max-abs {st['max-abs']:.2e}"
+        )
+    losses = ", ".join(f"{k}: {v}" for k, v in info["losses"].items())
+    return f"{what}; losses {losses}; best epoch by {metric_label(info['metric'])}"
+
+
 def finetune_table(result) -> Table:
     """Per epoch (0 = before training; the best marked *): losses, the selection metric, the
     output cosine, label accuracy, seconds."""

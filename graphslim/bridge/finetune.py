@@ -35,17 +35,23 @@ varies is reported (``dead``): ``saturated`` (its logits vary; the logit loss mo
 
 ``recalibrate_bn`` first re-estimates every BatchNormalization's mean and variance on the
 training inputs (pruning leaves the original statistics wrong for the channels that remain);
-the new statistics are written back with the trained values. With labels, a task loss is
-added: cross-entropy on the first 2-D ``[N, C]`` output
-(classifiers). Optimizer: SGD (lr 1e-3, momentum 0.9, weight decay 5e-4) with cosine
-annealing by default, Adam optional. Augmentation runs on the preprocessed batch in torch,
-seeded per sample (``seed, epoch, sample index``), so the result does not depend on how the
-batch is split over processes: horizontal flip, random resized crop, brightness/contrast,
-3x3 blur, small rotation.
+the new statistics are written back with the trained values. With class labels
+(:mod:`graphslim.bridge.labels`: class folders, CSV, ``.npy``) a supervised term is added:
+cross-entropy on the first 2-D ``[N, C]`` output (classifiers), weighted by
+``task_weight``. YOLO box labels (detect) only evaluate: a sound box loss on a raw head
+needs the head's own anchor assignment (ultralytics' task-aligned assigner), which an
+exported graph does not carry; distilling the teacher's head does that job. Optimizer: SGD
+(lr 1e-3, momentum 0.9, weight decay 5e-4) with cosine annealing by default, Adam optional.
+Augmentation (``augmenter``): ``tensor`` runs on the preprocessed batch in torch, seeded per
+sample (``seed, epoch, sample index``), so the result does not depend on how the batch is
+split over processes: horizontal flip, random resized crop, brightness/contrast, 3x3 blur,
+small rotation; ``albumentations`` runs on the uint8 image before preprocessing, as the
+image is read (:mod:`graphslim.bridge.augment`, same seeding), image folders only.
 
 The best epoch is chosen by one validation metric, named in every record (``metric``):
-with validation labels on a classifier, ``accuracy`` against the labels (the user's own
-ground truth beats agreement with the teacher); else, against the teacher: with ``task``
+with validation labels, against them (the user's own ground truth beats agreement with the
+teacher): ``accuracy`` on a classifier, ``label_map50_95`` with YOLO boxes and task
+detect; else, against the teacher: with ``task``
 the task's own (``detect``: ``map50`` of the student's
 detections against the teacher's; ``classify``: ``top1`` agreement; ``dense``: ``iou`` of
 the maps thresholded at 0.5, :mod:`graphslim.tasks`); without it ``top1`` agreement on the
@@ -1038,7 +1044,10 @@ def finetune_files(
     """:func:`finetune` from files: the images of ``images`` (recursively) streamed through
     :class:`graphslim.bridge.data.ImageFolderDataset`, preprocessed by ``preprocess`` (a
     :meth:`graphslim.feeds.Preprocess.parse` string, default ``resize,scale=1/255`` to the
-    model's input size), labels from a file (see :func:`read_labels`), the result saved
+    model's input size), labels from ``labels`` (class folders, CSV or ``.npy``, see
+    :mod:`graphslim.bridge.labels`; with ``options.task`` detect, a folder of YOLO ``.txt``
+    files), augmented with albumentations on the uint8 image when ``options.augmenter`` says
+    so (:mod:`graphslim.bridge.augment`), the result saved
     atomically at ``output`` (never over the student or the teacher; by process 0 only)."""
     require_torch()
     from graphslim.bridge.data import ImageFolderDataset
