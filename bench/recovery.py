@@ -343,6 +343,10 @@ def bench_pplcnet(args, log) -> dict:
 # ----------------------------------------------------------------------------- report
 
 
+def c_runs(row: dict) -> str:
+    return str(row.get("runs", "30"))
+
+
 def render(results: dict) -> str:
     lines = ["# Recovery: prune, then distil on generated in-domain data (bench/recovery.py)", ""]
     lines.append(
@@ -382,14 +386,20 @@ def render(results: dict) -> str:
     for tag, r in rows:
         f = r["finetune"]
         hist = ", ".join(f"{h['epoch']}: {h['value']:.3f}" for h in f["history"])
+        recal = "--recalibrate-bn" in r["steps"]["finetune"]["command"]
         lines += [
             f"## ({tag}) {r['model']} `{r['pipeline']}`",
             "",
             f"Data: {r['data']}. Goal: {r.get('goal') or '-'}. Best epoch {f['best_epoch']} by "
-            f"validation {f['metric']} ({hist}); bridge parity "
-            f"{'PASS' if f['parity_passed'] else 'FAIL (forced)'}.",
+            f"validation {f['metric']} ({hist}"
+            + ("; epoch 0 is after the BatchNorm re-estimation" if recal else "")
+            + f"); bridge parity {'PASS' if f['parity_passed'] else 'FAIL (forced)'}. "
+            f"Latency: onnxruntime CPU, {c_runs(r)} alternating rounds, load average "
+            f"{'/'.join(f'{x:.1f}' for x in r['cost'].get('loadavg', []))} at the time.",
             "",
             "```bash",
+            f"python bench/recovery.py {r.get('invocation', '')}".rstrip()
+            + "   # this row; it ran the commands below",
             *(s["command"] for s in r["steps"].values()),
             "```",
             "",
@@ -422,8 +432,16 @@ def main(argv: list[str] | None = None) -> int:
         "--no-recalibrate-b", dest="recalibrate_b", action="store_false",
         help="(b) without --recalibrate-bn (BatchNorm statistics re-estimated before KD)",
     )  # fmt: skip
+    ap.add_argument("--render-only", action="store_true", help="rewrite the .md from the .json")
     args = ap.parse_args(argv)
     import torch
+
+    if args.render_only:
+        results = load_results("recovery")
+        results.pop("env")
+        write_results("recovery", environment(torch=torch.__version__), results, render(results))
+        return 0
+    invocation = " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
 
     def log(msg: str) -> None:
         print(msg, flush=True)
@@ -435,8 +453,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     if "b" in args.only:
         results["pplcnet"] = bench_pplcnet(args, log)
+        for row in results["pplcnet"]["rows"]:
+            row |= {"invocation": invocation, "runs": args.runs}
     if "a" in args.only:
-        results["ppocr"] = bench_ppocr(args, log)
+        results["ppocr"] = bench_ppocr(args, log) | {"invocation": invocation, "runs": args.runs}
     earlier = load_results("recovery") or {}
     for key in ("ppocr", "pplcnet"):  # a partial run keeps the other row's last results
         if key not in results and key in earlier:
