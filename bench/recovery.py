@@ -96,7 +96,10 @@ def cached_step(output: Path, args: list, log, fresh: bool = False) -> dict:
     and wall minutes) is kept next to it, so a cached step still reports what it cost."""
     record = output.with_name(output.name + ".step.json")
     if output.exists() and record.exists() and not fresh:
-        return json.loads(record.read_text()) | {"cached": True}
+        step = json.loads(record.read_text())
+        if step["command"] != "graphslim " + " ".join(shlex.quote(str(a)) for a in args):
+            raise SystemExit(f"{output} was made by another command: {step['command']}")
+        return step | {"cached": True}
     step = command(args, log)
     record.write_text(json.dumps(step))
     return step
@@ -204,7 +207,7 @@ def bench_ppocr(args, log) -> dict:
         "--lr", args.lr_a, "--augment", args.augment_a, "--seed", 0, "--json", ft_json,
         *(["--recalibrate-bn"] if args.recalibrate_a else []),
     ]  # fmt: skip
-    steps["finetune"] = command(ft_args, log)
+    steps["finetune"] = cached_step(ft_path, ft_args, log, not args.reuse_finetune)
 
     teacher, pruned, tuned = (load_model(p) for p in (teacher_path, pruned_path, ft_path))
     spec320 = Preprocess.parse(DET_PREPROCESS)
@@ -297,13 +300,14 @@ def bench_pplcnet(args, log) -> dict:
             ["run", teacher_path, "-P", spec, "-o", pruned_path, "--calib", calib,
              "--preprocess", CLS_PREPROCESS], log, args.fresh)  # fmt: skip
         ft_path, ft_json = work / f"finetuned-{ratio}.onnx", work / f"finetune-{ratio}.json"
-        steps["finetune"] = command(
+        steps["finetune"] = cached_step(
+            ft_path,
             ["finetune", pruned_path, "--teacher", teacher_path, "--images", train,
              "--labels", train, "--val-images", val, "--val-labels", val, "-o", ft_path,
              "--preprocess", CLS_PREPROCESS, "--epochs", args.epochs_b, "--batch", args.batch_b,
              "--optimizer", args.optimizer_b, "--lr", args.lr_b, "--augment", args.augment_b,
              "--seed", 0, "--json", ft_json, *(["--recalibrate-bn"] if args.recalibrate_b else [])],
-            log)  # fmt: skip
+            log, not args.reuse_finetune)  # fmt: skip
         pruned, tuned = load_model(pruned_path), load_model(ft_path)
         ps, ts = top1(pruned, xs), top1(tuned, xs)
         pd, td = top1(pruned, xd), top1(tuned, xd)
@@ -411,6 +415,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default="ab", help="any of 'ab'")
     ap.add_argument("--fresh", action="store_true", help="prune again even when cached")
+    ap.add_argument(
+        "--reuse-finetune", action="store_true",
+        help="evaluate the cached fine-tuned models (and their recorded cost) instead of "
+        "training again",
+    )  # fmt: skip
     ap.add_argument("--runs", type=int, default=30, help="alternating latency rounds")
     ap.add_argument("--pipeline-a", default="prune-channels{ratio=0.5,reconstruct=true}")
     ap.add_argument("--pages-a", type=int, default=600, help="(a) training pages")
