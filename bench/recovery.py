@@ -407,6 +407,8 @@ def render(results: dict) -> str:
             *(s["command"] for s in r["steps"].values()),
             "```",
             "",
+            *(f"- `{k}`: {s['note']}" for k, s in r["steps"].items() if s.get("note")),
+            "",
         ]
     return "\n".join(lines)
 
