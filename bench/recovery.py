@@ -379,7 +379,7 @@ def render(results: dict) -> str:
         for k, (label, e) in enumerate(r["evaluation"].items()):
             fmt = "{:.3f}" if tag == "a" else "{:.1%}"
             lines.append(
-                f"| {tag} | {r['model']} `{r['pipeline']}` | {label} ({e['inputs']}) | "
+                f"| {tag} | {r['model']} `{r['pipeline']}` | {label}, n={e['inputs']} | "
                 f"{fmt.format(e['original'])} | {fmt.format(e['pruned'])} | "
                 f"**{fmt.format(e['finetuned'])}** | "
                 + (f"{c['latency_ratio']:.2f}x ({c['latency_ms']['pruned']:.1f} / "
