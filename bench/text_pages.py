@@ -90,6 +90,84 @@ def text_pages(count: int, seed: int, size: int = 320, *, root: Path = CACHE) ->
     return folder
 
 
+def _paragraph_line(rng, draw, font, width: int) -> str:
+    """Random words that fill ``width`` pixels in ``font`` (a justified-looking line)."""
+    words: list[str] = []
+    while True:
+        word = _word(rng)
+        if words and draw.textlength(" ".join([*words, word]), font=font) > width:
+            return " ".join(words)
+        words.append(word)
+        if len(words) > 40:
+            return " ".join(words)
+
+
+def render_document(rng: np.random.Generator, fonts: list[Path]):
+    """One photographed-document crop (the kind of ``page`` in the zoo): paper grey with an
+    illumination gradient, an optional heading, paragraphs of left-aligned lines filling the
+    text width, a dark ink colour, a small skew and blur. Upright: its rotation label is 0."""
+    from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+    w, h = int(rng.integers(320, 513)), int(rng.integers(160, 481))
+    paper = float(rng.uniform(170, 250))
+    page = Image.new("L", (w, h), int(paper))
+    draw = ImageDraw.Draw(page)
+    ink = int(rng.integers(0, 80))
+    margin = int(rng.integers(4, 30))
+    y = int(rng.integers(-8, 20))
+    body = int(rng.integers(11, 22))
+    face = fonts[int(rng.integers(len(fonts)))]
+    if rng.random() < 0.5:  # a heading in a bigger face
+        size = int(body * rng.uniform(1.4, 2.2))
+        head = ImageFont.truetype(str(fonts[int(rng.integers(len(fonts)))]), size)
+        text = " ".join(_word(rng).capitalize() for _ in range(int(rng.integers(1, 4))))
+        draw.text((margin, y), text, font=head, fill=ink)
+        y += int(size * rng.uniform(1.5, 2.2))
+    font = ImageFont.truetype(str(face), body)
+    spacing = rng.uniform(1.25, 1.7)
+    while y < h:
+        indent = int(rng.integers(0, 40)) if rng.random() < 0.1 else 0
+        line = _paragraph_line(rng, draw, font, w - 2 * margin - indent)
+        if rng.random() < 0.12:  # the last, shorter line of a paragraph
+            line = " ".join(line.split()[: max(1, len(line.split()) // 2)])
+        draw.text((margin + indent, y), line, font=font, fill=ink)
+        y += int(body * spacing)
+        if rng.random() < 0.1:
+            y += int(body * rng.uniform(0.5, 1.5))  # a paragraph break
+    # illumination: a linear ramp in a random direction, then sensor noise
+    arr = np.asarray(page, dtype=np.float32)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    a = rng.uniform(0, 2 * np.pi)
+    ramp = (np.cos(a) * xx / w + np.sin(a) * yy / h) * rng.uniform(0, 60)
+    arr = arr - ramp + rng.normal(0, rng.uniform(0, 6), size=arr.shape)
+    page = Image.fromarray(arr.clip(0, 255).astype(np.uint8))
+    page = page.rotate(float(rng.uniform(-4, 4)), resample=Image.BILINEAR, fillcolor=int(paper))
+    return page.filter(ImageFilter.GaussianBlur(float(rng.uniform(0, 1.0))))
+
+
+def document_pages(count: int, seed: int, *, root: Path = CACHE) -> Path:
+    """Folder of class folders ``0/ 1/ 2/ 3/`` (clockwise turns of 0, 90, 180, 270 degrees)
+    holding every one of ``count`` rendered documents (:func:`render_document`) turned by
+    that class's angle: ``4 * count`` labeled images, rendered once for ``seed`` and cached.
+    PIL's ``rotate`` turns counter-clockwise, hence ``-angle``."""
+    folder = root / f"doc-pages-s{seed}-{count}"
+    done = folder / ".complete"
+    if done.exists():
+        return folder
+    fonts = sorted(p for p in FONT_DIR.glob("DejaVu*.ttf") if "MathTeX" not in p.name)
+    if not fonts:
+        raise SystemExit(f"no DejaVu fonts in {FONT_DIR} (apt-get install fonts-dejavu-core)")
+    for k in range(4):
+        (folder / str(k)).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        doc = render_document(rng, fonts)
+        for k in range(4):
+            doc.rotate(-90 * k, expand=True).save(folder / str(k) / f"doc-{i:05d}.png")
+    done.touch()
+    return folder
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
@@ -99,8 +177,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--count", type=int, default=240)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--size", type=int, default=320)
+    ap.add_argument("--documents", action="store_true", help="rotated document crops instead")
     args = ap.parse_args(argv)
-    print(text_pages(args.count, args.seed, args.size))
+    if args.documents:
+        print(document_pages(args.count, args.seed))
+    else:
+        print(text_pages(args.count, args.seed, args.size))
     return 0
 
 

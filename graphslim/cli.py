@@ -928,111 +928,125 @@ def export(
     out.print(f"wrote {result.path} (opset {result.opset}); max-rel vs torch: {errors}")
 
 
+# `graphslim finetune` options: one alias each, so the command reads one line per option.
+_Opt = typer.Option
+FtTeacher = Annotated[
+    Path, _Opt("--teacher", help="the original ONNX model whose outputs it learns")
+]
+FtImages = Annotated[Path, _Opt("--images", help="folder of training images (recursive, streamed)")]
+FtLabels = Annotated[
+    Path | None,
+    _Opt(
+        "--labels",
+        help="classify: a folder of class folders (may be the --images folder), a file,label "
+        "CSV or .npy (adds cross-entropy); detect: a folder of YOLO .txt files (evaluation)",
+    ),
+]
+FtValImages = Annotated[
+    Path | None,
+    _Opt("--val-images", help="validation images (default: a seeded tenth of --images)"),
+]
+FtValLabels = Annotated[
+    Path | None,
+    _Opt("--val-labels", help="labels of --val-images (as --labels); they pick the best epoch"),
+]
+FtLoss = Annotated[str, _Opt(help="auto | mse | l1 | kl | bce | logit | detect (see the docs)")]
+FtAugment = Annotated[
+    str,
+    _Opt(help="comma list of flip,crop,color,blur,rotate (albumentations: also scale), or 'none'"),
+]
+FtAugmenter = Annotated[
+    str,
+    _Opt(
+        help="tensor: built in, on the preprocessed batch; albumentations: on the uint8 image "
+        "before preprocessing (pip install 'onnx-graphslim[aug]')"
+    ),
+]
+FtCheckpoint = Annotated[
+    Path | None, _Opt("--checkpoint", help="save state here after every epoch")
+]
+FtRecalibrate = Annotated[
+    bool, _Opt("--recalibrate-bn", help="re-estimate BatchNorm statistics on the images first")
+]
+FtTask = Annotated[
+    str | None,
+    _Opt(
+        "--task",
+        help="detect | classify | dense: losses from the task, best epoch by map50 / top1 / iou "
+        "against the teacher (with validation labels: label mAP50-95 / accuracy)",
+    ),
+]
+FtTol = Annotated[
+    list[str] | None,
+    _Opt(
+        "--tol",
+        help="bridge parity bound, [OUTPUT:]STAT=VALUE[|STAT=VALUE], repeatable "
+        "(default max-rel=1e-4|max-abs=1e-6)",
+    ),
+]
+FtForce = Annotated[
+    bool, _Opt("--force", help="go on when torch and onnxruntime differ beyond --tol")
+]
+FtWorkers = Annotated[int, _Opt(help="processes decoding images ahead (images are streamed)")]
+FtSeed = Annotated[int, _Opt(help="seed for the split, shuffling, augmentation")]
+DEFAULT_AUGMENT = "flip,crop,color,blur,rotate"
+
+
 @app.command()
 def finetune(
     student: Annotated[Path, typer.Argument(help="the ONNX model to train (never modified)")],
-    teacher: Annotated[
-        Path, typer.Option("--teacher", help="the original ONNX model whose outputs it learns")
-    ],
-    images: Annotated[Path, typer.Option("--images", help="folder of training images")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="where to write the result")],
-    labels: Annotated[
-        Path | None,
-        typer.Option("--labels", help="'name label' lines or .npy: adds cross-entropy"),
-    ] = None,
-    val_images: Annotated[
-        Path | None,
-        typer.Option(
-            "--val-images", help="validation images (default: a seeded tenth of --images)"
-        ),
-    ] = None,
-    val_labels: Annotated[Path | None, typer.Option("--val-labels")] = None,
+    teacher: FtTeacher,
+    images: FtImages,
+    output: OutputOpt,
+    labels: FtLabels = None,
+    val_images: FtValImages = None,
+    val_labels: FtValLabels = None,
     preprocess: PreprocessOpt = None,
-    epochs: Annotated[int, typer.Option(help="epochs")] = 5,
-    batch: Annotated[int, typer.Option(help="global batch size")] = 16,
-    lr: Annotated[float, typer.Option(help="learning rate")] = 1e-3,
-    optimizer: Annotated[str, typer.Option(help="sgd | adam")] = "sgd",
-    loss: Annotated[
-        str, typer.Option(help="auto | mse | l1 | kl | bce | logit | detect (see the docs)")
-    ] = "auto",
-    temperature: Annotated[float, typer.Option(help="KL temperature")] = 4.0,
-    augment: Annotated[
-        str, typer.Option(help="comma list of flip,crop,color,blur,rotate, or 'none'")
-    ] = "flip,crop,color,blur,rotate",
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
-    checkpoint: Annotated[
-        Path | None, typer.Option("--checkpoint", help="save state here after every epoch")
-    ] = None,
-    resume: Annotated[bool, typer.Option(help="continue from --checkpoint")] = False,
-    recalibrate_bn: Annotated[
-        bool,
-        typer.Option(
-            "--recalibrate-bn", help="re-estimate BatchNorm statistics on the images first"
-        ),
-    ] = False,
-    limit: Annotated[int | None, typer.Option(help="at most this many images")] = None,
-    workers: Annotated[
-        int, typer.Option(help="processes decoding images ahead (images are streamed)")
-    ] = 0,
+    epochs: Annotated[int, _Opt(help="epochs")] = 5,
+    batch: Annotated[int, _Opt(help="global batch size")] = 16,
+    lr: Annotated[float, _Opt(help="learning rate")] = 1e-3,
+    optimizer: Annotated[str, _Opt(help="sgd | adam")] = "sgd",
+    loss: FtLoss = "auto",
+    temperature: Annotated[float, _Opt(help="KL temperature")] = 4.0,
+    augment: FtAugment = DEFAULT_AUGMENT,
+    augmenter: FtAugmenter = "tensor",
+    device: Annotated[str, _Opt(help="auto | cpu | cuda")] = "auto",
+    checkpoint: FtCheckpoint = None,
+    resume: Annotated[bool, _Opt(help="continue from --checkpoint")] = False,
+    recalibrate_bn: FtRecalibrate = False,
+    limit: Annotated[int | None, _Opt(help="at most this many images")] = None,
+    workers: FtWorkers = 0,
     input_shape: ShapeOpt = None,
-    seed: Annotated[int, typer.Option(help="seed for the split, shuffling, augmentation")] = 0,
-    task: Annotated[
-        str | None,
-        typer.Option(
-            "--task",
-            help="detect | classify | dense: show and pick the best epoch by map50 / top1 / iou "
-            "against the teacher (default: top1 on a [N, C] output, else output cosine)",
-        ),
-    ] = None,
-    tol: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--tol",
-            help="bridge parity bound, [OUTPUT:]STAT=VALUE[|STAT=VALUE], repeatable "
-            "(default max-rel=1e-4|max-abs=1e-6)",
-        ),
-    ] = None,
-    force: Annotated[
-        bool,
-        typer.Option("--force", help="go on when torch and onnxruntime differ beyond --tol"),
-    ] = False,
+    seed: FtSeed = 0,
+    task: FtTask = None,
+    tol: FtTol = None,
+    force: FtForce = False,
     json_path: JsonOpt = None,
 ) -> None:
-    """Distil TEACHER into STUDENT on unlabeled images and write the trained STUDENT graph.
+    """Distil TEACHER into STUDENT on images (labels optional) and write the trained STUDENT.
 
     First the student runs in torch and in onnxruntime on the same inputs (bridge parity,
     --tol); an output that is constant while the teacher's varies is reported before
     training. Run with torchrun (--nproc-per-node N) for data-parallel training."""
     from graphslim.bridge import require_torch
     from graphslim.bridge.finetune import finetune_files
+    from graphslim.render import finetune_table, metric_label
 
     require_torch()
     _check_json_path(json_path, student, teacher, output)
     options = _finetune_options(
         epochs=epochs, batch=batch, lr=lr, optimizer=optimizer, loss=loss,
-        temperature=temperature, augment=augment, device=device, checkpoint=checkpoint,
-        resume=resume, recalibrate_bn=recalibrate_bn, seed=seed, task=task, workers=workers,
-        tol=tol, force=force,
+        temperature=temperature, augment=augment, augmenter=augmenter, device=device,
+        checkpoint=checkpoint, resume=resume, recalibrate_bn=recalibrate_bn, seed=seed,
+        task=task, workers=workers, tol=tol, force=force,
     )  # fmt: skip
+    data = {"labels": labels, "val_images": val_images, "val_labels": val_labels}
     with _FinetuneProgress() as prog:
         result = finetune_files(
-            student,
-            teacher,
-            images,
-            output,
-            options,
-            preprocess=preprocess,
-            labels=labels,
-            val_images=val_images,
-            val_labels=val_labels,
-            limit=limit,
-            shapes=_shapes(input_shape),
-            on_step=prog.on_step,
-            on_epoch=prog.on_epoch,
-            on_start=prog.on_start,
-        )
-    from graphslim.render import finetune_table, metric_label
-
+            student, teacher, images, output, options, preprocess=preprocess, limit=limit,
+            shapes=_shapes(input_shape), on_step=prog.on_step, on_epoch=prog.on_epoch,
+            on_start=prog.on_start, **data,
+        )  # fmt: skip
     out.print(finetune_table(result))
     label = metric_label(result.metric)
     out.print(f"wrote {output} (best epoch {result.best_epoch} by {label}, marked *)")
@@ -1042,8 +1056,9 @@ def finetune(
 def _finetune_options(*, augment: str, checkpoint, tol, **kw):
     from graphslim.bridge.finetune import FinetuneOptions
 
+    names = tuple(a.strip() for a in augment.split(",") if a.strip() and a.strip() != "none")
     return FinetuneOptions(
-        augment=tuple(a for a in augment.split(",") if a.strip() and a != "none"),
+        augment=names,
         checkpoint=str(checkpoint) if checkpoint else None,
         parity_tolerances=tuple(tol or ()),
         **kw,
@@ -1051,7 +1066,9 @@ def _finetune_options(*, augment: str, checkpoint, tol, **kw):
 
 
 class _FinetuneProgress:
-    """The fine-tune's progress bar (epoch, step, loss, selection metric) and start line."""
+    """The fine-tune's progress bar (epoch, step, loss, selection metric) and start line.
+    The bar appears once training starts (``on_start``): an error while the data and the
+    models are checked stays the only line printed."""
 
     def __enter__(self):
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -1065,17 +1082,22 @@ class _FinetuneProgress:
             console=err,
             transient=False,
         )
-        self.prog.__enter__()
         self.bar = self.prog.add_task(
             "finetune", total=1, epoch=0, loss=float("nan"), metric="", value="-"
         )
+        self.started = False
         return self
 
     def __exit__(self, *exc) -> None:
-        self.prog.__exit__(*exc)
+        if self.started:
+            self.prog.__exit__(*exc)
 
     def on_start(self, info: dict) -> None:
-        self.prog.console.print(_finetune_start_line(info))
+        self.prog.start()
+        self.started = True
+        from graphslim.render import finetune_start_line
+
+        self.prog.console.print(finetune_start_line(info))
         for name, why in info["dead"].items():
             self.prog.console.print(f"[yellow]dead start[/]: output '{name}' is constant ({why})")
 
@@ -1088,25 +1110,6 @@ class _FinetuneProgress:
         self.prog.update(
             self.bar, epoch=rec.epoch, metric=metric_label(rec.metric), value=f"{rec.value:.4f}"
         )
-
-
-def _finetune_start_line(info: dict) -> str:
-    """Bridge parity figures and the losses, one line."""
-    parity = info["parity"]
-    if not parity:
-        what = "parity not checked"
-    else:
-        worst = max(parity["outputs"], key=lambda o: o["stats"].get("max-rel", 0.0))
-        st = worst["stats"]
-        verdict = "PASS" if parity["passed"] else "[red]FAIL, forced[/]"
-        what = (
-            f"bridge parity {verdict} ({', '.join(parity['tolerances'])}): worst output "
-            f"'{worst['name']}' max-rel {st['max-rel']:.2e}, max-abs {st['max-abs']:.2e}"
-        )
-    losses = ", ".join(f"{k}: {v}" for k, v in info["losses"].items())
-    from graphslim.render import metric_label
-
-    return f"{what}; losses {losses}; best epoch by {metric_label(info['metric'])}"
 
 
 @zoo_app.command("list")

@@ -344,7 +344,26 @@ def sensitivity_table(sens, top: int) -> Table:
 
 def metric_label(metric: str) -> str:
     """Column / progress label of a fine-tune selection metric."""
-    return "output cosine" if metric == "cosine" else f"{metric} vs teacher"
+    fixed = {"cosine": "output cosine", "accuracy": "label accuracy"}
+    vs = "labels" if metric.startswith("label_") else "teacher"
+    return fixed.get(metric, f"{metric.removeprefix('label_')} vs {vs}")
+
+
+def finetune_start_line(info: dict) -> str:
+    """Bridge parity figures, the losses and the selection metric of a fine-tune, one line."""
+    parity = info["parity"]
+    if not parity:
+        what = "parity not checked"
+    else:
+        worst = max(parity["outputs"], key=lambda o: o["stats"].get("max-rel", 0.0))
+        st = worst["stats"]
+        verdict = "PASS" if parity["passed"] else "[red]FAIL, forced[/]"
+        what = (
+            f"bridge parity {verdict} ({', '.join(parity['tolerances'])}): worst output "
+            f"'{worst['name']}' max-rel {st['max-rel']:.2e}, max-abs {st['max-abs']:.2e}"
+        )
+    losses = ", ".join(f"{k}: {v}" for k, v in info["losses"].items())
+    return f"{what}; losses {losses}; best epoch by {metric_label(info['metric'])}"
 
 
 def finetune_table(result) -> Table:
@@ -353,14 +372,15 @@ def finetune_table(result) -> Table:
     t = Table(title="fine-tune (epoch 0 = before training)", title_justify="left")
     cols = ["epoch", "train loss", "val loss", metric_label(result.metric)]
     cols += [] if result.metric == "cosine" else ["output cosine"]
-    for col in [*cols, "accuracy", "seconds"]:
+    accuracy = result.metric != "accuracy"  # else it is the selection column already
+    for col in [*cols, *(["accuracy"] if accuracy else []), "seconds"]:
         t.add_column(col, justify="right")
     for h in result.history:
         mark = " *" if h.epoch == result.best_epoch else ""
         row = [f"{h.epoch}{mark}", f"{h.loss:.4g}", f"{h.val_loss:.4g}", f"{h.value:.4f}"]
         row += [] if result.metric == "cosine" else [f"{h.cosine:.4f}"]
-        row += ["-" if h.accuracy is None else f"{h.accuracy:.4f}", f"{h.seconds:.1f}"]
-        t.add_row(*row)
+        row += ["-" if h.accuracy is None else f"{h.accuracy:.4f}"] if accuracy else []
+        t.add_row(*row, f"{h.seconds:.1f}")
     return t
 
 

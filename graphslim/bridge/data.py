@@ -1,8 +1,9 @@
 """Streaming training images: a Dataset over image folders, decoded one sample at a time.
 
 ``ImageFolderDataset(folder, model, preprocess)`` lists the images under ``folder``
-recursively (``.jpg .jpeg .png .bmp .webp``, sorted by relative path), checks each file's
-header once (a file PIL cannot identify is skipped with a warning naming it), and decodes and
+recursively (``.jpg .jpeg .png .bmp .webp``, sorted by relative path), checks each file once
+without decoding it (PIL's ``verify``: a file it cannot identify, or a truncated PNG, is
+skipped with a warning naming it), and decodes and
 preprocesses an image only when it is indexed: memory holds the file list, not the pixels.
 It is a ``torch.utils.data.Dataset`` (``__len__`` / ``__getitem__``), so a ``DataLoader``
 with worker processes can decode batches ahead of training
@@ -48,7 +49,7 @@ def _readable(path: Path) -> bool:
 
     try:
         with Image.open(path) as image:
-            image.size  # noqa: B018 - the header is read, the pixels are not
+            image.verify()  # reads the file through (PNG CRCs, truncation), decodes no pixels
         return True
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
         return False
@@ -65,8 +66,13 @@ class ImageFolderDataset:
         *,
         limit: int | None = None,
         shapes: Mapping[str, Sequence[int]] | None = None,
+        augment=None,
     ) -> None:
+        """``augment``: an :class:`graphslim.bridge.augment.ImageAugment` applied to the
+        uint8 image before preprocessing when the dataset is indexed by ``(index, epoch)``."""
         from graphslim.feeds import input_specs
+
+        self.augment = augment
 
         specs = input_specs(model)
         if len(specs) != 1:
@@ -106,14 +112,24 @@ class ImageFolderDataset:
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int) -> np.ndarray:
+    def __getitem__(self, key) -> np.ndarray:
+        """Sample ``key``: an index (as decoded), or ``(index, epoch)`` (augmented with the
+        draw of that epoch, when the dataset has an ``augment``)."""
+        from PIL import Image
+
         from graphslim.feeds import FeedError, preprocess_image
 
+        index, epoch = key if isinstance(key, tuple) else (key, None)
         path = self.files[int(index)]
         try:
-            return preprocess_image(path, self.preprocess, self.size)[0]
-        except FeedError as exc:
-            raise BridgeError(str(exc)) from None
+            if epoch is None or self.augment is None:
+                return preprocess_image(path, self.preprocess, self.size)[0]
+            with Image.open(path) as im:
+                pixels = np.asarray(im.convert("RGB"))
+            image = self.augment(pixels, epoch, int(index))
+            return preprocess_image(image, self.preprocess, self.size)[0]
+        except (FeedError, OSError) as exc:
+            raise BridgeError(f"{path}: {exc}") from None
 
 
 class Rows:
@@ -126,7 +142,19 @@ class Rows:
     def __len__(self) -> int:
         return len(self.index)
 
+    @property
+    def augments(self) -> bool:
+        """Whether samples are augmented as they are read (``rows[(i, epoch)]``)."""
+        return getattr(self.source, "augment", None) is not None
+
+    def take(self, positions, epoch: int) -> np.ndarray:
+        """The stacked batch of ``positions``, each sample augmented with ``epoch``'s draw."""
+        positions = np.atleast_1d(positions)
+        return stack_batch([self[(int(p), epoch)] for p in positions])
+
     def __getitem__(self, key):
+        if isinstance(key, tuple):  # (position, epoch): augmented as read
+            return np.asarray(self.source[(int(self.index[key[0]]), key[1])], dtype=np.float32)
         if isinstance(key, (int, np.integer)):
             return np.asarray(self.source[int(self.index[key])], dtype=np.float32)
         picked = np.atleast_1d(self.index[key])

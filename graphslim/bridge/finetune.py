@@ -35,16 +35,24 @@ varies is reported (``dead``): ``saturated`` (its logits vary; the logit loss mo
 
 ``recalibrate_bn`` first re-estimates every BatchNormalization's mean and variance on the
 training inputs (pruning leaves the original statistics wrong for the channels that remain);
-the new statistics are written back with the trained values. With labels, a task loss is
-added: cross-entropy on the first 2-D ``[N, C]`` output
-(classifiers). Optimizer: SGD (lr 1e-3, momentum 0.9, weight decay 5e-4) with cosine
-annealing by default, Adam optional. Augmentation runs on the preprocessed batch in torch,
-seeded per sample (``seed, epoch, sample index``), so the result does not depend on how the
-batch is split over processes: horizontal flip, random resized crop, brightness/contrast,
-3x3 blur, small rotation.
+the new statistics are written back with the trained values. With class labels
+(:mod:`graphslim.bridge.labels`: class folders, CSV, ``.npy``) a supervised term is added:
+cross-entropy on the first 2-D ``[N, C]`` output (classifiers), weighted by
+``task_weight``. YOLO box labels (detect) only evaluate: a sound box loss on a raw head
+needs the head's own anchor assignment (ultralytics' task-aligned assigner), which an
+exported graph does not carry; distilling the teacher's head does that job. Optimizer: SGD
+(lr 1e-3, momentum 0.9, weight decay 5e-4) with cosine annealing by default, Adam optional.
+Augmentation (``augmenter``): ``tensor`` runs on the preprocessed batch in torch, seeded per
+sample (``seed, epoch, sample index``), so the result does not depend on how the batch is
+split over processes: horizontal flip, random resized crop, brightness/contrast, 3x3 blur,
+small rotation; ``albumentations`` runs on the uint8 image before preprocessing, as the
+image is read (:mod:`graphslim.bridge.augment`, same seeding), image folders only.
 
-The best epoch is chosen by one validation metric against the teacher, named in every
-record (``metric``): with ``task`` the task's own (``detect``: ``map50`` of the student's
+The best epoch is chosen by one validation metric, named in every record (``metric``):
+with validation labels, against them (the user's own ground truth beats agreement with the
+teacher): ``accuracy`` on a classifier, ``label_map50_95`` with YOLO boxes and task
+detect; else, against the teacher: with ``task``
+the task's own (``detect``: ``map50`` of the student's
 detections against the teacher's; ``classify``: ``top1`` agreement; ``dense``: ``iou`` of
 the maps thresholded at 0.5, :mod:`graphslim.tasks`); without it ``top1`` agreement on the
 first 2-D ``[N, C]`` output, or else ``cosine``, the mean cosine similarity of the flattened
@@ -76,6 +84,7 @@ import onnx
 
 from graphslim.bridge import BridgeError, require_torch
 from graphslim.bridge.data import Rows, stack_batch
+from graphslim.bridge.labels import YoloLabels, read_labels
 from graphslim.bridge.logits import dead_outputs, find_logits, logit_loss, matching_logits
 from graphslim.bridge.task_losses import detect_loss
 
@@ -85,6 +94,11 @@ LOSSES = ("auto", "mse", "l1", "kl", "bce", "logit", "detect")
 # The task metric that picks the best epoch (graphslim.tasks), per task.
 TASK_METRIC = {"detect": "map50", "classify": "top1", "dense": "iou"}
 AUGMENTATIONS = ("flip", "crop", "color", "blur", "rotate")
+# The augmentation names each augmenter knows (graphslim.bridge.augment for albumentations).
+AUGMENTERS = {
+    "tensor": AUGMENTATIONS,
+    "albumentations": ("flip", "crop", "scale", "rotate", "color", "blur"),
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -103,6 +117,7 @@ class FinetuneOptions:
     temperature: float = 4.0
     task_weight: float = 1.0
     augment: tuple[str, ...] = AUGMENTATIONS
+    augmenter: str = "tensor"  # tensor (built in, on the batch) | albumentations (uint8 images)
     val_fraction: float = 0.1
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
@@ -125,10 +140,14 @@ class FinetuneOptions:
         for name in [self.loss, *self.loss_per_output.values()]:
             if name not in LOSSES:
                 raise BridgeError(f"loss '{name}' is not one of {', '.join(LOSSES)}")
-        bad = [a for a in self.augment if a not in AUGMENTATIONS]
+        if self.augmenter not in AUGMENTERS:
+            raise BridgeError(f"augmenter '{self.augmenter}' is not one of {', '.join(AUGMENTERS)}")
+        known = AUGMENTERS[self.augmenter]
+        bad = [a for a in self.augment if a not in known]
         if bad:
             raise BridgeError(
-                f"augmentation '{bad[0]}' is not one of {', '.join(AUGMENTATIONS)} (or none)"
+                f"augmentation '{bad[0]}' is not one of {', '.join(known)} (or none) with the "
+                f"{self.augmenter} augmenter"
             )
         if self.val_limit < 1 or self.workers < 0:
             raise BridgeError("val_limit must be >= 1 and workers >= 0")
@@ -213,30 +232,22 @@ def load_image_inputs(
     return np.concatenate([f[spec.name] for f in feeds]).astype(np.float32)
 
 
-def read_labels(path: str | os.PathLike, images: Sequence[Path] | None = None) -> np.ndarray:
-    """Integer labels: a ``.npy`` array, or a text file of ``name label`` / ``name,label`` lines
-    matched to ``images`` by file name (or one label per line, in image order)."""
-    p = Path(path)
-    if not p.is_file():
-        raise BridgeError(f"labels file {p} does not exist")
-    if p.suffix == ".npy":
-        return np.load(p).astype(np.int64).reshape(-1)
-    rows = [line.replace(",", " ").split() for line in p.read_text().splitlines() if line.strip()]
-    try:
-        if all(len(r) == 1 for r in rows):
-            return np.array([int(r[0]) for r in rows], dtype=np.int64)
-        table = {r[0]: int(r[-1]) for r in rows}
-    except ValueError as exc:
-        raise BridgeError(f"{p}: labels must be integers ({exc})") from exc
-    if images is None:
-        return np.array(list(table.values()), dtype=np.int64)
-    missing = [i.name for i in images if i.name not in table]
-    if missing:
-        raise BridgeError(f"{p}: no label for image {missing[0]}")
-    return np.array([table[i.name] for i in images], dtype=np.int64)
+def dataset_labels(path: str | os.PathLike, dataset, task: str | None):
+    """The labels of ``dataset``'s images at ``path``: YOLO boxes (:class:`YoloLabels`) for
+    ``task`` detect, else class indices (:func:`read_labels`)."""
+    if task == "detect":
+        return YoloLabels.for_dataset(path, dataset)
+    return read_labels(path, dataset.files)
 
 
 # ------------------------------------------------------------------------------ trainer
+
+
+def validation_subset(n: int, limit: int, seed: int) -> np.ndarray:
+    """Sorted indices of at most ``limit`` of ``n`` samples: all of them, or a seeded sample."""
+    if n <= limit:
+        return np.arange(n)
+    return np.sort(np.random.default_rng((seed, n)).choice(n, size=limit, replace=False))
 
 
 def _looks_like_probabilities(t: np.ndarray) -> bool:
@@ -291,12 +302,30 @@ class Distiller:
         val_labels: np.ndarray | None = None,
         check_parity: bool = True,
     ) -> None:
+        """The steps below, in order; each sets the attributes its docstring names."""
         self.torch = torch = require_torch()
-        from graphslim.bridge.interpreter import OnnxModule, parity_check
-        from graphslim.feeds import input_specs
-
         self.options = options
         self.student_proto = student
+        self._check_inputs(student, teacher)
+        self.rank, self.world = _init_distributed(torch, options)
+        self.device = _device(torch, options, self.rank)
+        torch.manual_seed(options.seed)
+        self._split(inputs, labels, val_inputs, val_labels)
+        self._build_student(student, check_parity)
+        self._build_teacher(teacher)
+        if options.recalibrate_bn:
+            self._recalibrate_bn()
+        self.module.to(self.device)
+        self._match_outputs()
+        self._build_optimizer()
+
+    # -- construction steps
+
+    def _check_inputs(self, student: onnx.ModelProto, teacher: onnx.ModelProto) -> None:
+        """``input_name`` (one input, the same in both models) and ``chunk`` (a static batch
+        dimension: the graph then runs in chunks of it)."""
+        from graphslim.feeds import input_specs
+
         specs = input_specs(student)
         if len(specs) != 1:
             raise BridgeError(
@@ -308,16 +337,16 @@ class Distiller:
             raise BridgeError(
                 f"teacher inputs {teacher_inputs} differ from the student's [{self.input_name}]"
             )
-        # A static batch dim (an export for batch 1) means the graph runs in chunks of it.
         dim0 = specs[0].shape[0] if specs[0].shape else None
         self.chunk = dim0 if isinstance(dim0, int) and dim0 > 0 else None
 
-        self.rank, self.world = _init_distributed(torch, options)
-        self.device = _device(torch, options, self.rank)
-        torch.manual_seed(options.seed)
-
-        # An array is held in memory; anything else with __len__/__getitem__ (an
-        # ImageFolderDataset) is read sample by sample, through Rows (graphslim.bridge.data).
+    def _split(self, inputs, labels, val_inputs, val_labels) -> None:
+        """``inputs``/``labels`` (training) and ``val_inputs``/``val_labels`` (in memory, at
+        most ``val_limit`` samples): a seeded ``val_fraction`` of ``inputs`` when no
+        validation set is given. An array is held in memory; anything else with
+        ``__len__``/``__getitem__`` (an ImageFolderDataset) is read sample by sample through
+        :class:`~graphslim.bridge.data.Rows`."""
+        options = self.options
         streamed = not isinstance(inputs, np.ndarray)
         if not streamed:
             inputs = np.ascontiguousarray(inputs, dtype=np.float32)
@@ -325,6 +354,8 @@ class Distiller:
             raise BridgeError("no training inputs")
         if labels is not None and len(labels) != len(inputs):
             raise BridgeError(f"{len(labels)} labels for {len(inputs)} inputs")
+        if val_labels is not None and val_inputs is not None and len(val_labels) != len(val_inputs):
+            raise BridgeError(f"{len(val_labels)} validation labels for {len(val_inputs)} inputs")
         if val_inputs is None:
             order = np.random.default_rng(options.seed).permutation(len(inputs))
             n_val = int(round(len(inputs) * options.val_fraction))
@@ -337,40 +368,71 @@ class Distiller:
             labels = labels[train_idx] if labels is not None else None
             inputs = Rows(inputs, train_idx) if streamed else inputs[train_idx]
         elif streamed or len(val_inputs) > options.val_limit:
-            keep = min(len(val_inputs), options.val_limit)
-            val_inputs = Rows(val_inputs, np.arange(keep))[:]
-            val_labels = val_labels[:keep] if val_labels is not None else None
+            # a seeded sample, not the first ``val_limit``: a sorted folder of class folders
+            # would otherwise give the first classes only
+            keep = validation_subset(len(val_inputs), options.val_limit, options.seed)
+            val_inputs = Rows(val_inputs, keep)[:]
+            val_labels = val_labels[keep] if val_labels is not None else None
+        if streamed and not isinstance(inputs, Rows):  # batches index it with arrays
+            inputs = Rows(inputs, np.arange(len(inputs)))
+        self.augments_on_read = isinstance(inputs, Rows) and inputs.augments
+        if options.augmenter == "albumentations" and options.augment and not self.augments_on_read:
+            raise BridgeError(
+                "albumentations augments the uint8 images before preprocessing: train on an "
+                "image folder (graphslim finetune --images), or use --augmenter tensor"
+            )
         self.inputs, self.labels = inputs, labels
         self.val_inputs = np.ascontiguousarray(val_inputs, dtype=np.float32)
         self.val_labels = val_labels
+        # class indices feed a cross-entropy term; YOLO boxes (YoloLabels) only evaluate
+        self.class_labels = isinstance(labels, np.ndarray)
+        self.box_labels = isinstance(val_labels, YoloLabels)
+        if self.box_labels and options.task != "detect":
+            raise BridgeError("YOLO box labels need task detect (--task detect)")
+        self.val_box_labels = val_labels.all() if self.box_labels else None
+
+    def _build_student(self, student: onnx.ModelProto, check_parity: bool) -> None:
+        """``module`` (the student as torch) and ``parity`` (its check against onnxruntime
+        on the first validation inputs; a failure raises unless ``force``)."""
+        from graphslim.bridge.interpreter import OnnxModule, parity_check
 
         self.module = OnnxModule(student)
         self.parity: dict = {}
         if check_parity:
             feeds = [{self.input_name: self.val_inputs[: self.chunk or 2]}]
             comparison = parity_check(
-                student, self.module, feeds, options.tolerances(), force=options.force
+                student, self.module, feeds, self.options.tolerances(), force=self.options.force
             )
             self.parity = comparison.to_dict() | {"forced": not comparison.passed}
-        # Logits under Sigmoid/Softmax outputs, tapped in both graphs (graphslim.bridge.logits)
-        self.logits = matching_logits(student, teacher)
+
+    def _build_teacher(self, teacher: onnx.ModelProto) -> None:
+        """``logits`` (the Sigmoid/Softmax inputs tapped in both graphs,
+        :mod:`graphslim.bridge.logits`) and ``teacher`` (its onnxruntime session)."""
+        self.logits = matching_logits(self.student_proto, teacher)
         self.module.tap([lg.tensor for lg in self.logits.values()])
-        self.teacher = _Teacher(
-            teacher, {("logit", o): lg.tensor for o, lg in find_logits(teacher).items()
-                      if o in self.logits}
-        )  # fmt: skip
-        if options.recalibrate_bn:
-            step = self.chunk or 32
-            starts = range(0, len(self.inputs) - step + 1, step)
-            # a generator: streamed inputs are decoded one batch at a time
-            batches = (
-                (torch.from_numpy(self.inputs[i : i + step]) for i in starts)
-                if len(starts)
-                else [torch.from_numpy(self.inputs[:])]
-            )
-            updated = self.module.recalibrate_batchnorm(batches)
-            log.info("recalibrated %d BatchNorm statistics", len(updated))
-        self.module.to(self.device)
+        taps = {
+            ("logit", o): lg.tensor for o, lg in find_logits(teacher).items() if o in self.logits
+        }
+        self.teacher = _Teacher(teacher, taps)
+
+    def _recalibrate_bn(self) -> None:
+        """BatchNorm mean/var re-estimated on the training inputs, one batch at a time."""
+        torch = self.torch
+        step = self.chunk or 32
+        starts = range(0, len(self.inputs) - step + 1, step)
+        # a generator: streamed inputs are decoded one batch at a time
+        batches = (
+            (torch.from_numpy(self.inputs[i : i + step]) for i in starts)
+            if len(starts)
+            else [torch.from_numpy(self.inputs[:])]
+        )
+        updated = self.module.recalibrate_batchnorm(batches)
+        log.info("recalibrated %d BatchNorm statistics", len(updated))
+
+    def _match_outputs(self) -> None:
+        """``output_names`` (the same in both models), ``val_teacher`` (the teacher on the
+        validation inputs), ``kinds``/``scales`` (the loss per output), ``task`` and
+        ``class_output`` (the first 2-D output: labels and top-1 use it)."""
         self.output_names = list(self.module.output_names)
         if self.teacher.output_names != self.output_names:
             raise BridgeError(
@@ -380,13 +442,18 @@ class Distiller:
         self.val_teacher = self._teacher(self.val_inputs)
         self.kinds, self.scales = self._choose_losses()
         self.task = None
-        if options.task is not None:
+        if self.options.task is not None:
             from graphslim.tasks import Task
 
-            self.task = Task(options.task)
+            self.task = Task(self.options.task)
         self.class_output = next(
             (n for n in self.output_names if self.val_teacher[n].ndim == 2), None
         )
+
+    def _build_optimizer(self) -> None:
+        """``net`` (DDP-wrapped with several processes), ``opt``, ``steps_per_epoch`` and
+        ``sched`` (cosine over every step, or constant)."""
+        torch, options = self.torch, self.options
         self.net = self.module
         if self.world > 1:
             self.net = torch.nn.parallel.DistributedDataParallel(
@@ -539,6 +606,13 @@ class Distiller:
         draws = [_draw(self.options.augment, (self.options.seed, epoch, int(i))) for i in index]
         return _apply(self.torch, x, draws)
 
+    def read(self, positions: np.ndarray, epoch: int) -> np.ndarray:
+        """Training samples ``positions`` as a batch; augmented as read (albumentations on
+        the uint8 images) when the data does that, else as stored."""
+        if self.augments_on_read:
+            return self.inputs.take(positions, epoch)
+        return self.inputs[positions]
+
     def local_share(self, batch: np.ndarray) -> np.ndarray:
         """This process's equal slice of a global batch."""
         if self.world == 1:
@@ -557,11 +631,14 @@ class Distiller:
         shares = [self.local_share(order[k * b : (k + 1) * b]) for k in range(self.steps_per_epoch)]
         if isinstance(self.inputs, np.ndarray) or self.options.workers == 0:
             for mine in shares:
-                yield mine, self.inputs[mine]
+                yield mine, self.read(mine, epoch)
             return
+        # keys (position, epoch) make the dataset augment as it reads (augments_on_read)
         loader = self.torch.utils.data.DataLoader(
             self.inputs,
-            batch_sampler=[[int(i) for i in m] for m in shares],
+            batch_sampler=[
+                [(int(i), epoch) if self.augments_on_read else int(i) for i in m] for m in shares
+            ],
             num_workers=self.options.workers,
             collate_fn=stack_batch,
         )
@@ -572,10 +649,12 @@ class Distiller:
         (``samples``: those inputs already loaded, see :meth:`batches`)."""
         torch = self.torch
         mine = np.asarray(index) if samples is not None else self.local_share(np.asarray(index))
-        x = self.augment(self.inputs[mine] if samples is None else samples, mine, epoch)
+        x = self.read(mine, epoch) if samples is None else samples
+        if not self.augments_on_read:
+            x = self.augment(x, mine, epoch)
         teacher = self._teacher(x)
         labels = None
-        if self.labels is not None:
+        if self.labels is not None and self.class_labels:
             labels = torch.as_tensor(self.labels[mine], device=self.device)
         self.net.train()
         out = self._student(torch.from_numpy(x).to(self.device))
@@ -618,6 +697,10 @@ class Distiller:
     @property
     def metric(self) -> str:
         """The name of the metric that picks the best epoch (see the module doc)."""
+        if self.box_labels:
+            return "label_map50_95"
+        if self.val_labels is not None and self.class_output is not None:
+            return "accuracy"
         if self.task is not None:
             return TASK_METRIC[self.task.kind]
         return "top1" if self.class_output is not None else "cosine"
@@ -631,7 +714,7 @@ class Distiller:
                 self.loss({k: torch.from_numpy(v) for k, v in student.items()}, self.val_teacher)
             )
         accuracy, task_metrics = None, None
-        if self.class_output is not None and self.val_labels is not None:
+        if self.class_output is not None and self.val_labels is not None and not self.box_labels:
             pred = student[self.class_output].argmax(1)
             accuracy = float(np.mean(pred == np.asarray(self.val_labels)))
         if self.task is not None:
@@ -641,6 +724,8 @@ class Distiller:
                 return [{k: d[k][i : i + 1] for k in self.output_names} for i in range(n)]
 
             feeds = [{self.input_name: self.val_inputs[:1]}]
+            if self.box_labels:  # boxes in network-input pixels (YoloLabels): no letterboxes
+                self.task.labels = self.val_box_labels
             got = self.task.evaluate(per_sample(self.val_teacher), per_sample(student), feeds)
             task_metrics = dict(got.metrics)
             value = float(task_metrics[self.metric])
@@ -652,6 +737,8 @@ class Distiller:
         cosine = output_cosine(student, self.val_teacher, self.output_names)
         if self.task is None and self.class_output is None:
             value = cosine
+        if self.metric == "accuracy":
+            value = float(accuracy)
         return Scores(self.metric, value, cosine, accuracy, loss, task_metrics)
 
     def epoch_order(self, epoch: int) -> np.ndarray:
@@ -957,7 +1044,10 @@ def finetune_files(
     """:func:`finetune` from files: the images of ``images`` (recursively) streamed through
     :class:`graphslim.bridge.data.ImageFolderDataset`, preprocessed by ``preprocess`` (a
     :meth:`graphslim.feeds.Preprocess.parse` string, default ``resize,scale=1/255`` to the
-    model's input size), labels from a file (see :func:`read_labels`), the result saved
+    model's input size), labels from ``labels`` (class folders, CSV or ``.npy``, see
+    :mod:`graphslim.bridge.labels`; with ``options.task`` detect, a folder of YOLO ``.txt``
+    files), augmented with albumentations on the uint8 image when ``options.augmenter`` says
+    so (:mod:`graphslim.bridge.augment`), the result saved
     atomically at ``output`` (never over the student or the teacher; by process 0 only)."""
     require_torch()
     from graphslim.bridge.data import ImageFolderDataset
@@ -972,12 +1062,18 @@ def finetune_files(
     teacher = load_model(teacher_path)
     spec = Preprocess.parse(preprocess or "resize,scale=1/255")
     # streamed: decoded batch by batch, never the whole folder in memory
-    inputs = ImageFolderDataset(images, teacher, spec, limit=limit, shapes=shapes)
-    y = read_labels(labels, inputs.files) if labels else None
+    options = options or FinetuneOptions()
+    augment = None
+    if options.augmenter == "albumentations" and options.augment:
+        from graphslim.bridge.augment import ImageAugment
+
+        augment = ImageAugment(options.augment, options.seed)  # missing package: fails here
+    inputs = ImageFolderDataset(images, teacher, spec, limit=limit, shapes=shapes, augment=augment)
+    y = dataset_labels(labels, inputs, options.task) if labels else None
     vx = vy = None
     if val_images:
         vx = ImageFolderDataset(val_images, teacher, spec, shapes=shapes)
-        vy = read_labels(val_labels, vx.files) if val_labels else None
+        vy = dataset_labels(val_labels, vx, options.task) if val_labels else None
     result = finetune(
         student,
         teacher,

@@ -23,7 +23,8 @@ are the ground truth:
 * ``recall`` / ``precision`` -- greedy one-to-one matches at IoU >= 0.5, same class, over the
   original's / the candidate's detections; ``missed`` and ``extra`` detections;
 * ``iou_mean`` / ``iou_min`` -- IoU of the matched box pairs;
-* ``label_map50`` / ``label_map50_original`` -- against YOLO-format label files, when given.
+* ``label_map50`` / ``label_map50_95`` (and their ``*_original``) -- against YOLO-format
+  label files, when given.
 
 Dense maps (``dense``; text/segmentation heads): both maps thresholded at ``threshold``:
 

@@ -85,7 +85,11 @@ ON_FAIL = ("stop", "rollback", "final")
 # default minimum is 0.5; metrics against labels are scaled by the original's own score.
 DEFAULT_MINIMUM = 0.5
 # Metrics measured against labels, and the original's own score on the same labels.
-_ORIGINAL_SCORE = {"accuracy": "accuracy_original", "label_map50": "label_map50_original"}
+_ORIGINAL_SCORE = {
+    "accuracy": "accuracy_original",
+    "label_map50": "label_map50_original",
+    "label_map50_95": "label_map50_95_original",
+}
 
 
 @dataclass

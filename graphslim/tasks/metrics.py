@@ -164,12 +164,16 @@ def detect_metrics(
     if labels is not None:
         if len(labels) != len(truth):
             raise OptionsError(f"{len(labels)} label files for {len(truth)} images")
-        metrics["label_map50"] = mean_average_precision(labels, ranked)[0.5]
+        by_iou = mean_average_precision(labels, ranked, COCO_IOUS)
+        metrics["label_map50"] = by_iou[0.5]
+        metrics["label_map50_95"] = float(np.mean(list(by_iou.values())))
         low = kw | {"conf": min(conf, map_conf)}
         orig = [detect.decode(x, decoder, **low) for x in ref]
         if letterboxes is not None:
             orig = [_to_original(d, lb) for d, lb in zip(orig, letterboxes)]
-        metrics["label_map50_original"] = mean_average_precision(labels, orig)[0.5]
+        by_iou = mean_average_precision(labels, orig, COCO_IOUS)
+        metrics["label_map50_original"] = by_iou[0.5]
+        metrics["label_map50_95_original"] = float(np.mean(list(by_iou.values())))
         details["label_boxes"] = sum(map(len, labels))
     return TaskMetrics("detect", metrics, details)
 
