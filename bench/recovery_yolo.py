@@ -5,15 +5,17 @@ The flow an edge user runs, every step through the ``graphslim`` command line:
 1. data: :func:`recovery_digits.digit_set` (MNIST digits pasted on zoo photos, YOLO labels,
    train/val split by digit; generated from a seed, cached under
    ``~/.cache/graphslim/recovery-digits``).
-2. baseline: YOLOv8n trained from scratch by ultralytics on the train split, offline, on CPU,
-   for a wall-time budget (:func:`trained_weights`; the .pt is cached), then
-   ``graphslim export best.pt --imgsz 320``.
+2. baseline: YOLOv8n trained from scratch by ultralytics on the train split (imgsz 256,
+   batch 8), offline, on CPU, for a wall-time budget (:func:`trained_weights`; the .pt is
+   cached), then ``graphslim export best.pt --imgsz 256``.
 3. pruned: ``graphslim run baseline.onnx -P "prune-channels{ratio=R}" --calib CALIB`` (64 train
    images give the compensation means), for each ratio R.
 4. fine-tuned: ``graphslim finetune pruned.onnx --teacher baseline.onnx --images train
-   --task detect --loss detect`` (label-free distillation from the unpruned model; the best
-   epoch is picked on a seeded tenth of the train images by map50 against the teacher, so the
-   val split is never seen).
+   --limit N --task detect --loss detect`` (label-free distillation from the unpruned model:
+   graphslim's finetune takes no YOLO labels yet; the best epoch is picked on a seeded tenth of
+   the N images by map50 against the teacher, so the val split is never seen). N, epochs and
+   batch are small by default (120 images, 1 epoch, batch 8) because on the shared 2-core box
+   this ran on one step of 8 images took about a minute; raise them where CPU time allows.
 5. INT8: ``graphslim run finetuned.onnx -P quantize-int8 --calib CALIB``.
 
 Per model: parameters and MACs (:func:`graphslim.metrics.model_stats`), file size, latency
@@ -24,7 +26,7 @@ tests/test_map_vs_pycocotools.py; detections decoded as ultralytics' val does: c
 class-aware NMS at IoU 0.7, at most 300 per image). CPU minutes per row: the CPU time
 (user + system, all processes) of the step that made that row's model.
 
-    python bench/recovery_yolo.py [--hours 0.5] [--ft-epochs 3] [--ft-limit 1000]
+    python bench/recovery_yolo.py [--hours 0.5] [--ft-epochs 1] [--ft-limit 120] [--ft-batch 8]
 
 needs ultralytics + torch (+ torchvision) and mlxtend in the running environment. Writes
 bench/results/recovery_yolo.{json,md}.
@@ -122,7 +124,8 @@ def graphslim(*args, log_file: Path) -> dict:
     log.info("$ %s  (log: %s)", " ".join(cmd), log_file)
     t0, w0 = _cpu_seconds(), time.perf_counter()
     with log_file.open("w") as out:
-        code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT).returncode
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # the log shows each epoch as it ends
+        code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
     if code != 0:
         tail = log_file.read_text()[-3000:]
         raise RuntimeError(f"{' '.join(cmd)} exited {code}; end of {log_file}:\n{tail}")
@@ -141,6 +144,24 @@ def calibration_folder(data: DigitSet, work: Path, count: int = CALIB_IMAGES) ->
             (tmp / f.name).symlink_to(f)
         tmp.rename(folder)
     return folder
+
+
+def cached_label_map(model_path: Path, data: DigitSet, split: str = "val") -> dict:
+    """:func:`label_map`, kept in ``<stem>.map.json`` next to the model for as long as the
+    model file and the data set are the same (size and mtime of the model, the set's folder)."""
+    stat = model_path.stat()
+    key = {"model_size": stat.st_size, "model_mtime_ns": stat.st_mtime_ns,
+           "data": str(data.root), "split": split}  # fmt: skip
+    cache = model_path.with_name(f"{model_path.stem}.map.json")
+    if cache.exists():
+        saved = json.loads(cache.read_text())
+        if saved.get("key") == key:
+            return saved["result"]
+    result = label_map(model_path, data, split)
+    tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
+    tmp.write_text(json.dumps({"key": key, "result": result}))
+    os.replace(tmp, cache)  # a reader never sees half a file
+    return result
 
 
 def label_map(model_path: Path, data: DigitSet, split: str = "val") -> dict:
@@ -230,7 +251,7 @@ def make_models(data: DigitSet, work: Path, args) -> tuple[list[dict], dict[str,
             ("fine-tuned", tuned, ("finetune", pruned, "--teacher", base, "--images",
                                    data.images("train"), "-o", tuned, "--task", "detect",
                                    "--loss", "detect", "--preprocess", "yolo", "--epochs",
-                                   args.ft_epochs, "--limit", args.ft_limit, "--batch", 16,
+                                   args.ft_epochs, "--limit", args.ft_limit, "--batch", args.ft_batch,
                                    "--optimizer", "adam", "--lr", args.ft_lr,
                                    "--augment", "crop,color,blur", "--seed", 0,
                                    "--json", work / f"finetune-{tag}.json")),
@@ -265,7 +286,7 @@ def measure(rows: list[dict], paths: dict[str, Path], data: DigitSet, runs: int)
             model=str(paths[key]), params=weight_count(model), macs=stats.macs,
             size_bytes=paths[key].stat().st_size, latency_ms=t.median_ms,
             latency_p90_ms=t.p90_ms, latency_ratio=t.ratio, threads=t.threads,
-            **{f"label_{k}": v for k, v in label_map(paths[key], data).items()},
+            **{f"label_{k}": v for k, v in cached_label_map(paths[key], data).items()},
         )  # fmt: skip
     base = rows[0]
     for row in rows:
@@ -277,13 +298,15 @@ def measure(rows: list[dict], paths: dict[str, Path], data: DigitSet, runs: int)
 
 
 def run(*, train: int = 2000, val: int = 400, seed: int = 0, hours: float = 0.5,
-        ratios: tuple[float, ...] = (0.3, 0.5), ft_epochs: int = 3, ft_limit: int = 1000,
-        ft_lr: float = 5e-4, bench_runs: int = 30, work: Path | None = None) -> list[dict]:  # fmt: skip
+        ratios: tuple[float, ...] = (0.3, 0.5), ft_epochs: int = 1, ft_limit: int = 120, ft_batch: int = 8,
+        ft_lr: float = 1e-3, bench_runs: int = 30, work: Path | None = None) -> list[dict]:  # fmt: skip
     """The table's rows (baseline, then per ratio pruned / fine-tuned / INT8); see the doc."""
     args = argparse.Namespace(hours=hours, ratios=ratios, ft_epochs=ft_epochs,
-                              ft_limit=ft_limit, ft_lr=ft_lr)  # fmt: skip
+                              ft_limit=ft_limit, ft_batch=ft_batch, ft_lr=ft_lr)  # fmt: skip
     data = digit_set(train, val, seed, DATA_SIZE)
-    run_name = f"yolov8n{TRAIN_ARGS['imgsz']}-{hours}h-ft{ft_epochs}x{ft_limit}-lr{ft_lr}"
+    run_name = (
+        f"yolov8n{TRAIN_ARGS['imgsz']}-{hours}h-ft{ft_epochs}x{ft_limit}b{ft_batch}-lr{ft_lr}"
+    )
     work = work or ROOT / "flow" / f"{data.root.name}-{run_name}"
     work.mkdir(parents=True, exist_ok=True)
     rows, paths = make_models(data, work, args)
@@ -333,15 +356,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--hours", type=float, default=0.5, help="ultralytics training budget")
     ap.add_argument("--ratios", type=float, nargs="+", default=[0.3, 0.5])
-    ap.add_argument("--ft-epochs", type=int, default=3)
-    ap.add_argument("--ft-limit", type=int, default=1000, help="train images per fine-tune")
-    ap.add_argument("--ft-lr", type=float, default=5e-4)
+    ap.add_argument("--ft-epochs", type=int, default=1)
+    ap.add_argument("--ft-limit", type=int, default=120, help="train images per fine-tune")
+    ap.add_argument("--ft-batch", type=int, default=8)
+    ap.add_argument("--ft-lr", type=float, default=1e-3)
     ap.add_argument("--bench-runs", type=int, default=30)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     settings = {k: v for k, v in vars(args).items()}
     rows = run(train=args.train, val=args.val, seed=args.seed, hours=args.hours,
                ratios=tuple(args.ratios), ft_epochs=args.ft_epochs, ft_limit=args.ft_limit,
+               ft_batch=args.ft_batch,
                ft_lr=args.ft_lr, bench_runs=args.bench_runs)  # fmt: skip
     env = environment(torch=_torch_version(), train_args=TRAIN_ARGS)
     write_results("recovery_yolo", env, {"settings": settings, "rows": rows},
