@@ -313,6 +313,8 @@ def run(
     refuse_overwrite(model, output)
     _check_json_path(json_path, model, output)
     pipe = _load_pipeline(pipeline, pipeline_file)
+    if task is not None and calib is not None:
+        _search_by_task(pipe, task)
     m = load_model(model)
     shapes = _concrete_shapes(m, input_shape, _pipeline_shapes(pipe), preprocess)
     fed = _feeds(
@@ -358,6 +360,18 @@ def _check_run_options(pipeline, pipeline_file, runtime: str, bench_stages: bool
         from graphslim.runtime import check_runtime
 
         check_runtime(runtime)
+
+
+def _search_by_task(pipe, task: str) -> None:
+    """With --task and calibration images, quantize-int8's exclusion search follows that
+    task's metric (map50 / top-1 / map IoU against FP32 on the calibration feeds) unless the
+    pipeline names a task for it: a detector's output error saturates and gives the search
+    nothing to follow."""
+    from dataclasses import replace
+
+    for p in pipe.passes:
+        if p.name == "quantize-int8" and p.options.task == "none":
+            p.options = replace(p.options, task=task)
 
 
 def _load_pipeline(text: str | None, path: Path | None):
@@ -731,18 +745,9 @@ def validate(
     if task is not None:
         from graphslim.tasks import make_task
 
+        how = dict(decoder=decoder, conf=conf, iou=iou, threshold=threshold, labels=labels)
         the_task, fed = make_task(
-            task,
-            a,
-            fed,
-            source=feeds,
-            preprocess=preprocess,
-            labels=labels,
-            limit=limit,
-            decoder=decoder,
-            conf=conf,
-            iou=iou,
-            threshold=threshold,
+            task, a, fed, source=feeds, preprocess=preprocess, limit=limit, **how
         )
     tolerances = _tolerances(tol) or (() if task is not None else DEFAULT_TOLERANCES)
     with err.status(f"running both models on {len(fed)} feed(s)"):

@@ -597,6 +597,28 @@ def last_error_line(stderr: str) -> str:
     return lines[-1]
 
 
+def test_run_task_steers_the_int8_search_by_the_task(monkeypatch, capsys, tmp_path, model):
+    """--task with calibration images: quantize-int8's exclusion search follows the task's
+    metric (its `task` option), unless the pipeline names one."""
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    rng = np.random.default_rng(3)
+    for k in range(3):
+        pixels = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(calib / f"img{k}.png")
+    for spec, want in (
+        ("quantize-int8{latency_guard=off}", "detect"),
+        ("quantize-int8{latency_guard=off,task=dense}", "dense"),
+    ):
+        report = tmp_path / "r.json"
+        args = ["run", model, "-P", spec, "-o", tmp_path / "q.onnx", "--calib", calib]
+        args += ["--feeds", calib, "--preprocess", "yolo", "--task", "detect", "--json", report]
+        args += ["--min-metric", "map50=0", "--write-anyway"]
+        main(monkeypatch, capsys, *args)
+        data = json.loads(report.read_text())
+        assert data["passes"][0]["options"]["task"] == want
+
+
 def test_run_task_default_gate_fails_a_dead_detector(monkeypatch, capsys, model, tmp_path):
     """--task detect with no minimum of the user's: pruning half the channels of tiny_yolo
     loses every detection, so the run fails (exit 1), writes no model, and its report names
