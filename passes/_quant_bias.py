@@ -106,12 +106,9 @@ def _run_tensors(model: onnx.ModelProto, feeds, names: list[str], *, optimize: b
     """``{name: [value per feed]}`` of intermediate tensors, extra graph outputs added."""
     import onnxruntime as ort
 
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    have = {o.name for o in m.graph.output}
-    for name in names:
-        if name not in have:
-            m.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    from graphslim.runtime import with_outputs
+
+    m = with_outputs(model, names)  # names are Conv outputs, never initializers
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     # QDQ evaluated as float emulation (basic): what OpenVINO computes for a float-output Conv
