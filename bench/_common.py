@@ -95,3 +95,26 @@ def write_results(stem: str | Path, env: dict, data: dict, markdown: list[str] |
 def load_results(stem: str) -> dict | None:
     path = RESULTS / f"{stem}.json"
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+NNCF_SCRIPT = """
+import sys, numpy as np, onnx, nncf
+src, data, out = sys.argv[1:4]
+model = onnx.load(src)
+d = np.load(data)
+name = model.graph.input[0].name
+dataset = nncf.Dataset([{name: d[k]} for k in d.files])
+onnx.save(nncf.quantize(model, dataset, subset_size=len(d.files)), out)
+print(nncf.__version__)
+"""
+
+
+def run_nncf(python: str, src, data, out):
+    """NNCF PTQ with its defaults (``nncf.quantize`` on the ONNX model ``src``, calibration
+    samples from the ``.npz`` ``data``) in NNCF's own venv (``python``): a peer, not a
+    dependency. Returns the finished process (its last stdout line: NNCF's version)."""
+    import subprocess
+
+    return subprocess.run(
+        [python, "-c", NNCF_SCRIPT, str(src), str(data), str(out)], capture_output=True, text=True
+    )

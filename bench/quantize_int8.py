@@ -75,7 +75,13 @@ import onnx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from _common import environment, load_results, machine_line, write_results  # noqa: E402
+from _common import (  # noqa: E402
+    environment,
+    load_results,
+    machine_line,
+    run_nncf,
+    write_results,
+)
 
 from graphslim import detect, zoo  # noqa: E402
 from graphslim.bench import bench  # noqa: E402
@@ -299,30 +305,16 @@ def _static_shape(model: onnx.ModelProto, name: str, size) -> onnx.ModelProto:
     return model
 
 
-NNCF_SCRIPT = """
-import sys, numpy as np, onnx, nncf
-src, data, out = sys.argv[1:4]
-model = onnx.load(src)
-d = np.load(data)
-name = model.graph.input[0].name
-dataset = nncf.Dataset([{name: d[k]} for k in d.files])
-onnx.save(nncf.quantize(model, dataset, subset_size=len(d.files)), out)
-"""
-
-
 def _nncf(path: Path, cal_dir: Path, fp32, spec, size, tmp: Path, python: str):
     """NNCF PTQ with its defaults (``nncf.quantize`` on the ONNX model) on the same
     calibration images, run by ``python`` (NNCF's own venv): a peer, not a dependency."""
-    import subprocess
 
     from graphslim.feeds import list_images
 
     data, out = tmp / f"{path.stem}-nncf.npz", tmp / f"{path.stem}-nncf.onnx"
     arrays = [preprocess_image(f, spec, size)[0][None] for f in list_images(cal_dir)]
     np.savez(data, **{f"s{i}": a for i, a in enumerate(arrays)})
-    done = subprocess.run(
-        [python, "-c", NNCF_SCRIPT, str(path), str(data), str(out)], capture_output=True, text=True
-    )
+    done = run_nncf(python, path, data, out)
     if done.returncode:  # a peer's failure is a result to record, not a reason to stop
         lines = done.stderr.strip().splitlines() or ["no message"]
         return None, f"NNCF {lines[-1]}"

@@ -45,6 +45,8 @@ import onnx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _common import run_nncf  # noqa: E402  (bench/_common.py)
+
 from graphslim import zoo  # noqa: E402
 from graphslim.bench import bench  # noqa: E402
 from graphslim.contract import PassContext  # noqa: E402
@@ -256,31 +258,18 @@ def openvino(model_id, model, calib, feeds, reference, task, tmp, runs, nncf_pyt
 
 RUNTIME_LABEL = {"ort": "onnxruntime", "openvino": "OpenVINO"}
 NNCF_HOW = "NNCF PTQ, defaults (nncf.quantize on the ONNX model, preset performance)"
-NNCF_SCRIPT = """
-import sys, numpy as np, onnx, nncf
-src, data, out = sys.argv[1:4]
-model = onnx.load(src)
-d = np.load(data)
-name = model.graph.input[0].name
-dataset = nncf.Dataset([{name: d[k]} for k in d.files])
-onnx.save(nncf.quantize(model, dataset, subset_size=len(d.files)), out)
-print(nncf.__version__)
-"""
 
 
 def nncf_ptq(model, calib, tmp: Path, python: str) -> onnx.ModelProto:
     """NNCF's post-training quantization with its defaults on the same calibration feeds, run
     in NNCF's own venv (``python``): a peer, not a dependency."""
-    import subprocess
 
     import numpy as np
 
     src, data, out = tmp / "nncf-in.onnx", tmp / "nncf-calib.npz", tmp / "nncf-out.onnx"
     onnx.save_model(model, src)
     np.savez(data, **{f"s{i}": next(iter(f.values())) for i, f in enumerate(calib)})
-    done = subprocess.run(
-        [python, "-c", NNCF_SCRIPT, str(src), str(data), str(out)], capture_output=True, text=True
-    )
+    done = run_nncf(python, src, data, out)
     if done.returncode:
         sys.exit(f"error: NNCF failed ({python}): {done.stderr.strip().splitlines()[-1]}")
     NNCF_VERSION.append(done.stdout.strip().splitlines()[-1])
