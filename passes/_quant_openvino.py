@@ -22,6 +22,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from graphslim import graph as G
+
 # Ops whose outputs are values of their (first) input, moved or selected, never combined:
 # MaxPool selects the maximum, which is one of its inputs.
 VALUE_MOVING = {
@@ -44,11 +46,7 @@ def drop_requantize(model: onnx.ModelProto) -> int:
     returns how many QuantizeLinear nodes were removed (their DQs go with them)."""
     g = model.graph
     consts = {t.name: t for t in g.initializer}
-    producer = {o: n for n in g.node for o in n.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in g.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    producer, consumers = G.producers(g), G.consumers(g)
     outputs = {o.name for o in g.output}
 
     def qparams(node: onnx.NodeProto):
@@ -127,11 +125,7 @@ def unify_concat_scales(model: onnx.ModelProto) -> int:
     Concat's grid stay (that Concat keeps its requantization)."""
     g = model.graph
     consts = {t.name: t for t in g.initializer}
-    producer = {o: n for n in g.node for o in n.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in g.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    producer, consumers = G.producers(g), G.consumers(g)
     qdq = ("QuantizeLinear", "DequantizeLinear")
 
     def movable(name: str) -> bool:
