@@ -1071,11 +1071,20 @@ def _finetune_options(*, augment: str, checkpoint, tol, **kw):
 
 
 class _FinetuneProgress:
-    """The fine-tune's progress bar (epoch, step, loss, selection metric) and start line.
-    The bar appears once training starts (``on_start``): an error while the data and the
-    models are checked stays the only line printed."""
+    """The fine-tune's progress (epoch, step, loss, selection metric) and start line: a rich
+    bar on a terminal; on a pipe or a file (CI logs, ``nohup``) plain lines: the start line,
+    one line per epoch, and within an epoch a step line at most every 10 s
+    (:class:`graphslim.progress.Heartbeat`). Nothing shows before training starts
+    (``on_start``): an error while the data and the models are checked stays the only line."""
 
     def __enter__(self):
+        self.started = False
+        self.beat = None
+        if not err.is_terminal:
+            from graphslim.progress import Heartbeat
+
+            self.beat = Heartbeat(lambda line: print(line, file=sys.stderr, flush=True))
+            return self
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.prog = Progress(
@@ -1090,28 +1099,42 @@ class _FinetuneProgress:
         self.bar = self.prog.add_task(
             "finetune", total=1, epoch=0, loss=float("nan"), metric="", value="-"
         )
-        self.started = False
         return self
 
     def __exit__(self, *exc) -> None:
         if self.started:
-            self.prog.__exit__(*exc)
+            (self.beat or self.prog).__exit__(*exc)
 
     def on_start(self, info: dict) -> None:
-        self.prog.start()
-        self.started = True
         from graphslim.render import finetune_start_line
 
-        self.prog.console.print(finetune_start_line(info))
-        for name, why in info["dead"].items():
-            self.prog.console.print(f"[yellow]dead start[/]: output '{name}' is constant ({why})")
+        lines = [finetune_start_line(info)] + [
+            f"[yellow]dead start[/]: output '{name}' is constant ({why})"
+            for name, why in info["dead"].items()
+        ]
+        if self.beat is not None:
+            self.beat.__enter__()
+        else:
+            self.prog.start()
+        self.started = True
+        for line in lines:
+            (err if self.beat is not None else self.prog.console).print(line)
 
     def on_step(self, epoch: int, step: int, steps: int, value: float) -> None:
+        if self.beat is not None:
+            if step <= 1:
+                self.beat.step(f"epoch {epoch}")
+            self.beat.update(f"epoch {epoch}: loss {value:.4g}, step", step, steps)
+            return
         self.prog.update(self.bar, total=steps, completed=step, epoch=epoch, loss=value)
 
     def on_epoch(self, rec) -> None:
         from graphslim.render import metric_label
 
+        value = f"{metric_label(rec.metric)} {rec.value:.4f}"
+        if self.beat is not None:
+            err.print(f"epoch {rec.epoch}: {value}", highlight=False)
+            return
         self.prog.update(
             self.bar, epoch=rec.epoch, metric=metric_label(rec.metric), value=f"{rec.value:.4f}"
         )

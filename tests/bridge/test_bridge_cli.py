@@ -69,6 +69,9 @@ def test_finetune_writes_the_student_and_a_report(monkeypatch, capsys, tmp_path,
     assert code == 0, stdout
     assert "output cosine" in stdout and f"wrote {out}" in stdout
     assert "bridge parity PASS (max-rel=0.0001|max-abs=1e-06)" in stderr
+    # Not a terminal: plain lines a log keeps, one per epoch (the rich bar would say nothing
+    # until the end).
+    assert "epoch 0: " in stderr and "epoch 1: " in stderr
     assert student.read_bytes() == before
     trained = onnx.load_model(out)
     assert [n.name for n in trained.graph.node] == [n.name for n in onnx.load(student).graph.node]
