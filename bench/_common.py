@@ -64,6 +64,16 @@ def machine_line(env: dict) -> str:
     )
 
 
+def load_cell(loadavg) -> str:
+    """A table cell of the load average before / after a measurement (six numbers:
+    ``os.getloadavg()`` twice)."""
+    return (
+        "/".join(f"{x:.1f}" for x in loadavg[:3])
+        + " / "
+        + "/".join(f"{x:.1f}" for x in loadavg[3:])
+    )
+
+
 def _atomic_write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)

@@ -28,7 +28,7 @@ import onnx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from _common import environment, write_results  # noqa: E402  (bench/_common.py)
+from _common import environment, load_cell, write_results  # noqa: E402  (bench/_common.py)
 
 from graphslim import zoo  # noqa: E402
 from graphslim.bench import bench  # noqa: E402
@@ -83,11 +83,7 @@ def write(rows: list[dict], runs: int) -> None:
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        load = (
-            "/".join(f"{x:.1f}" for x in r["loadavg"][:3])
-            + " / "
-            + "/".join(f"{x:.1f}" for x in r["loadavg"][3:])
-        )
+        load = load_cell(r["loadavg"])
         lines.append(
             f"| {r['model']} | {r['macs_ratio']:.2f}x | {r['measured_ratio']:.2f}x "
             f"({r['ms_original']:.1f} -> {r['ms_pruned']:.1f} ms) | {r['limit_ratio']:.2f}x | "

@@ -27,7 +27,7 @@ import onnx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from _common import environment, write_results  # noqa: E402  (bench/_common.py)
+from _common import environment, load_cell, write_results  # noqa: E402  (bench/_common.py)
 
 from graphslim import zoo  # noqa: E402
 from graphslim.bench import bench  # noqa: E402
@@ -96,11 +96,7 @@ def write(rows: list[dict], runs: int) -> None:
         "|---|---|" + "---|" * len(SETTINGS) + "---|",
     ]
     for r in rows:
-        load = (
-            "/".join(f"{x:.1f}" for x in r["loadavg"][:3])
-            + " / "
-            + "/".join(f"{x:.1f}" for x in r["loadavg"][3:])
-        )
+        load = load_cell(r["loadavg"])
         best = min(r["latency_ratio"].values())
         cells = " | ".join(
             ("**{:.3f}x**" if r["latency_ratio"][rt] == best else "{:.3f}x").format(
