@@ -137,12 +137,15 @@ def calibration_folder(data: DigitSet, work: Path, count: int = CALIB_IMAGES) ->
     """``count`` train images (the last ones; symlinks) for pruning means and INT8 ranges."""
     folder = work / f"calib-{count}"
     if not folder.exists():
-        tmp = work / f".calib-{count}.tmp"
+        tmp = work / f".calib-{count}.{os.getpid()}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         for f in sorted(data.images("train").glob("*.png"))[-count:]:
             (tmp / f.name).symlink_to(f)
-        tmp.rename(folder)
+        try:
+            tmp.rename(folder)
+        except OSError:  # another run of this bench made it meanwhile
+            shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 
@@ -229,6 +232,48 @@ def _cached_step(path: Path, cmd: tuple) -> dict:
     return cost
 
 
+def finetune_extras(data: DigitSet, args) -> list:
+    """The fine-tune options beyond the CPU defaults, as command-line words: a time budget,
+    warm-up, EMA, device, DataLoader workers, albumentations, and the train labels (the
+    held-out tenth of train then picks the best epoch by label mAP50-95, val stays unseen)."""
+    words: list = []
+    if args.ft_time:
+        words += ["--time", args.ft_time]
+    if args.ft_warmup:
+        words += ["--warmup", args.ft_warmup]
+    if args.ft_ema:
+        words += ["--ema", args.ft_ema]
+    if args.ft_device != "auto":
+        words += ["--device", args.ft_device]
+    if args.ft_workers:
+        words += ["--workers", args.ft_workers, "--augmenter", "albumentations"]
+    if args.ft_labels:
+        words += ["--labels", data.labels("train")]
+    return words
+
+
+def reuse_models(source: Path, work: Path) -> None:
+    """Copy the baseline and pruned models of another flow folder (with their cost.json and
+    logs) into ``work``, so a fine-tune with other settings starts from the same models."""
+    for pattern in ("baseline.*", "pruned-*"):
+        for f in sorted(source.glob(pattern)):
+            if f.is_file() and not (work / f.name).exists():
+                shutil.copy2(f, work / f.name)
+
+
+def run_name(args) -> str:
+    """The flow folder's name: every setting that changes a fine-tuned model is in it."""
+    name = f"yolov8n{TRAIN_ARGS['imgsz']}-{args.hours}h-ft{args.ft_epochs}x{args.ft_limit}"
+    name += f"b{args.ft_batch}-lr{args.ft_lr}"
+    extras = [("t", args.ft_time), ("w", args.ft_warmup), ("ema", args.ft_ema)]
+    name += "".join(f"-{k}{v}" for k, v in extras if v)
+    if args.ft_workers:
+        name += "-alb"
+    if args.ft_labels:
+        name += "-labels"
+    return name
+
+
 def make_models(data: DigitSet, work: Path, args) -> tuple[list[dict], dict[str, Path]]:
     """Build every model of the table (cached in ``work``); rows carry stage, ratio, cost."""
     pt, train_cost = trained_weights(data, args.hours)
@@ -254,11 +299,14 @@ def make_models(data: DigitSet, work: Path, args) -> tuple[list[dict], dict[str,
                                    args.ft_epochs, "--limit", args.ft_limit, "--batch", args.ft_batch,
                                    "--optimizer", "adam", "--lr", args.ft_lr,
                                    "--augment", "crop,color,blur", "--seed", 0,
+                                   *finetune_extras(data, args),
                                    "--json", work / f"finetune-{tag}.json")),
             ("INT8", int8, ("run", tuned, "-o", int8, "-P", "quantize-int8", "--calib", calib,
                             "--feeds", calib, "--limit", CALIB_IMAGES, "--write-anyway")),
         ]  # fmt: skip
         for stage, path, cmd in steps:
+            if args.only_finetune and stage == "INT8":
+                break
             row = {"stage": stage, "ratio": ratio, **_cached_step(path, cmd)}
             if stage == "fine-tuned":
                 row["finetune"] = _finetune_summary(work / f"finetune-{tag}.json")
@@ -297,19 +345,26 @@ def measure(rows: list[dict], paths: dict[str, Path], data: DigitSet, runs: int)
         row["cpu_min"] = row["cpu_s"] / 60
 
 
+FT_DEFAULTS = dict(ft_epochs=1, ft_limit=120, ft_batch=8, ft_lr=1e-3, ft_time=None,
+                   ft_warmup=0.0, ft_ema=0.0, ft_device="auto", ft_workers=0, ft_labels=False,
+                   only_finetune=False)  # fmt: skip
+
+
 def run(*, train: int = 2000, val: int = 400, seed: int = 0, hours: float = 0.5,
-        ratios: tuple[float, ...] = (0.3, 0.5), ft_epochs: int = 1, ft_limit: int = 120, ft_batch: int = 8,
-        ft_lr: float = 1e-3, bench_runs: int = 30, work: Path | None = None) -> list[dict]:  # fmt: skip
-    """The table's rows (baseline, then per ratio pruned / fine-tuned / INT8); see the doc."""
-    args = argparse.Namespace(hours=hours, ratios=ratios, ft_epochs=ft_epochs,
-                              ft_limit=ft_limit, ft_batch=ft_batch, ft_lr=ft_lr)  # fmt: skip
+        ratios: tuple[float, ...] = (0.3, 0.5), bench_runs: int = 30, work: Path | None = None,
+        models_from: Path | None = None, **ft) -> list[dict]:  # fmt: skip
+    """The table's rows (baseline, then per ratio pruned / fine-tuned / INT8); see the doc.
+    ``ft``: the ``FT_DEFAULTS`` settings (fine-tune and ``only_finetune``: stop after the
+    fine-tuned models, unmeasured: the GPU box makes them, this box measures)."""
+    args = argparse.Namespace(hours=hours, ratios=ratios, **(FT_DEFAULTS | ft))
     data = digit_set(train, val, seed, DATA_SIZE)
-    run_name = (
-        f"yolov8n{TRAIN_ARGS['imgsz']}-{hours}h-ft{ft_epochs}x{ft_limit}b{ft_batch}-lr{ft_lr}"
-    )
-    work = work or ROOT / "flow" / f"{data.root.name}-{run_name}"
+    work = work or ROOT / "flow" / f"{data.root.name}-{run_name(args)}"
     work.mkdir(parents=True, exist_ok=True)
+    if models_from is not None:
+        reuse_models(Path(models_from), work)
     rows, paths = make_models(data, work, args)
+    if args.only_finetune:
+        return rows
     measure(rows, paths, data, bench_runs)
     return rows
 
@@ -360,14 +415,37 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ft-limit", type=int, default=120, help="train images per fine-tune")
     ap.add_argument("--ft-batch", type=int, default=8)
     ap.add_argument("--ft-lr", type=float, default=1e-3)
+    ap.add_argument("--ft-time", type=float, default=None, help="fine-tune minutes (--time)")
+    ap.add_argument("--ft-warmup", type=float, default=0.0, help="warm-up epochs")
+    ap.add_argument("--ft-ema", type=float, default=0.0, help="EMA decay of the weights")
+    ap.add_argument("--ft-device", default="auto", help="auto | cpu | cuda")
+    ap.add_argument("--ft-workers", type=int, default=0,
+                    help="DataLoader workers (albumentations augments in them)")  # fmt: skip
+    ap.add_argument("--ft-labels", action="store_true",
+                    help="give the train labels (best epoch by label mAP50-95 on a held-out "
+                    "tenth of train)")  # fmt: skip
+    ap.add_argument(
+        "--only-finetune",
+        action="store_true",
+        help="stop after the fine-tuned models (no INT8, no measurement)",
+    )
+    ap.add_argument(
+        "--models-from",
+        type=Path,
+        default=None,
+        help="a flow folder whose baseline and pruned models to start from",
+    )
     ap.add_argument("--bench-runs", type=int, default=30)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     settings = {k: v for k, v in vars(args).items()}
+    ft = {k: v for k, v in vars(args).items() if k in FT_DEFAULTS}
     rows = run(train=args.train, val=args.val, seed=args.seed, hours=args.hours,
-               ratios=tuple(args.ratios), ft_epochs=args.ft_epochs, ft_limit=args.ft_limit,
-               ft_batch=args.ft_batch,
-               ft_lr=args.ft_lr, bench_runs=args.bench_runs)  # fmt: skip
+               ratios=tuple(args.ratios), bench_runs=args.bench_runs,
+               models_from=args.models_from, **ft)  # fmt: skip
+    if args.only_finetune:
+        print(json.dumps(rows, indent=1, default=str))
+        return 0
     env = environment(torch=_torch_version(), train_args=TRAIN_ARGS)
     write_results("recovery_yolo", env, {"settings": settings, "rows": rows},
                   render(rows, env, settings))  # fmt: skip

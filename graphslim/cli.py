@@ -994,6 +994,22 @@ FtForce = Annotated[
 ]
 FtWorkers = Annotated[int, _Opt(help="processes decoding images ahead (images are streamed)")]
 FtSeed = Annotated[int, _Opt(help="seed for the split, shuffling, augmentation")]
+FtTeacherRuntime = Annotated[
+    str,
+    _Opt(
+        "--teacher-runtime",
+        help="auto (torch on the student's GPU, else onnxruntime) | onnxruntime | torch",
+    ),
+]
+FtWarmup = Annotated[float, _Opt(help="epochs of linear learning-rate warm-up (from lr/10)")]
+FtEma = Annotated[
+    float,
+    _Opt(help="EMA decay of the weights (e.g. 0.9999; 0: off); the EMA is evaluated and kept"),
+]
+FtTime = Annotated[
+    float | None,
+    _Opt("--time", help="minutes for training: epochs fit to it (--epochs is the most)"),
+]
 DEFAULT_AUGMENT = "flip,crop,color,blur,rotate"
 
 
@@ -1021,6 +1037,10 @@ def finetune(
     recalibrate_bn: FtRecalibrate = False,
     limit: Annotated[int | None, _Opt(help="at most this many images")] = None,
     workers: FtWorkers = 0,
+    teacher_runtime: FtTeacherRuntime = "auto",
+    warmup: FtWarmup = 0.0,
+    ema: FtEma = 0.0,
+    time_budget: FtTime = None,
     input_shape: ShapeOpt = None,
     seed: FtSeed = 0,
     task: FtTask = None,
@@ -1043,7 +1063,8 @@ def finetune(
         epochs=epochs, batch=batch, lr=lr, optimizer=optimizer, loss=loss,
         temperature=temperature, augment=augment, augmenter=augmenter, device=device,
         checkpoint=checkpoint, resume=resume, recalibrate_bn=recalibrate_bn, seed=seed,
-        task=task, workers=workers, tol=tol, force=force,
+        task=task, workers=workers, tol=tol, force=force, teacher_runtime=teacher_runtime,
+        warmup=warmup, ema=ema, time_budget=time_budget,
     )  # fmt: skip
     data = {"labels": labels, "val_images": val_images, "val_labels": val_labels}
     with _FinetuneProgress() as prog:

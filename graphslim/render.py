@@ -363,7 +363,8 @@ def finetune_start_line(info: dict) -> str:
             f"'{worst['name']}' max-rel {st['max-rel']:.2e}, max-abs {st['max-abs']:.2e}"
         )
     losses = ", ".join(f"{k}: {v}" for k, v in info["losses"].items())
-    return f"{what}; losses {losses}; best epoch by {metric_label(info['metric'])}"
+    where = f"; teacher in {info['teacher']} on {info['device']}" if "teacher" in info else ""
+    return f"{what}; losses {losses}; best epoch by {metric_label(info['metric'])}{where}"
 
 
 def finetune_table(result) -> Table:

@@ -108,6 +108,8 @@ class ImageFolderDataset:
                 "--images at a folder of images"
             )
         self.files = good
+        # every image of the folder, also past ``limit``: label folders are checked against it
+        self.all_files = files
 
     def __len__(self) -> int:
         return len(self.files)

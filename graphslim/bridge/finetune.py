@@ -94,6 +94,10 @@ LOSSES = ("auto", "mse", "l1", "kl", "bce", "logit", "detect")
 # The task metric that picks the best epoch (graphslim.tasks), per task.
 TASK_METRIC = {"detect": "map50", "classify": "top1", "dense": "iou"}
 AUGMENTATIONS = ("flip", "crop", "color", "blur", "rotate")
+TEACHER_RUNTIMES = ("auto", "onnxruntime", "torch")
+# EMA decay ramps up as decay * (1 - exp(-updates / EMA_RAMP)) (ultralytics' ModelEMA), so
+# the average follows the fast-moving early weights instead of the untrained start.
+EMA_RAMP = 2000.0
 # The augmentation names each augmenter knows (graphslim.bridge.augment for albumentations).
 AUGMENTERS = {
     "tensor": AUGMENTATIONS,
@@ -129,6 +133,10 @@ class FinetuneOptions:
     recalibrate_bn: bool = False  # re-estimate BatchNorm mean/var on the training inputs first
     val_limit: int = 256  # at most this many validation samples (they are held in memory)
     workers: int = 0  # DataLoader worker processes decoding streamed images ahead
+    teacher_runtime: str = "auto"  # auto (torch on CUDA, else onnxruntime) | onnxruntime | torch
+    warmup: float = 0.0  # epochs of linear learning-rate warm-up (from lr/10) before the schedule
+    ema: float = 0.0  # decay of an exponential moving average of the weights (0: off)
+    time_budget: float | None = None  # minutes for the epochs; epochs becomes an upper bound
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch < 1:
@@ -155,6 +163,15 @@ class FinetuneOptions:
             raise BridgeError("val_fraction must be in [0, 1)")
         if self.device not in ("auto", "cpu", "cuda"):
             raise BridgeError(f"device '{self.device}' is not one of auto, cpu, cuda")
+        if self.teacher_runtime not in TEACHER_RUNTIMES:
+            raise BridgeError(
+                f"teacher runtime '{self.teacher_runtime}' is not one of "
+                f"{', '.join(TEACHER_RUNTIMES)}"
+            )
+        if self.warmup < 0 or not 0 <= self.ema < 1:
+            raise BridgeError("warmup must be >= 0 epochs and ema a decay in [0, 1)")
+        if self.time_budget is not None and self.time_budget <= 0:
+            raise BridgeError("time budget must be > 0 minutes")
         if self.task is not None and self.task not in TASK_METRIC:
             raise BridgeError(f"task '{self.task}' is not one of {', '.join(TASK_METRIC)}")
         self.tolerances()  # a bad tolerance string fails here, before any work
@@ -191,6 +208,7 @@ class FinetuneResult:
     parity: dict  # graphslim.validate.Comparison.to_dict() of the bridge check, + "forced"
     outputs: dict[str, str]  # output name -> loss kind used
     dead: dict[str, str] = field(default_factory=dict)  # output -> saturated | constant
+    teacher_runtime: str = "onnxruntime"  # where the teacher ran: onnxruntime | torch
 
     @property
     def metric(self) -> str:
@@ -203,6 +221,8 @@ class FinetuneResult:
             "parity": self.parity,
             "losses": self.outputs,
             "dead_at_start": self.dead,
+            "epochs_run": len(self.history) - 1,
+            "teacher_runtime": self.teacher_runtime,
             "history": [asdict(h) for h in self.history],
         }
 
@@ -407,13 +427,25 @@ class Distiller:
 
     def _build_teacher(self, teacher: onnx.ModelProto) -> None:
         """``logits`` (the Sigmoid/Softmax inputs tapped in both graphs,
-        :mod:`graphslim.bridge.logits`) and ``teacher`` (its onnxruntime session)."""
+        :mod:`graphslim.bridge.logits`), ``teacher`` (an onnxruntime session, or the teacher
+        graph as a torch module on the student's device: ``teacher_runtime``) and
+        ``teacher_runtime`` (which of the two)."""
         self.logits = matching_logits(self.student_proto, teacher)
         self.module.tap([lg.tensor for lg in self.logits.values()])
         taps = {
             ("logit", o): lg.tensor for o, lg in find_logits(teacher).items() if o in self.logits
         }
-        self.teacher = _Teacher(teacher, taps)
+        runtime = self.options.teacher_runtime
+        if runtime == "auto":  # on a GPU the CPU teacher would be the bottleneck of every step
+            runtime = "torch" if self.device.type == "cuda" else "onnxruntime"
+        self.teacher_runtime = runtime
+        if runtime == "torch":
+            feeds = [{self.input_name: self.val_inputs[: self.chunk or 2]}]
+            self.teacher = _TorchTeacher(
+                teacher, taps, self.device, feeds, self.options.tolerances(), self.options.force
+            )
+        else:
+            self.teacher = _Teacher(teacher, taps)
 
     def _recalibrate_bn(self) -> None:
         """BatchNorm mean/var re-estimated on the training inputs, one batch at a time."""
@@ -472,12 +504,51 @@ class Distiller:
                 params, lr=options.lr, momentum=options.momentum, weight_decay=options.weight_decay
             )
         self.steps_per_epoch = max(1, len(self.inputs) // options.batch)
-        total = self.steps_per_epoch * options.epochs
-        self.sched = (
-            torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=total)
-            if options.schedule == "cosine"
-            else torch.optim.lr_scheduler.LambdaLR(self.opt, lambda _: 1.0)
-        )
+        self.warmup_steps = round(options.warmup * self.steps_per_epoch)
+        self.plan(options.epochs)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self._lr_factor)
+        self.ema = None
+        if options.ema:
+            from torch.optim.swa_utils import AveragedModel
+
+            decay = options.ema
+
+            def average(avg, new, n):
+                d = decay * (1 - math.exp(-float(n) / EMA_RAMP))
+                return avg * d + new * (1 - d)
+
+            # torch's AveragedModel keeps the copy; the ramped decay is ultralytics' ModelEMA
+            # parameters only: buffers hold graph constants (shapes, BatchNorm statistics) that
+            # training does not change and an average would round (int64 shapes)
+            self.ema = AveragedModel(self.module, avg_fn=average, use_buffers=False)
+
+    def plan(self, epochs: int) -> None:
+        """Run ``epochs`` epochs: the schedule's length follows (a time budget re-plans it)."""
+        self.epochs = epochs
+        self.total_steps = self.steps_per_epoch * epochs
+
+    def _lr_factor(self, step: int) -> float:
+        """Learning-rate factor at optimizer step ``step``: a linear warm-up from 1/10 over
+        ``warmup_steps``, then cosine to 0 over the rest of :attr:`total_steps` (or 1)."""
+        w = self.warmup_steps
+        if step < w:
+            return 0.1 + 0.9 * step / w
+        if self.options.schedule != "cosine":
+            return 1.0
+        t = min(1.0, (step - w) / max(1, self.total_steps - w))
+        return 0.5 * (1 + math.cos(math.pi * t))
+
+    def step(self) -> None:
+        """The optimizer and schedule step after :meth:`backward`, and the EMA update."""
+        self.opt.step()
+        self.sched.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.module)
+
+    @property
+    def eval_module(self):
+        """What validation scores and what is written back: the EMA of the weights when on."""
+        return self.module if self.ema is None else self.ema.module
 
     # -- pieces
 
@@ -675,12 +746,14 @@ class Distiller:
         """The student's outputs and tapped logits on the validation inputs (no gradient)."""
         torch = self.torch
         self.net.eval()
+        module = self.eval_module
+        module.eval()
         outs: dict = {k: [] for k in self.keys}
         step = self.chunk or max(1, min(64, len(self.val_inputs)))
         with torch.no_grad():
             for i in range(0, len(self.val_inputs), step):
                 x = torch.from_numpy(self.val_inputs[i : i + step]).to(self.device)
-                for k, v in zip(self.keys, self.module(x)):
+                for k, v in zip(self.keys, module(x)):
                     outs[k].append(v.float().cpu().numpy())
         return {k: np.concatenate(v) for k, v in outs.items()}
 
@@ -793,6 +866,38 @@ class _Teacher:
     def close(self) -> None:
         self.session = None
         self._tmp.cleanup()
+
+
+class _TorchTeacher:
+    """The teacher graph as an :class:`~graphslim.bridge.interpreter.OnnxModule` on
+    ``device`` (no gradient), checked against onnxruntime on ``feeds`` first like the
+    student (:func:`~graphslim.bridge.interpreter.parity_check`). Same interface as
+    :class:`_Teacher`; outputs come back as numpy (a YOLO head is a few KB a sample)."""
+
+    def __init__(self, model, extra: Mapping, device, feeds, tolerances, force: bool) -> None:
+        import torch
+
+        from graphslim.bridge.interpreter import OnnxModule, parity_check
+
+        self.torch = torch
+        self.extra = dict(extra)
+        self.module = OnnxModule(model)
+        self.module.tap(list(self.extra.values()))
+        parity_check(model, self.module, feeds, tolerances, force=force)
+        self.module.requires_grad_(False).eval().to(device)
+        self.device = device
+        self.output_names = list(self.module.output_names)
+
+    def run(self, feed: Mapping[str, np.ndarray]) -> dict:
+        """The outputs by name, and the ``extra`` tensors under their keys."""
+        (x,) = feed.values()
+        with self.torch.no_grad():
+            got = self.module(self.torch.from_numpy(np.asarray(x)).to(self.device))
+        keys = [*self.output_names, *self.extra]
+        return {k: v.float().cpu().numpy() for k, v in zip(keys, got)}
+
+    def close(self) -> None:
+        self.module = None
 
 
 def _draw(kinds: Sequence[str], seed: tuple) -> dict:
@@ -916,6 +1021,9 @@ def finetune(
         d.module.load_state_dict(state["model"])
         d.opt.load_state_dict(state["optimizer"])
         d.sched.load_state_dict(state["scheduler"])
+        if d.ema is not None and state.get("ema") is not None:
+            d.ema.load_state_dict(state["ema"])
+        d.plan(state.get("epochs", options.epochs))
         history = [EpochRecord(**h) for h in state["history"]]
         best = (tuple(state["best_key"]), state["best_epoch"], state["best_state"])
         start = state["epoch"] + 1
@@ -929,7 +1037,7 @@ def finetune(
         scores = d.evaluate(prediction)
         rec = _record(0, math.nan, scores, time.perf_counter() - t0)
         history.append(rec)
-        best = (scores.key, 0, _state_copy(d.module))
+        best = (scores.key, 0, _state_copy(d.eval_module))
     if on_start:
         on_start(
             {
@@ -937,36 +1045,79 @@ def finetune(
                 "losses": {k: "+".join(v) for k, v in d.kinds.items()},
                 "metric": d.metric,
                 "dead": dead,
+                "teacher": d.teacher_runtime,
+                "device": str(d.device),
             }
         )
     if start == 1 and on_epoch:
         on_epoch(history[0])
-    for epoch in range(start, options.epochs + 1):
+    budget = _TimeBudget(options.time_budget, start)
+    epoch = start
+    while epoch <= d.epochs:
         t0 = time.perf_counter()
         losses = []
         for step, (mine, samples) in enumerate(d.batches(epoch)):
             losses.append(d.backward(mine, epoch, samples))
-            d.opt.step()
-            d.sched.step()
+            d.step()
             if on_step:
                 on_step(epoch, step + 1, d.steps_per_epoch, losses[-1])
         scores = d.evaluate()
         rec = _record(epoch, float(np.mean(losses)), scores, time.perf_counter() - t0)
         history.append(rec)
         if scores.key > best[0]:
-            best = (scores.key, epoch, _state_copy(d.module))
+            best = (scores.key, epoch, _state_copy(d.eval_module))
+        planned = budget.epochs(epoch, options.epochs, d.world)
+        if planned is not None and planned != d.epochs:
+            log.info("time budget: %d epochs fit in %.1f min", planned, options.time_budget)
+            d.plan(planned)
         if ckpt is not None and d.rank == 0:
             _save_checkpoint(torch, ckpt, d, epoch, history, best)
         if on_epoch:
             on_epoch(rec)
+        epoch += 1
     d.module.load_state_dict(best[2])
     from graphslim.bridge.writeback import trained_values
 
     model = write_back(student, trained_values(d.module))
     d.teacher.close()
     return FinetuneResult(
-        model, history, best[1], d.parity, {k: "+".join(v) for k, v in d.kinds.items()}, dead
+        model,
+        history,
+        best[1],
+        d.parity,
+        {k: "+".join(v) for k, v in d.kinds.items()},
+        dead,
+        teacher_runtime=d.teacher_runtime,
     )
+
+
+class _TimeBudget:
+    """How many epochs fit in ``minutes`` of training (None: no budget), re-estimated after
+    every epoch from the mean epoch time so far, as ultralytics' ``time`` does; at least the
+    epochs already run, at most the asked ``epochs``. Every process of a data-parallel run
+    takes process 0's answer (they must stop together)."""
+
+    def __init__(self, minutes: float | None, first_epoch: int) -> None:
+        self.seconds = None if minutes is None else minutes * 60
+        self.first = first_epoch
+        self.t0 = time.perf_counter()
+
+    def epochs(self, done: int, asked: int, world: int) -> int | None:
+        if self.seconds is None:
+            return None
+        per_epoch = (time.perf_counter() - self.t0) / (done - self.first + 1)
+        fit = self.first - 1 + int(self.seconds // per_epoch)
+        planned = min(asked, max(done, fit))
+        if world > 1:
+            import torch
+            import torch.distributed as dist
+
+            t = torch.tensor([planned], dtype=torch.int64)
+            if dist.get_backend() == "nccl":
+                t = t.cuda()
+            dist.broadcast(t, 0)
+            planned = int(t.item())
+        return planned
 
 
 def _record(epoch: int, loss: float, s: Scores, seconds: float) -> EpochRecord:
@@ -1005,6 +1156,8 @@ def _save_checkpoint(torch, path: Path, d: Distiller, epoch: int, history, best)
         "model": d.module.state_dict(),
         "optimizer": d.opt.state_dict(),
         "scheduler": d.sched.state_dict(),
+        "ema": d.ema.state_dict() if d.ema is not None else None,
+        "epochs": d.epochs,
         "history": [asdict(h) for h in history],
         "best_key": best[0],
         "best_epoch": best[1],

@@ -102,14 +102,17 @@ def _count_checked(y: np.ndarray, images: Sequence[Path] | None, p: Path) -> np.
     return y
 
 
-def yolo_label_files(folder: str | os.PathLike, images: Sequence[Path]) -> list[Path]:
+def yolo_label_files(
+    folder: str | os.PathLike, images: Sequence[Path], known: Sequence[Path] | None = None
+) -> list[Path]:
     """The YOLO label file of each image (``folder/<stem>.txt``; a missing one means an image
     with no objects), after checking that ``folder`` exists and that every ``.txt`` in it
-    names an image (a stray label file means the folders do not match)."""
+    names an image of ``known`` (default ``images``; the whole image folder when only some
+    of its images are used): a stray label file means the folders do not match."""
     root = Path(folder)
     if not root.is_dir():
         raise BridgeError(f"labels folder {root} does not exist")
-    stems = {Path(i).stem for i in images}
+    stems = {Path(i).stem for i in (images if known is None else known)}
     files = sorted(root.glob("*.txt"))
     stray = [f.name for f in files if f.stem not in stems and f.name != "classes.txt"]
     if stray:
@@ -117,7 +120,8 @@ def yolo_label_files(folder: str | os.PathLike, images: Sequence[Path]) -> list[
             f"{root}: label file {stray[0]} matches no image ({len(stray)} such files); "
             "labels and images must share file stems"
         )
-    if not any(f.stem in stems for f in files):
+    used = {Path(i).stem for i in images}
+    if not any(f.stem in used for f in files):
         raise BridgeError(f"{root}: no YOLO .txt label matches any of the {len(images)} images")
     return [root / f"{Path(i).stem}.txt" for i in images]
 
@@ -140,7 +144,7 @@ class YoloLabels:
     @classmethod
     def for_dataset(cls, folder: str | os.PathLike, dataset) -> YoloLabels:
         """Labels of an :class:`~graphslim.bridge.data.ImageFolderDataset`'s images."""
-        txt = yolo_label_files(folder, dataset.files)
+        txt = yolo_label_files(folder, dataset.files, getattr(dataset, "all_files", None))
         return cls(txt, dataset.files, dataset.preprocess, dataset.size)
 
     def __len__(self) -> int:

@@ -100,3 +100,76 @@ def test_augmentation_is_seeded_per_sample(pruned_tiny_yolo):
     b = d.augment(d.inputs[idx[1:]], idx[1:], 1)  # same sample, another batch
     assert np.array_equal(a[1], b[0])
     assert not np.array_equal(a[0], d.inputs[3])
+
+
+def test_new_training_options_are_checked():
+    with pytest.raises(BridgeError, match="teacher runtime 'tensorrt'"):
+        FinetuneOptions(teacher_runtime="tensorrt")
+    with pytest.raises(BridgeError, match="warmup"):
+        FinetuneOptions(warmup=-1)
+    with pytest.raises(BridgeError, match="ema"):
+        FinetuneOptions(ema=1.0)
+    with pytest.raises(BridgeError, match="time budget"):
+        FinetuneOptions(time_budget=0)
+
+
+def test_torch_teacher_gives_the_onnxruntime_teacher_outputs(pruned_tiny_yolo):
+    teacher, student, x = pruned_tiny_yolo
+    ort = Distiller(student, teacher, x, OPTS, check_parity=False)
+    opts = dataclasses.replace(OPTS, teacher_runtime="torch")
+    tt = Distiller(student, teacher, x, opts, check_parity=False)
+    assert ort.teacher_runtime == "onnxruntime" and tt.teacher_runtime == "torch"
+    a, b = ort._teacher(x[:4]), tt._teacher(x[:4])
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-4)
+    # the same loss on the same batch, whichever runtime computed the teacher
+    assert tt.backward(np.arange(8), 1) == pytest.approx(ort.backward(np.arange(8), 1), rel=1e-4)
+    result = finetune(student, teacher, x, opts)
+    assert result.teacher_runtime == "torch" and result.to_dict()["teacher_runtime"] == "torch"
+
+
+def test_warmup_then_cosine_learning_rate(pruned_tiny_yolo):
+    teacher, student, x = pruned_tiny_yolo  # 24 samples: 21 train, 2 steps of 8 an epoch
+    opts = dataclasses.replace(OPTS, epochs=4, warmup=2.0, lr=0.1)
+    d = Distiller(student, teacher, x, opts, check_parity=False)
+    assert d.steps_per_epoch == 2 and d.warmup_steps == 4 and d.total_steps == 8
+    lrs = []
+    for _ in range(d.total_steps):
+        lrs.append(d.opt.param_groups[0]["lr"])
+        d.backward(np.arange(8), 1)
+        d.step()
+    assert lrs[0] == pytest.approx(0.01)  # warm-up starts at lr / 10
+    assert lrs[:5] == sorted(lrs[:5])  # rises to lr over the warm-up
+    assert lrs[4] == pytest.approx(0.1)
+    assert lrs[4:] == sorted(lrs[4:], reverse=True) and lrs[-1] < 0.02  # then cosine to 0
+    # a shorter plan (time budget) ends the cosine sooner
+    d.plan(3)
+    assert d._lr_factor(6) == 0.0 and d._lr_factor(5) > 0
+
+
+def test_ema_is_what_is_evaluated_and_kept(pruned_tiny_yolo):
+    teacher, student, x = pruned_tiny_yolo
+    d = Distiller(student, teacher, x, dataclasses.replace(OPTS, ema=0.9), check_parity=False)
+    assert d.eval_module is not d.module
+    for _ in range(3):
+        d.backward(np.arange(8), 1)
+        d.step()
+    live = {k: v.detach().clone() for k, v in d.module.state_dict().items()}
+    avg = d.eval_module.state_dict()
+    moved = [k for k in live if not torch.equal(live[k], avg[k])]
+    assert moved  # the average lags the live weights
+    # buffers (graph constants: int64 shapes, BN statistics) are never averaged
+    for name, buf in d.module.named_buffers():
+        assert torch.equal(buf, dict(d.eval_module.named_buffers())[name])
+    result = finetune(student, teacher, x, dataclasses.replace(OPTS, ema=0.9))
+    assert result.history[-1].epoch == 1
+
+
+def test_time_budget_bounds_the_epochs(pruned_tiny_yolo):
+    teacher, student, x = pruned_tiny_yolo
+    # a budget far below one epoch's time: the first epoch runs, then the plan shrinks to it
+    opts = dataclasses.replace(OPTS, epochs=50, time_budget=1e-6)
+    result = finetune(student, teacher, x, opts)
+    assert [h.epoch for h in result.history] == [0, 1]
+    assert result.to_dict()["epochs_run"] == 1

@@ -75,3 +75,22 @@ def test_yolo_label_files_that_match_no_image_are_refused(tmp_path):
     (tmp_path / "lbl" / "zzz.txt").unlink()
     with pytest.raises(BridgeError, match="no YOLO .txt label matches"):
         yolo_label_files(tmp_path / "lbl", [image])
+
+
+def test_a_limited_image_set_accepts_the_labels_of_the_images_it_left_out(tmp_path):
+    from bridge_helpers import fixture_model
+
+    from graphslim.bridge.data import ImageFolderDataset
+
+    for stem in ("a", "b", "c"):
+        _image(tmp_path / "img" / f"{stem}.png")
+    (tmp_path / "lbl").mkdir()
+    for stem in ("a", "b", "c"):
+        (tmp_path / "lbl" / f"{stem}.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    model = fixture_model("tiny_yolo")
+    ds = ImageFolderDataset(tmp_path / "img", model, Preprocess.parse("yolo"), limit=2)
+    labels = YoloLabels.for_dataset(tmp_path / "lbl", ds)  # c.txt is c.png's, not a stray
+    assert len(labels) == 2 and [p.stem for p in labels.images] == ["a", "b"]
+    (tmp_path / "lbl" / "zzz.txt").write_text("0 0.5 0.5 0.1 0.1\n")
+    with pytest.raises(BridgeError, match="zzz.txt matches no image"):
+        YoloLabels.for_dataset(tmp_path / "lbl", ds)
