@@ -39,6 +39,8 @@ $PY bench/recovery_digits.py --train 2000 --val 400
 echo "data set: $(( $(date +%s) - t0 )) s"
 md5sum "$CACHE"/recovery-digits/s0-320px-2000-400/images/train/00000.png \
        "$CACHE"/recovery-digits/s0-320px-2000-400/images/val/00399.png
+# the CUDA paths of the torch bridge, checked before the long run
+$PY -m pytest -q -p no:cacheprovider tests/bridge/test_finetune.py -k "cuda or torch_teacher" 2>&1 | tail -n 3 || true
 ARGS=(--only-finetune --ft-epochs 300 --ft-limit "$FT_LIMIT" --ft-batch 32 --ft-lr 0.001
       --ft-time "$FT_TIME" --ft-warmup 1 --ft-ema 0.9999 --ft-device "$FT_DEVICE"
       --ft-workers "$FT_WORKERS" --ft-labels --models-from "$CACHE/recovery-digits/models")

@@ -238,6 +238,7 @@ class OnnxModule(torch.nn.Module):
                     f"node '{name}' ({op}) reads tensor {exc.args[0]!r}, which no earlier node "
                     "produces; is the graph topologically sorted?"
                 ) from exc
+            args_ = _same_device(op, args_)
             if op == "BatchNormalization" and self._calibration is not None:
                 env[outputs[0]] = self._calibrate_bn(inputs, args_, attrs)
                 continue
@@ -257,6 +258,33 @@ class OnnxModule(torch.nn.Module):
         if keep_all:
             return env
         return {n: env[n] for n in [*self.output_names, *self.taps]}
+
+
+# Ops whose inputs after the first are shape-like (read back to Python ints): on a GPU
+# module they stay on the CPU where Shape/Constant made them (no device round trip).
+SHAPE_INPUT_OPS = frozenset(
+    {"Reshape", "Expand", "Slice", "Unsqueeze", "Squeeze", "Tile", "Resize", "Upsample", "Pad",
+     "Split", "TopK", "ConstantOfShape"}
+)  # fmt: skip
+
+
+def _same_device(op: str, args: list) -> list:
+    """``args`` with CPU tensors moved to the device of the node's first non-CPU tensor.
+
+    On a CUDA module the weights and activations are on the GPU while Constant and Shape
+    nodes make CPU tensors; a node mixing the two (the YOLOv8 head's anchor ``Sub``, a
+    ``Gather`` with constant indices) would fail. Shape-like inputs (:data:`SHAPE_INPUT_OPS`,
+    ``Reduce*`` axes) stay where they are."""
+    dev = next(
+        (a.device for a in args if isinstance(a, torch.Tensor) and a.device.type != "cpu"), None
+    )
+    if dev is None:
+        return args
+    data = 1 if op in SHAPE_INPUT_OPS or op.startswith("Reduce") else len(args)
+    return [
+        a.to(dev) if i < data and isinstance(a, torch.Tensor) and a.device.type == "cpu" else a
+        for i, a in enumerate(args)
+    ]
 
 
 def refuse_qdq(model: onnx.ModelProto) -> None:

@@ -173,3 +173,17 @@ def test_time_budget_bounds_the_epochs(pruned_tiny_yolo):
     result = finetune(student, teacher, x, opts)
     assert [h.epoch for h in result.history] == [0, 1]
     assert result.to_dict()["epochs_run"] == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_the_teacher_and_student_run_on_the_gpu(pruned_tiny_yolo):
+    teacher, student, x = pruned_tiny_yolo
+    opts = dataclasses.replace(OPTS, device="cuda", ema=0.9, warmup=1.0)
+    d = Distiller(student, teacher, x, opts)
+    assert d.teacher_runtime == "torch" and d.device.type == "cuda"
+    ort = Distiller(student, teacher, x, dataclasses.replace(opts, teacher_runtime="onnxruntime"))
+    a, b = ort._teacher(x[:4]), d._teacher(x[:4])
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], rtol=1e-3, atol=1e-3)
+    result = finetune(student, teacher, x, opts)
+    assert result.history[-1].val_loss < result.history[0].val_loss
