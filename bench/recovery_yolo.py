@@ -438,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bench-runs", type=int, default=30)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    settings = {k: v for k, v in vars(args).items()}
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     ft = {k: v for k, v in vars(args).items() if k in FT_DEFAULTS}
     rows = run(train=args.train, val=args.val, seed=args.seed, hours=args.hours,
                ratios=tuple(args.ratios), bench_runs=args.bench_runs,

@@ -331,6 +331,7 @@ class Distiller:
         self.device = _device(torch, options, self.rank)
         torch.manual_seed(options.seed)
         self._split(inputs, labels, val_inputs, val_labels)
+        student, teacher = self._unchunk(student, teacher)
         self._build_student(student, check_parity)
         self._build_teacher(teacher)
         if options.recalibrate_bn:
@@ -359,6 +360,24 @@ class Distiller:
             )
         dim0 = specs[0].shape[0] if specs[0].shape else None
         self.chunk = dim0 if isinstance(dim0, int) and dim0 > 0 else None
+
+    def _unchunk(self, student: onnx.ModelProto, teacher: onnx.ModelProto):
+        """Both graphs as batch-of-N copies (:func:`graphslim.bridge.batch.batched`, checked
+        against onnxruntime) when exported with a fixed batch of 1, so a batch runs at once
+        instead of one sample at a time; ``chunk`` becomes None and ``student_proto`` the
+        copy. Either copy failing its check keeps both originals (and the chunks). What is
+        written back is the user's graph, batch and all (:func:`finetune`)."""
+        from graphslim.bridge.batch import batched
+
+        self.batched = False
+        if self.chunk != 1 or len(self.val_inputs) < 2:
+            return student, teacher
+        s = batched(student, 1, self.val_inputs[:2])
+        t = batched(teacher, 1, self.val_inputs[:2]) if s is not None else None
+        if s is None or t is None:
+            return student, teacher
+        self.student_proto, self.chunk, self.batched = s, None, True
+        return s, t
 
     def _split(self, inputs, labels, val_inputs, val_labels) -> None:
         """``inputs``/``labels`` (training) and ``val_inputs``/``val_labels`` (in memory, at
