@@ -381,9 +381,21 @@ def render(rows: list[dict], env: dict, settings: dict) -> list[str]:
         f"Settings: `{json.dumps(settings)}`.",
         "",
         machine_line(env),
-        "Shared box (other engineers' jobs ran at the same time): latencies are medians of "
-        "alternating runs in one process, so ratios are fairer than absolute values.",
+        "Latencies are medians of alternating runs in one process on this machine (ratios "
+        "are fairer than absolute values when the box is shared); mAP on the val split "
+        "(400 images, never trained on or used to pick an epoch).",
         "",
+        *(
+            [
+                "The fine-tunes ran on a GPU machine (`bench/device/recovery_yolo.sh`: one "
+                "NVIDIA H200, 16 CPU cores); their rows' CPU minutes are that machine's, "
+                f"for {settings.get('ft_time')} min of training each, both ratios side by "
+                "side. Every other step and every measurement ran here.",
+                "",
+            ]
+            if settings.get("ft_device") == "cuda"
+            else []
+        ),
         "| model | ratio | params | MACs | latency ms (x base) | size KB (x base) | label mAP50 "
         "| label mAP50-95 (drop) | CPU min |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -447,7 +459,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(rows, indent=1, default=str))
         return 0
     env = environment(torch=_torch_version(), train_args=TRAIN_ARGS)
-    write_results("recovery_yolo", env, {"settings": settings, "rows": rows},
+    name = "recovery_yolo_gpu" if args.ft_device == "cuda" else "recovery_yolo"
+    write_results(name, env, {"settings": settings, "rows": rows},
                   render(rows, env, settings))  # fmt: skip
     print("\n".join(render(rows, env, settings)))
     return 0
