@@ -1006,6 +1006,15 @@ FtEma = Annotated[
     float,
     _Opt(help="EMA decay of the weights (e.g. 0.9999; 0: off); the EMA is evaluated and kept"),
 ]
+FtFeatures = Annotated[
+    str,
+    _Opt(
+        "--features",
+        help="feature distillation: 'auto' (the neck outputs a head reads), comma list of "
+        "tensor names, or 'none'",
+    ),
+]
+FtFeatureWeight = Annotated[float, _Opt(help="weight of the feature loss")]
 FtTime = Annotated[
     float | None,
     _Opt("--time", help="minutes for training: epochs fit to it (--epochs is the most)"),
@@ -1041,6 +1050,8 @@ def finetune(
     warmup: FtWarmup = 0.0,
     ema: FtEma = 0.0,
     time_budget: FtTime = None,
+    features: FtFeatures = "none",
+    feature_weight: FtFeatureWeight = 0.1,
     input_shape: ShapeOpt = None,
     seed: FtSeed = 0,
     task: FtTask = None,
@@ -1064,7 +1075,8 @@ def finetune(
         temperature=temperature, augment=augment, augmenter=augmenter, device=device,
         checkpoint=checkpoint, resume=resume, recalibrate_bn=recalibrate_bn, seed=seed,
         task=task, workers=workers, tol=tol, force=force, teacher_runtime=teacher_runtime,
-        warmup=warmup, ema=ema, time_budget=time_budget,
+        warmup=warmup, ema=ema, time_budget=time_budget, feature_weight=feature_weight,
+        features=tuple(f.strip() for f in features.split(",") if f.strip() not in ("", "none")),
     )  # fmt: skip
     data = {"labels": labels, "val_images": val_images, "val_labels": val_labels}
     with _FinetuneProgress() as prog:

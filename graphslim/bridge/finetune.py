@@ -137,6 +137,8 @@ class FinetuneOptions:
     warmup: float = 0.0  # epochs of linear learning-rate warm-up (from lr/10) before the schedule
     ema: float = 0.0  # decay of an exponential moving average of the weights (0: off)
     time_budget: float | None = None  # minutes for the epochs; epochs becomes an upper bound
+    features: tuple[str, ...] = ()  # feature distillation: tensor names, ("auto",), or none
+    feature_weight: float = 0.1  # weight of the (per feature, relative) loss against the outputs
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch < 1:
@@ -170,6 +172,8 @@ class FinetuneOptions:
             )
         if self.warmup < 0 or not 0 <= self.ema < 1:
             raise BridgeError("warmup must be >= 0 epochs and ema a decay in [0, 1)")
+        if self.feature_weight < 0:
+            raise BridgeError("feature weight must be >= 0")
         if self.time_budget is not None and self.time_budget <= 0:
             raise BridgeError("time budget must be > 0 minutes")
         if self.task is not None and self.task not in TASK_METRIC:
@@ -338,6 +342,7 @@ class Distiller:
             self._recalibrate_bn()
         self.module.to(self.device)
         self._match_outputs()
+        self._build_adapters()
         self._build_optimizer()
 
     # -- construction steps
@@ -446,14 +451,18 @@ class Distiller:
 
     def _build_teacher(self, teacher: onnx.ModelProto) -> None:
         """``logits`` (the Sigmoid/Softmax inputs tapped in both graphs,
-        :mod:`graphslim.bridge.logits`), ``teacher`` (an onnxruntime session, or the teacher
+        :mod:`graphslim.bridge.logits`), ``features`` (the tensors distilled too,
+        :mod:`graphslim.bridge.features`), ``teacher`` (an onnxruntime session, or the teacher
         graph as a torch module on the student's device: ``teacher_runtime``) and
         ``teacher_runtime`` (which of the two)."""
+        from graphslim.bridge.features import resolve_features
+
         self.logits = matching_logits(self.student_proto, teacher)
-        self.module.tap([lg.tensor for lg in self.logits.values()])
+        self.features = resolve_features(self.options.features, self.student_proto, teacher)
+        self.module.tap([*(lg.tensor for lg in self.logits.values()), *self.features])
         taps = {
             ("logit", o): lg.tensor for o, lg in find_logits(teacher).items() if o in self.logits
-        }
+        } | {("feature", f): f for f in self.features}
         runtime = self.options.teacher_runtime
         if runtime == "auto":  # on a GPU the CPU teacher would be the bottleneck of every step
             runtime = "torch" if self.device.type == "cuda" else "onnxruntime"
@@ -500,6 +509,37 @@ class Distiller:
         self.class_output = next(
             (n for n in self.output_names if self.val_teacher[n].ndim == 2), None
         )
+
+    def _build_adapters(self) -> None:
+        """``adapters`` (:class:`graphslim.bridge.features.Adapters` on the device, the
+        least-squares channel maps on up to 16 validation inputs) when features are
+        distilled, else None."""
+        self.adapters = None
+        if not self.features:
+            return
+        from graphslim.bridge.features import Adapters
+
+        self.adapters = Adapters(self.torch, *self._feature_pairs())
+        self.adapters.module.to(self.device)
+        log.info("feature distillation on %s", ", ".join(self.features))
+
+    def _feature_pairs(self, n: int = 16) -> tuple[dict, dict]:
+        """The student's and the teacher's features on the first ``n`` validation inputs."""
+        torch = self.torch
+        n = min(n, len(self.val_inputs))
+        self.module.eval()
+        with torch.no_grad():
+            x = torch.from_numpy(self.val_inputs[:n]).to(self.device)
+            got = dict(zip(self.keys, self.module(x)))
+        student = {f: got[("feature", f)].float().cpu().numpy() for f in self.features}
+        teacher = {f: self.val_teacher[("feature", f)][:n] for f in self.features}
+        return student, teacher
+
+    def refit_adapters(self) -> None:
+        """Each adapter fitted again to the student as it is now (once an epoch)."""
+        if self.adapters is not None:
+            self.adapters.fit(*self._feature_pairs())
+            self.adapters.module.to(self.device)
 
     def _build_optimizer(self) -> None:
         """``net`` (DDP-wrapped with several processes), ``opt``, ``steps_per_epoch`` and
@@ -580,8 +620,13 @@ class Distiller:
 
     @property
     def keys(self) -> list:
-        """Output names, then ``("logit", output)`` for each tapped logit (forward's order)."""
-        return [*self.output_names, *(("logit", o) for o in self.logits)]
+        """Output names, then ``("logit", output)`` for each tapped logit, then
+        ``("feature", tensor)`` for each distilled feature (forward's order)."""
+        return [
+            *self.output_names,
+            *(("logit", o) for o in self.logits),
+            *(("feature", f) for f in self.features),
+        ]
 
     def _student(self, x):
         if self.chunk is None:
@@ -682,6 +727,10 @@ class Distiller:
                         reduction="batchmean",
                         log_target=True,
                     ) * (T * T)
+        for f in self.features if self.adapters is not None else ():
+            key = ("feature", f)
+            t = torch.as_tensor(teacher[key])
+            total = total + self.options.feature_weight * self.adapters.loss(f, student[key], t)
         if labels is not None and self.class_output is not None:
             s = student[self.class_output].float()
             if _looks_like_probabilities(teacher[self.class_output]):
@@ -1042,6 +1091,8 @@ def finetune(
         d.sched.load_state_dict(state["scheduler"])
         if d.ema is not None and state.get("ema") is not None:
             d.ema.load_state_dict(state["ema"])
+        if d.adapters is not None and state.get("adapters") is not None:
+            d.adapters.module.load_state_dict(state["adapters"])
         d.plan(state.get("epochs", options.epochs))
         history = [EpochRecord(**h) for h in state["history"]]
         best = (tuple(state["best_key"]), state["best_epoch"], state["best_state"])
@@ -1065,6 +1116,7 @@ def finetune(
                 "metric": d.metric,
                 "dead": dead,
                 "teacher": d.teacher_runtime,
+                "features": list(d.features),
                 "device": str(d.device),
             }
         )
@@ -1075,6 +1127,7 @@ def finetune(
     while epoch <= d.epochs:
         t0 = time.perf_counter()
         losses = []
+        d.refit_adapters()
         for step, (mine, samples) in enumerate(d.batches(epoch)):
             losses.append(d.backward(mine, epoch, samples))
             d.step()
@@ -1176,6 +1229,7 @@ def _save_checkpoint(torch, path: Path, d: Distiller, epoch: int, history, best)
         "optimizer": d.opt.state_dict(),
         "scheduler": d.sched.state_dict(),
         "ema": d.ema.state_dict() if d.ema is not None else None,
+        "adapters": d.adapters.module.state_dict() if d.adapters is not None else None,
         "epochs": d.epochs,
         "history": [asdict(h) for h in history],
         "best_key": best[0],
