@@ -249,6 +249,8 @@ def finetune_extras(data: DigitSet, args) -> list:
         words += ["--workers", args.ft_workers, "--augmenter", "albumentations"]
     if args.ft_labels:
         words += ["--labels", data.labels("train")]
+    if args.ft_features:
+        words += ["--features", args.ft_features]
     return words
 
 
@@ -271,6 +273,8 @@ def run_name(args) -> str:
         name += "-alb"
     if args.ft_labels:
         name += "-labels"
+    if args.ft_features:
+        name += f"-feat{args.ft_features.replace(',', '+').replace('/', '_')}"
     return name
 
 
@@ -347,7 +351,7 @@ def measure(rows: list[dict], paths: dict[str, Path], data: DigitSet, runs: int)
 
 FT_DEFAULTS = dict(ft_epochs=1, ft_limit=120, ft_batch=8, ft_lr=1e-3, ft_time=None,
                    ft_warmup=0.0, ft_ema=0.0, ft_device="auto", ft_workers=0, ft_labels=False,
-                   only_finetune=False)  # fmt: skip
+                   ft_features=None, only_finetune=False)  # fmt: skip
 
 
 def run(*, train: int = 2000, val: int = 400, seed: int = 0, hours: float = 0.5,
@@ -436,6 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ft-labels", action="store_true",
                     help="give the train labels (best epoch by label mAP50-95 on a held-out "
                     "tenth of train)")  # fmt: skip
+    ap.add_argument("--ft-features", default=None, help="feature distillation (--features)")
     ap.add_argument(
         "--only-finetune",
         action="store_true",
