@@ -41,7 +41,8 @@ cross-entropy on the first 2-D ``[N, C]`` output (classifiers), weighted by
 ``task_weight``. YOLO box labels (detect) only evaluate: a sound box loss on a raw head
 needs the head's own anchor assignment (ultralytics' task-aligned assigner), which an
 exported graph does not carry; distilling the teacher's head does that job. Optimizer: SGD
-(lr 1e-3, momentum 0.9, weight decay 5e-4) with cosine annealing by default, Adam optional.
+(lr 1e-3, momentum 0.9, weight decay 5e-4) with cosine annealing by default; ``adam`` is
+AdamW (decoupled weight decay).
 Augmentation (``augmenter``): ``tensor`` runs on the preprocessed batch in torch, seeded per
 sample (``seed, epoch, sample index``), so the result does not depend on how the batch is
 split over processes: horizontal flip, random resized crop, brightness/contrast, 3x3 blur,
@@ -557,7 +558,10 @@ class Distiller:
                 "constants-to-initializers pass first"
             )
         if options.optimizer == "adam":
-            self.opt = torch.optim.Adam(params, lr=options.lr, weight_decay=options.weight_decay)
+            # AdamW: decoupled decay. Adam's L2 term is normalized with the gradient, so a
+            # weight with a small task gradient shrinks by ~lr every step whatever its size:
+            # a pruned YOLOv8n's label mAP50-95 fell 0.167 -> 0.018 over 4 epochs of it
+            self.opt = torch.optim.AdamW(params, lr=options.lr, weight_decay=options.weight_decay)
         else:
             self.opt = torch.optim.SGD(
                 params, lr=options.lr, momentum=options.momentum, weight_decay=options.weight_decay
