@@ -187,3 +187,12 @@ def test_on_cuda_the_teacher_and_student_run_on_the_gpu(pruned_tiny_yolo):
         np.testing.assert_allclose(b[k], a[k], rtol=1e-3, atol=1e-3)
     result = finetune(student, teacher, x, opts)
     assert result.history[-1].val_loss < result.history[0].val_loss
+
+
+def test_adam_decays_weights_decoupled(pruned_tiny_yolo):
+    # Adam's coupled L2 shrinks every weight with a small gradient by ~lr a step; AdamW does not
+    teacher, student, x = pruned_tiny_yolo
+    d = Distiller(
+        student, teacher, x, dataclasses.replace(OPTS, optimizer="adam"), check_parity=False
+    )
+    assert isinstance(d.opt, torch.optim.AdamW)
