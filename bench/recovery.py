@@ -205,7 +205,7 @@ def bench_ppocr(args, log) -> dict:
         "--preprocess", DET_PREPROCESS, "--input-shape", DET_SHAPE, "--task", "dense",
         "--epochs", args.epochs_a, "--batch", args.batch_a, "--optimizer", args.optimizer_a,
         "--lr", args.lr_a, "--augment", args.augment_a, "--seed", 0, "--json", ft_json,
-        *(["--recalibrate-bn"] if args.recalibrate_a else []),
+        *(["--recalibrate-bn"] if args.recalibrate_a else []), *shlex.split(args.ft_extra_a),
     ]  # fmt: skip
     steps["finetune"] = cached_step(ft_path, ft_args, log, not args.reuse_finetune)
 
@@ -306,7 +306,8 @@ def bench_pplcnet(args, log) -> dict:
              "--labels", train, "--val-images", val, "--val-labels", val, "-o", ft_path,
              "--preprocess", CLS_PREPROCESS, "--epochs", args.epochs_b, "--batch", args.batch_b,
              "--optimizer", args.optimizer_b, "--lr", args.lr_b, "--augment", args.augment_b,
-             "--seed", 0, "--json", ft_json, *(["--recalibrate-bn"] if args.recalibrate_b else [])],
+             "--seed", 0, "--json", ft_json, *(["--recalibrate-bn"] if args.recalibrate_b else []),
+             *shlex.split(args.ft_extra_b)],
             log, not args.reuse_finetune)  # fmt: skip
         pruned, tuned = load_model(pruned_path), load_model(ft_path)
         ps, ts = top1(pruned, xs), top1(tuned, xs)
@@ -432,6 +433,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr-a", type=float, default=5e-4)
     ap.add_argument("--augment-a", default="flip,crop,color,blur")
     ap.add_argument("--recalibrate-a", action="store_true", help="(a) --recalibrate-bn")
+    ap.add_argument("--ft-extra-a", default="", help="(a) more finetune options, e.g. '--warmup 1'")
+    ap.add_argument(
+        "--ft-extra-b", default="", help="(b) more finetune options, e.g. '--ema 0.999'"
+    )
     ap.add_argument("--docs-b", type=int, default=300, help="(b) rendered documents (x 4 turns)")
     ap.add_argument("--ratios-b", type=float, nargs="+", default=[0.3, 0.5])
     ap.add_argument("--epochs-b", type=int, default=3)
