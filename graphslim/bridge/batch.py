@@ -22,16 +22,16 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from graphslim.graph import consumers, initializers, producers
+from graphslim.graph import attr, constant_node_value, consumers, initializers, producers
 
 log = logging.getLogger(__name__)
 BATCH = "N"
 
 
-def _from_input(graph: onnx.GraphProto, name: str) -> set[str]:
-    """Tensors computed from graph input ``name`` (it included)."""
+def _from_inputs(graph: onnx.GraphProto, names: list[str]) -> set[str]:
+    """Tensors computed from the graph inputs ``names`` (they included)."""
     users = consumers(graph)
-    seen, todo = {name}, [name]
+    seen, todo = set(names), list(names)
     while todo:
         for node in users.get(todo.pop(), []):
             for out in node.output:
@@ -41,42 +41,34 @@ def _from_input(graph: onnx.GraphProto, name: str) -> set[str]:
     return seen
 
 
-def _constant_value(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
-    init = initializers(graph).get(name)
-    if init is not None:
-        return numpy_helper.to_array(init)
-    node = producers(graph).get(name)
-    if node is not None and node.op_type == "Constant":
-        for a in node.attribute:
-            if a.name == "value":
-                return numpy_helper.to_array(a.t)
-    return None
-
-
 def rewrite(model: onnx.ModelProto, batch: int) -> tuple[onnx.ModelProto, int]:
     """The copy with a symbolic batch and its batch-carrying Reshape targets set to 0, and
     the number of Reshapes rewritten (unchecked: :func:`batched` checks)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph
-    inits = {i.name for i in g.initializer}
-    real_inputs = [i for i in g.input if i.name not in inits]
+    values, made = initializers(g), producers(g)  # one index for every Reshape below
+    real_inputs = [i for i in g.input if i.name not in values]
     for vi in [*real_inputs, *g.output]:
         dims = vi.type.tensor_type.shape.dim
         if dims and dims[0].HasField("dim_value") and dims[0].dim_value == batch:
             dims[0].ClearField("dim_value")
             dims[0].dim_param = BATCH
     del g.value_info[:]  # shapes inferred for the fixed batch would be stale
-    batched_tensors = set().union(*(_from_input(g, i.name) for i in real_inputs))
+    batched_tensors = _from_inputs(g, [i.name for i in real_inputs])
     count = 0
     for node in g.node:
         if node.op_type != "Reshape" or len(node.input) < 2:
             continue
-        if any(a.name == "allowzero" and a.i == 1 for a in node.attribute):
+        if attr(node, "allowzero", 0) == 1 or node.input[0] not in batched_tensors:
             continue
-        if node.input[0] not in batched_tensors:
-            continue
-        target = _constant_value(g, node.input[1])
+        shape = node.input[1]
+        if shape in values:
+            target = numpy_helper.to_array(values[shape])
+        elif shape in made and made[shape].op_type == "Constant":
+            target = constant_node_value(made[shape])
+        else:
+            target = None
         if target is None or target.ndim != 1 or not len(target) or int(target[0]) != batch:
             continue
         new = target.astype(np.int64).copy()
