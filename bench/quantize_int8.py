@@ -90,7 +90,7 @@ from graphslim.feeds import Preprocess, preprocess_image  # noqa: E402
 from graphslim.passes import _quant_isa as I  # noqa: E402
 from graphslim.passes.quantize_int8 import QuantizeInt8  # noqa: E402
 from graphslim.runtime import run_model  # noqa: E402
-from graphslim.tasks.metrics import dense_metrics  # noqa: E402
+from graphslim.tasks.metrics import dense_metrics, detect_metrics  # noqa: E402
 
 CALIBRATION = ["astronaut", "camera", "coffee", "chelsea", "rocket", "china", "flower"]
 EVALUATION = ["bus", "zidane", "motorcycle-left", "page", "text"]
@@ -347,11 +347,16 @@ def _agreement(task: str, reference, got, labels, size) -> dict:
         total = total + detect.match(
             detect.decode(r, decoder, **kw), detect.decode(c, decoder, **kw)
         )
+    # box precision: mAP50-95 against the FP32 detections and the matched boxes' mean IoU
+    # (a match at IoU 0.5 says nothing of coordinates rounded to the output's INT8 steps)
+    m = detect_metrics(reference, got, input_hw=size, output=name).metrics
     return {
         "detection_match": total.recall,
         "matched": total.matched,
         "fp32_detections": total.reference,
         "int8_detections": total.candidate,
+        "map50_95_vs_fp32": m["map50_95"],
+        "box_iou_mean": m["iou_mean"],
         "cosine": cosine,
     }
 
@@ -384,7 +389,8 @@ def _quality_text(q: dict) -> str:
         )
     return (
         f"det match {q['detection_match']:.3f} ({q['matched']}/{q['fp32_detections']}, "
-        f"int8 has {q['int8_detections']}), cos {q['cosine']:.5f}"
+        f"int8 has {q['int8_detections']}), mAP50-95 {q.get('map50_95_vs_fp32', float('nan')):.3f}, "
+        f"box IoU {q.get('box_iou_mean', float('nan')):.3f}, cos {q['cosine']:.5f}"
     )
 
 

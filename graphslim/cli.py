@@ -364,7 +364,7 @@ def _check_run_options(pipeline, pipeline_file, runtime: str, bench_stages: bool
 
 def _search_by_task(pipe, task: str) -> None:
     """With --task and calibration images, quantize-int8's exclusion search follows that
-    task's metric (map50 / top-1 / map IoU against FP32 on the calibration feeds) unless the
+    task's metric (mAP50-95 / top-1 / map IoU against FP32 on the calibration feeds) unless the
     pipeline names a task for it: a detector's output error saturates and gives the search
     nothing to follow."""
     from dataclasses import replace

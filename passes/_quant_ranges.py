@@ -14,6 +14,15 @@ Unsqueeze, Identity, Concat), the calibrated magnitude of each input is
 input would keep fewer than ``256 / MIX_RATIO`` levels) the Concat and the layout-only ops after
 it stay float. Its inputs are still quantized where their producers are, each with its *own*
 scale -- the per-branch scale a mixed Concat needs.
+
+The output *tail* (:func:`output_tail`) goes further: the nodes after the last compute op
+(Conv, ConvTranspose, MatMul, Gemm) on every output path -- a detector's box decoding (anchor
+offsets, stride Muls, the xyxy -> xywh arithmetic), score activations, reshapes. INT8 buys no
+speed there (elementwise work, plus a DQ -> op -> Q round trip each), and the tail's tensors are
+the outputs themselves: quantized, box coordinates in pixels keep ``range / 255`` steps, 2 px at
+a 640 input. Measured on a YOLOv8n fine-tuned on digits (pruned 0.5, 256 px, 400 labelled
+images): label mAP50-95 FP32 0.352, INT8 with the tail quantized 0.319, tail float 0.345 --
+while mAP50 against the FP32 detections stayed 0.998 either way (localization, not recall).
 """
 
 from __future__ import annotations
@@ -48,6 +57,46 @@ def output_path_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
         data_inputs = node.input if node.op_type == "Concat" else node.input[:1]
         frontier += [by_output[i] for i in data_inputs if i in by_output]
     return seen
+
+
+COMPUTE_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
+
+
+def output_tail(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """Nodes from which no compute op (:data:`COMPUTE_OPS`) is reachable: every consumer chain
+    ends at a graph output (or nowhere) without passing a Conv/MatMul/Gemm. ``model`` is
+    topologically sorted; the compute ops themselves are never in the tail."""
+    from graphslim.graph import consumers, graph_output_names
+
+    g = model.graph
+    readers = consumers(g)
+    outputs = graph_output_names(g)
+    tail: set[str] = set()
+    found: list[onnx.NodeProto] = []
+    for node in reversed(g.node):  # consumers before producers
+        if node.op_type in COMPUTE_OPS:
+            continue
+        reached = [c for o in node.output for c in readers.get(o, [])]
+        if not any(o in outputs for o in node.output) and not reached:
+            continue  # dead: leave it to the quantizer
+        if all(c.name in tail for c in reached):
+            tail.add(node.name)
+            found.append(node)
+    return found
+
+
+def float_tail(model: onnx.ModelProto, excluded: list[str]):
+    """The tail nodes (:func:`output_tail`) not already in ``excluded``, with a
+    ``(node, reason)`` each and one note."""
+    keep = [n.name for n in output_tail(model) if n.name not in excluded]
+    if not keep:
+        return [], [], []
+    why = (
+        "after the last Conv/MatMul/Gemm on its output path: INT8 makes it no faster, and "
+        "quantized output values (box coordinates) would keep range/255 steps: kept in float"
+    )
+    note = f"output tail of {len(keep)} node(s) after the last compute ops kept in float"
+    return keep, [(n, why) for n in keep], [note]
 
 
 def mixing_concats(model: onnx.ModelProto, feeds: Sequence[dict[str, np.ndarray]]) -> list[dict]:

@@ -53,7 +53,9 @@ exclusion. The search stops early after ``_quant_search.PATIENCE`` candidates in
 
 With ``task=detect|classify|dense`` (image calibration feeds), both stages minimise the task
 error against the FP32 model on the calibration feeds instead of the output error:
-``1 - map50`` / ``1 - top-1 agreement`` / ``1 - map IoU``, plus ``output error / 100`` to
+``1 - mAP50-95`` (COCO's mean over IoU 0.5..0.95, so that box precision counts: mAP50 against
+FP32 stays ~1.0 while quantized coordinates cost points) / ``1 - top-1 agreement`` /
+``1 - map IoU``, plus ``output error / 100`` to
 order candidates the (step-shaped) task metric scores alike (:func:`task_score`); ``tolerance``
 then applies to that score.
 
@@ -216,6 +218,12 @@ class QuantizeInt8Options:
         help="keep in float an output-path Concat whose inputs' calibrated ranges differ by "
         "more than 32x (box pixels next to scores), each input quantized with its own scale",
     )
+    float_tail: bool = option(
+        True,
+        help="keep in float the nodes after the last Conv/MatMul/Gemm on every output path "
+        "(box decoding, score activations, reshapes): no INT8 speed there, and quantized "
+        "outputs round box coordinates to range/255 steps",
+    )
     latency_guard: Literal["auto", "on", "off"] = option(
         "auto",
         help="time INT8 against FP32 (on `runtime`) and keep the input when INT8 is not "
@@ -225,7 +233,7 @@ class QuantizeInt8Options:
     task: Literal["none", "detect", "classify", "dense"] = option(
         "none",
         help="auto_exclude minimises this task's error against the FP32 model on the "
-        "calibration feeds (detect: 1 - map50, classify: 1 - top-1 agreement, dense: 1 - "
+        "calibration feeds (detect: 1 - mAP50-95, classify: 1 - top-1 agreement, dense: 1 - "
         "map IoU) plus output error / 100 as a tie-break; none: the output error",
     )
     runtime: Literal["auto", "ort", "openvino"] = option(
@@ -270,6 +278,12 @@ class QuantizeInt8(Pass):
             user_excluded = len(excluded)
             if o.mixed_concat_float:
                 keep, why, more_notes = R.float_mixed_concats(pre, feeds, excluded)
+                excluded += keep
+                skipped += why
+                notes += more_notes
+            mixed = len(excluded) - user_excluded
+            if o.float_tail:
+                keep, why, more_notes = R.float_tail(pre, excluded)
                 excluded += keep
                 skipped += why
                 notes += more_notes
@@ -320,7 +334,8 @@ class QuantizeInt8(Pass):
                 qdq, error = _bias_corrected(qdq, pre, feeds, reference, score, error, notes)
         _restore(qdq, model)
         counters.update(_count(qdq, len(feeds), user_excluded, len(auto), error))
-        counters["excluded_mixed_concat"] = len(excluded) - user_excluded
+        counters["excluded_mixed_concat"] = mixed
+        counters["excluded_tail"] = len(excluded) - user_excluded - mixed
         act, wt, sym = q.types
         counters["reduce_range"] = int(q.reduce_range)
         notes.append(
@@ -429,14 +444,14 @@ def _dynamic(model: onnx.ModelProto, o: QuantizeInt8Options, ctx: PassContext) -
 
 
 RUNTIME_NAMES = {"ort": "onnxruntime", "openvino": "OpenVINO"}
-TASK_METRIC = {"detect": "map50", "classify": "top1", "dense": "iou"}
+TASK_METRIC = {"detect": "map50_95", "classify": "top1", "dense": "iou"}
 OUTPUT_WEIGHT = 0.01  # task mode: output error's share, a tie-break among equal task scores
 
 
 def task_score(kind: str, feeds):
     """``score(reference, outputs)`` for ``task=kind``: ``1 - metric + OUTPUT_WEIGHT * output
     error``, the metric of the candidate's outputs against the FP32 model's on the calibration
-    feeds (:mod:`graphslim.tasks`: detections decoded and matched, mAP@0.5; top-1 agreement;
+    feeds (:mod:`graphslim.tasks`: detections decoded and matched, mAP@0.5:0.95; top-1 agreement;
     IoU of the thresholded maps). The task term is what the user judges; it is flat over
     many candidates (a few images, a step metric), so the output error orders those."""
     from graphslim.tasks import Task

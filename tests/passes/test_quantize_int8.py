@@ -559,7 +559,9 @@ def test_mixed_range_concat_stays_float_and_keeps_the_scores(harness):
     feeds = random_feeds(model, count=4, seed=1, low=0.0, high=1.0)
     ctx = PassContext(feeds=feeds)
     q, r = _quantize(model, ctx, calibration="")
-    q_off, r_off = _quantize(model, ctx, calibration="", mixed_concat_float=False)
+    q_off, r_off = _quantize(
+        model, ctx, calibration="", mixed_concat_float=False, float_tail=False
+    )
     # the Concat and the Reshape after it stay float: no DQ feeds them
     dq = _dq_of(q)
     cat = _nodes(q, "Concat")[0]
@@ -625,12 +627,19 @@ def test_latency_guard_times_real_sessions(harness):
 
 
 def test_suffix_search_finds_damage_at_the_outputs_without_names(harness):
-    """With the Concat rule off, the search from the outputs backwards finds the Concat."""
+    """With the Concat and tail rules off, the search from the outputs backwards finds the
+    Concat."""
     model = _mixed_head(harness)
     feeds = random_feeds(model, count=4, seed=1, low=0.0, high=1.0)
     ctx = PassContext(feeds=feeds)
     q, r = _quantize(
-        model, ctx, calibration="", mixed_concat_float=False, auto_exclude=True, tolerance=0.05
+        model,
+        ctx,
+        calibration="",
+        mixed_concat_float=False,
+        float_tail=False,
+        auto_exclude=True,
+        tolerance=0.05,
     )
     first = r.details[0]
     assert first["strategy"] == "suffix" and first["trials"]
@@ -807,7 +816,7 @@ def test_concat_inputs_take_the_output_grid_only_when_it_covers_them():
 
 
 def test_task_detect_search_minimises_the_detection_error(harness):
-    """task=detect: the search scores candidates by 1 - map50 against FP32 (plus output error
+    """task=detect: the search scores candidates by 1 - mAP50-95 against FP32 (plus output error
     / 100); with the Concat rule off, the erased scores give map50 ~0 and the search brings
     the detections back, measured here again with graphslim.tasks on the same feeds."""
     from graphslim.tasks import Task
@@ -816,10 +825,16 @@ def test_task_detect_search_minimises_the_detection_error(harness):
     feeds = random_feeds(model, count=4, seed=1, low=0.0, high=1.0)
     ctx = PassContext(feeds=feeds)
     q, r = _quantize(
-        model, ctx, calibration="", mixed_concat_float=False, auto_exclude=True, task="detect"
+        model,
+        ctx,
+        calibration="",
+        mixed_concat_float=False,
+        float_tail=False,
+        auto_exclude=True,
+        task="detect",
     )
     before, after = r.counters["output_error_no_auto"], r.counters["output_error"]
-    assert before > 0.5  # 1 - map50 with the scores rounded to 0
+    assert before > 0.5  # 1 - mAP50-95 with the scores rounded to 0
     assert after < 0.1 and r.counters["excluded_auto"] >= 1
     assert any("detect task error" in n for n in r.notes)
     map50 = Task("detect").evaluate(run_model(model, feeds), run_model(q, feeds), feeds)
@@ -931,3 +946,65 @@ def test_bias_correction_removes_the_mean_error_of_output_convs(harness):
     # in the pass: applied only when the error on the calibration feeds drops, and said so
     _, r = _quantize(model, ctx, calibration="", target="openvino")
     assert any(n.startswith("bias correction of 1 output conv") for n in r.notes)
+
+
+# ----------------------------------------------------------------------------- output tail
+
+
+def test_output_tail_stays_float_and_keeps_box_precision(harness):
+    """The nodes after the last Conv on every output path (tiny_yolo: YOLOv8's box decoding
+    and score Sigmoid) are not quantized: a DQ they read carries a quantized output of a node
+    outside the tail (the boundary), and the box columns come out closer to FP32 (onnxruntime, same
+    feeds) than with the tail quantized."""
+    from graphslim.passes import _quant_ranges as R
+
+    model = harness.fixture("tiny_yolo")
+    feeds = random_feeds(model, count=4, seed=1, low=0.0, high=1.0)
+    ctx = PassContext(feeds=feeds)
+    q, r = _quantize(model, ctx, calibration="")
+    q_off, r_off = _quantize(model, ctx, calibration="", float_tail=False)
+    tail = {n.name for n in R.output_tail(model)}
+    ops = {n.op_type for n in model.graph.node if n.name in tail}
+    assert tail and not ops & R.COMPUTE_OPS and "Sigmoid" in ops
+    dq = _dq_of(q)
+    made_by = {o: n for n in q.graph.node for o in n.output}
+    for n in q.graph.node:
+        for i in n.input:
+            if n.name in tail and i in dq:  # DQ <- Q <- its producer, outside the tail
+                source = made_by[made_by[dq[i].input[0]].input[0]]
+                assert source.name not in tail, (n.name, source.name)
+    assert r.counters["excluded_tail"] > 0 and r_off.counters["excluded_tail"] == 0
+    assert any("output tail" in n for n in r.notes)
+    assert any("last Conv/MatMul/Gemm" in why for _, why in r.skipped)
+
+    def box_error(candidate) -> float:
+        ref, got = run_model(model, feeds), run_model(candidate, feeds, optimization="all")
+        name = model.graph.output[0].name
+        o = np.stack([x[name][:, :4] for x in ref])
+        c = np.stack([x[name][:, :4] for x in got])
+        return float(np.linalg.norm(c - o) / np.linalg.norm(o))
+
+    assert box_error(q) < box_error(q_off)
+
+
+def test_output_tail_never_holds_compute_ops_or_their_inputs():
+    """A classifier ending in Gemm -> Softmax: only the Softmax is tail; a Conv whose output
+    is both a graph output and read by a later Conv keeps everything before it quantizable."""
+    from graphslim.passes import _quant_ranges as R
+
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[1, 3, 8, 8] x) => (float[1, 4] y, float[1, 4, 8, 8] f) {
+        f = Conv (x, w)
+        r = Relu (f)
+        g2 = Conv (r, w2)
+        p = GlobalAveragePool (g2)
+        v = Flatten (p)
+        l = Gemm (v, wg)
+        y = Softmax (l)
+    }
+    """
+    model = onnx.parser.parse_model(text)
+    for i, n in enumerate(model.graph.node):
+        n.name = f"{n.op_type}_{i}"
+    assert [n.name for n in R.output_tail(model)] == ["Softmax_6"]
