@@ -340,6 +340,7 @@ def run(
             input_shapes=shapes,
             gate=gate if gate is not None else False,
             observer=live,
+            source=model,  # m is the file as read: onnxruntime loads it there
         )
     _print_result(result, fed, feeds)
     timings = None

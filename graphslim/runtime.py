@@ -28,11 +28,12 @@ RUNTIMES = ("ort", "openvino")
 
 
 class Session:
-    """An onnxruntime CPU session over an in-memory model."""
+    """An onnxruntime CPU session over an in-memory model, or over a model file (``model`` a
+    path: onnxruntime reads it there, no serialized copy -- a second or more on big models)."""
 
     def __init__(
         self,
-        model: onnx.ModelProto,
+        model: onnx.ModelProto | str | os.PathLike,
         *,
         threads: int | None = None,
         optimization: str = "basic",
@@ -60,7 +61,10 @@ class Session:
         self._tmp = tempfile.TemporaryDirectory(prefix="graphslim-ort-")
         self.label = label
         try:
-            source = serialize_for_runtime(model, self._tmp.name)
+            if isinstance(model, onnx.ModelProto):
+                source = serialize_for_runtime(model, self._tmp.name)
+            else:
+                source = os.fspath(model)
             self.session = ort.InferenceSession(
                 source, sess_options=opts, providers=["CPUExecutionProvider"]
             )

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -143,8 +144,11 @@ class Comparison:
 
 
 def reference_outputs(
-    model: onnx.ModelProto, feeds: Sequence[dict[str, np.ndarray]], label: str = "original"
+    model: onnx.ModelProto | str | os.PathLike,
+    feeds: Sequence[dict[str, np.ndarray]],
+    label: str = "original",
 ) -> list[dict[str, np.ndarray]]:
+    """``model``'s outputs on ``feeds`` (onnxruntime CPU); ``model`` may be its file."""
     with Session(model, label=label) as s:
         return [s.run(f) for f in feeds]
 

@@ -508,6 +508,33 @@ def test_feeds_given_by_the_caller_are_used():
     assert result.validation.feeds == 3
 
 
+def test_reference_from_the_source_file_matches_the_in_memory_original(tmp_path):
+    """``source=``: the original's outputs come from onnxruntime reading the file, in a
+    background thread while the passes run; the comparison is the same as without it."""
+    from graphslim.feeds import random_feeds
+
+    model = onnx.load_model(FIXTURES / "tiny_yolo.onnx")
+    feeds = random_feeds(model, count=2, seed=3)
+    pipe = Pipeline.parse("constants-to-initializers,simplify,fold-bn,cleanup")
+    plain = pipe.run(model, feeds=feeds)
+    sourced = pipe.run(model, feeds=feeds, source=FIXTURES / "tiny_yolo.onnx")
+    assert sourced.validation.passed and plain.validation.passed
+    assert sourced.validation.to_dict()["outputs"] == plain.validation.to_dict()["outputs"]
+
+
+def test_a_source_onnxruntime_cannot_read_fails_at_validation(tmp_path):
+    """The background reference run's error is raised where the validation needs it."""
+    from graphslim.errors import RuntimeFailure
+    from graphslim.feeds import random_feeds
+
+    model = onnx.load_model(FIXTURES / "tiny_yolo.onnx")
+    bad = tmp_path / "not-a-model.onnx"
+    bad.write_bytes(b"not protobuf")
+    feeds = random_feeds(model, count=1, seed=0)
+    with pytest.raises(RuntimeFailure, match="cannot load original"):
+        Pipeline.parse("fold-bn").run(model, feeds=feeds, source=bad)
+
+
 # ----------------------------------------------------------------------------- progress
 
 
