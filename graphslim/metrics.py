@@ -122,16 +122,16 @@ def _has_data(t: onnx.TensorProto) -> bool:
 
 def _copy_fields(src, dst, skip: str) -> None:
     """Copy every set field of the message ``src`` into ``dst`` except ``skip``."""
-    for field, value in src.ListFields():
-        if field.name == skip:
+    for descriptor, value in src.ListFields():
+        if descriptor.name == skip:
             continue
-        target = getattr(dst, field.name)
+        target = getattr(dst, descriptor.name)
         if hasattr(target, "extend"):  # a repeated field
             target.extend(value)
         elif hasattr(target, "CopyFrom"):  # a message
             target.CopyFrom(value)
         else:
-            setattr(dst, field.name, value)
+            setattr(dst, descriptor.name, value)
 
 
 def _drop_payload(t: onnx.TensorProto) -> None:

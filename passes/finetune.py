@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 class FinetuneOptions:
     epochs: int = option(5, help="passes over the calibration feeds")
     lr: float = option(1e-3, help="learning rate (cosine annealed)")
-    optimizer: str = option("sgd", help="sgd (momentum 0.9) or adam")
+    optimizer: str = option("sgd", help="sgd (momentum 0.9) or adam (AdamW: decoupled decay)")
     batch: int = option(4, help="samples per step")
     weight_decay: float = option(5e-4, help="L2 weight decay")
     augment: tuple[str, ...] = option(
@@ -45,6 +45,17 @@ class FinetuneOptions:
     temperature: float = option(4.0, help="softmax temperature of the kl loss")
     val_fraction: float = option(0.2, help="share of the feeds that picks the best epoch")
     task: str = option("", help="detect | classify | dense: pick the epoch by map50/top1/iou")
+    warmup: float = option(
+        0.0, help="epochs of linear learning-rate warm-up (from lr/10) before the cosine"
+    )
+    ema: float = option(
+        0.0,
+        help="decay of an exponential moving average of the weights, evaluated and written "
+        "(0: off; e.g. 0.999)",
+    )
+    time: float = option(
+        0.0, help="minutes for the epochs (epochs becomes an upper bound; 0: no limit)"
+    )
     recalibrate_bn: bool = option(
         False,
         help="re-estimate BatchNorm mean/var on the feeds first (plain pruning leaves them "
@@ -58,6 +69,8 @@ class FinetuneOptions:
 
         if self.lr <= 0:
             raise ValueError("lr must be > 0")
+        if self.time < 0:
+            raise ValueError("time must be >= 0 minutes (0: no limit)")
         try:  # the loop's options check the rest (one set of rules for CLI and pass)
             self.loop_options(seed=0, samples=self.batch)
         except BridgeError as exc:
@@ -82,6 +95,9 @@ class FinetuneOptions:
             task=self.task or None,
             force=self.force,
             recalibrate_bn=self.recalibrate_bn,
+            warmup=self.warmup,
+            ema=self.ema,
+            time_budget=self.time or None,
         )
 
 

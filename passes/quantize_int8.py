@@ -73,7 +73,8 @@ outcome can differ between machines and, near 1.0x, between runs.
 
 Bias correction (``bias_correction``; auto: on for ``target=openvino``): the convolutions
 that feed the outputs get ``E[FP32 - INT8]`` per channel added to their bias
-(:mod:`passes._quant_bias`), kept only when the error on the calibration feeds drops.
+(:mod:`passes._quant_bias`), kept only when the error on the calibration feeds drops by at
+least ``min_gain``.
 
 ``mode=dynamic`` (:mod:`passes._quant_dynamic`): onnxruntime's ``quantize_dynamic`` of the
 MatMul-type ops instead (weights offline, activation ranges at run time, no calibration), for
@@ -211,7 +212,8 @@ class QuantizeInt8Options:
     bias_correction: Literal["auto", "on", "off"] = option(
         "auto",
         help="add E[FP32 - INT8] (calibration feeds, per channel) to the bias of the convs "
-        "that feed the outputs, kept only if the error drops; auto: on for target=openvino",
+        "that feed the outputs, kept only if the error drops by min_gain; auto: on for "
+        "target=openvino",
     )
     mixed_concat_float: bool = option(
         True,
@@ -331,7 +333,9 @@ class QuantizeInt8(Pass):
             if o.bias_correction == "on" or (
                 o.bias_correction == "auto" and o.target == "openvino"
             ):
-                qdq, error = _bias_corrected(qdq, pre, feeds, reference, score, error, notes)
+                qdq, error = _bias_corrected(
+                    qdq, pre, feeds, reference, score, error, notes, o.min_gain
+                )
         _restore(qdq, model)
         counters.update(_count(qdq, len(feeds), user_excluded, len(auto), error))
         counters["excluded_mixed_concat"] = mixed
@@ -351,19 +355,23 @@ class QuantizeInt8(Pass):
         )
 
 
-def _bias_corrected(qdq, pre, feeds, reference, score, error, notes):
+def _bias_corrected(qdq, pre, feeds, reference, score, error, notes, min_gain: float):
     """``qdq`` with its output convolutions' biases corrected (:mod:`passes._quant_bias`) when
-    that lowers ``score`` on the calibration feeds, else ``qdq`` unchanged."""
+    that lowers ``score`` on the calibration feeds by at least ``min_gain`` (relative), else
+    ``qdq`` unchanged. A correction fitted on a few calibration images that barely moves
+    their error is fitting them, not the model: on yolox-det for OpenVINO it moved the output
+    error 0.1102 -> 0.1100 and took the held-out images' mAP50-95 against FP32 from 0.961 to
+    0.849 (box IoU 0.965 -> 0.912)."""
     fixed = onnx.ModelProto()
     fixed.CopyFrom(qdq)
     count = B.correct(fixed, pre, feeds)
     if not count:
         return qdq, error
     after = score(reference, _run(fixed, feeds))
-    kept = after < error
+    kept = after < error * (1 - max(min_gain, 1e-6))
     notes.append(
         f"bias correction of {count} output conv(s): error {error:.4g} -> {after:.4g} "
-        f"({'kept' if kept else 'not kept: no better'})"
+        f"({'kept' if kept else f'not kept: less than {min_gain:.0%} lower'})"
     )
     return (fixed, after) if kept else (qdq, error)
 

@@ -145,3 +145,33 @@ def test_yolov8n_conv_macs_match_ultralytics():
     assert s.params == 3_193_781
     assert s.top_nodes[0]["macs"] >= s.top_nodes[-1]["macs"]
     assert s.op_histogram["Conv"] == 64
+
+
+def test_weightless_copy_keeps_everything_but_the_big_payloads():
+    """Built field by field (no whole-model copy): the structure, metadata and small
+    tensors are the input's; big initializers keep name, dims and type without data; the
+    input is not touched."""
+    from graphslim.metrics import weightless_copy
+
+    model = onnx.load_model(FIXTURES / "tiny_yolo.onnx")
+    model.doc_string = "kept"
+    model.metadata_props.add(key="imgsz", value="[64, 64]")
+    before = model.SerializeToString()
+    light = weightless_copy(model, keep_elements=100)
+    assert model.SerializeToString() == before
+    assert light.doc_string == "kept" and list(light.metadata_props) == list(model.metadata_props)
+    assert list(light.opset_import) == list(model.opset_import)
+    assert list(light.graph.node) == list(model.graph.node)
+    assert list(light.graph.input) == list(model.graph.input)
+    assert list(light.graph.output) == list(model.graph.output)
+    big = 0
+    for a, b in zip(model.graph.initializer, light.graph.initializer):
+        assert (a.name, list(a.dims), a.data_type) == (b.name, list(b.dims), b.data_type)
+        if np.prod(a.dims) > 100:
+            big += 1
+            assert not b.raw_data and not b.float_data
+        else:
+            assert a == b
+    assert big > 0
+    inferred = onnx.shape_inference.infer_shapes(light)
+    assert len(inferred.graph.value_info) > 0

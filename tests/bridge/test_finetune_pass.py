@@ -88,7 +88,16 @@ def test_without_torch_skips_or_fails_when_required(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "opts", [{"epochs": 0}, {"optimizer": "rmsprop"}, {"augment": ("mixup",)}, {"lr": 0}]
+    "opts",
+    [
+        {"epochs": 0},
+        {"optimizer": "rmsprop"},
+        {"augment": ("mixup",)},
+        {"lr": 0},
+        {"warmup": -1},
+        {"ema": 1.0},
+        {"time": -2},
+    ],
 )
 def test_bad_options_refused(opts):
     with pytest.raises(OptionsError):
@@ -111,3 +120,24 @@ def test_with_a_task_the_record_names_the_task_metric():
     assert {"val_map50_before", "val_map50_after", "val_cosine_before"} <= set(c)
     assert 0 <= c["val_map50_before"] <= 1 and "map50" in rec.details[0]
     assert any("map50" in n for n in rec.notes)
+
+
+def test_the_training_recipe_options_reach_the_loop():
+    """warm-up, EMA and the time budget (what recovered the bench's models) are pass options
+    too, mapped onto the loop's settings; ``time=0`` is no budget."""
+    loop = Finetune(optimizer="adam", warmup=1, ema=0.999, time=3).options.loop_options(
+        seed=0, samples=10
+    )
+    assert (loop.optimizer, loop.warmup, loop.ema, loop.time_budget) == ("adam", 1, 0.999, 3)
+    assert Finetune().options.loop_options(seed=0, samples=10).time_budget is None
+
+
+def test_a_pipeline_finetune_with_warmup_and_ema_still_moves_toward_the_teacher():
+    teacher = fixture_model("tiny_yolo")
+    calib = random_feeds(teacher, 16, seed=1)
+    res = Pipeline.parse(
+        "prune-channels{ratio=0.5},"
+        "finetune{epochs=2,lr=0.01,batch=8,augment=[],optimizer=adam,warmup=1,ema=0.9}"
+    ).run(teacher, ctx=PassContext(feeds=calib), validate=False)
+    c = res.records[1].counters
+    assert c["val_loss_after"] < c["val_loss_before"]

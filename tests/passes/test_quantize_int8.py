@@ -559,9 +559,7 @@ def test_mixed_range_concat_stays_float_and_keeps_the_scores(harness):
     feeds = random_feeds(model, count=4, seed=1, low=0.0, high=1.0)
     ctx = PassContext(feeds=feeds)
     q, r = _quantize(model, ctx, calibration="")
-    q_off, r_off = _quantize(
-        model, ctx, calibration="", mixed_concat_float=False, float_tail=False
-    )
+    q_off, r_off = _quantize(model, ctx, calibration="", mixed_concat_float=False, float_tail=False)
     # the Concat and the Reshape after it stay float: no DQ feeds them
     dq = _dq_of(q)
     cat = _nodes(q, "Concat")[0]
