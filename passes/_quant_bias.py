@@ -14,7 +14,10 @@ quantized and whose result reaches a graph output without passing another Conv/G
 output channel ``c``, and the Conv's bias becomes ``b + delta`` (its int32 values in the QDQ
 model move by ``round(delta_c / s_bias_c)``). These convolutions are side by side, not in
 sequence, so one measurement serves all of them. The caller keeps the correction only when
-the output error on the calibration feeds goes down.
+the error on the calibration feeds goes down by ``min_gain``: fitted on a few images, a
+correction that barely moves their error fits them, not the model (on yolox-det it did not
+bring those five detections back, and cost the boxes: held-out mAP50-95 against FP32 0.961
+-> 0.849).
 """
 
 from __future__ import annotations

@@ -676,7 +676,7 @@ class Distiller:
         detect -> ``detect`` on a 3-D head (``mse`` on other outputs); classify -> ``kl``
         (on the logits when a Softmax makes the output) on a 2-D output; dense -> the logit
         loss under a Sigmoid, else ``bce`` on [0, 1] maps, else ``mse``."""
-        from graphslim.bridge.task_losses import detect_layout, head_stats
+        from graphslim.bridge.task_losses import boxes_decoded, detect_layout, head_stats
 
         task = task or self.options.task
         if task == "detect":
@@ -688,7 +688,7 @@ class Distiller:
                     )
                 return ["mse"]
             layout = detect_layout(t.shape)
-            self.heads[name] = (layout, *head_stats(t, layout))
+            self.heads[name] = (layout, *head_stats(t, layout), boxes_decoded(t, layout))
             return ["detect"]
         if task == "classify":
             if t.ndim == 2 and logit is not None and logit.activation == "Softmax":
@@ -708,8 +708,8 @@ class Distiller:
             t = torch.as_tensor(teacher[name], device=s.device).float()
             for kind in self.kinds[name]:
                 if kind == "detect":
-                    layout, box_scale, probs = self.heads[name]
-                    total = total + detect_loss(torch, s, t, layout, box_scale, probs)
+                    layout, box_scale, probs, decoded = self.heads[name]
+                    total = total + detect_loss(torch, s, t, layout, box_scale, probs, decoded)
                 elif kind in ("bce-logit", "kl-logit"):
                     key = ("logit", name)
                     z_s = student[key].float()

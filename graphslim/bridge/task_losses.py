@@ -13,7 +13,12 @@ The ``detect`` loss weighs the two parts apart, per sample ``b`` and anchor ``a`
 * box term: ``sum_a c_a |s_box_a - t_box_a| / sum_a c_a / mean|t_box|`` (L1 weighted by the
   teacher's confidence, so background anchors whose boxes mean nothing do not steer it, and
   divided by the boxes' mean magnitude so pixels weigh like probabilities);
-* ``detect = score + box``.
+* GIoU term, when the boxes are decoded ``cx, cy, w, h`` in pixels (every teacher ``w, h`` >
+  0: YOLOv8 exports, decoded YOLOX; not a raw YOLOX head, whose ``w, h`` are log offsets):
+  ``sum_a c_a (1 - GIoU(s_box_a, t_box_a)) / sum_a c_a``, the overlap the detections are
+  judged by (mAP50-95 averages IoU thresholds up to 0.95), which the L1 term weighs the same
+  for a small and a large box;
+* ``detect = score + box + giou``.
 
 A head whose score channels are not probabilities (values outside [0, 1]) is compared with
 ``BCE`` on ``sigmoid`` of both sides instead (raw logits).
@@ -51,8 +56,28 @@ def teacher_confidence(torch, scores, layout: str):
     return scores.amax(dim=-1)
 
 
-def detect_loss(torch, s, t, layout: str, box_scale: float, probabilities: bool):
-    """The ``detect`` loss of the module doc; ``box_scale`` = mean |teacher box|."""
+def giou_loss(torch, s_box, t_box, w):
+    """``sum c (1 - GIoU) / sum c`` over anchors of ``cx, cy, w, h`` boxes ``[B, A, 4]``,
+    ``w`` the confidence weights ``[B, A, 1]`` (module doc)."""
+
+    def corners(b):
+        half = b[..., 2:4].clamp(min=0) / 2
+        return b[..., 0:2] - half, b[..., 0:2] + half
+
+    (s1, s2), (t1, t2) = corners(s_box), corners(t_box)
+    inter = (torch.minimum(s2, t2) - torch.maximum(s1, t1)).clamp(min=0).prod(-1)
+    union = (s2 - s1).prod(-1) + (t2 - t1).prod(-1) - inter
+    hull = (torch.maximum(s2, t2) - torch.minimum(s1, t1)).prod(-1)
+    giou = inter / (union + 1e-7) - (hull - union) / (hull + 1e-7)
+    w = w[..., 0]
+    return (w * (1 - giou)).sum() / (w.sum() + 1e-8)
+
+
+def detect_loss(
+    torch, s, t, layout: str, box_scale: float, probabilities: bool, giou: bool = False
+):
+    """The ``detect`` loss of the module doc; ``box_scale`` = mean |teacher box|; ``giou``:
+    add the GIoU term (decoded boxes, :func:`boxes_decoded`)."""
     F = torch.nn.functional
     s_box, s_sc = split_head(torch, s, layout)
     t_box, t_sc = split_head(torch, t, layout)
@@ -64,7 +89,17 @@ def detect_loss(torch, s, t, layout: str, box_scale: float, probabilities: bool)
         conf = teacher_confidence(torch, torch.sigmoid(t_sc), layout)
     w = conf.detach()[..., None]
     box = (w * (s_box - t_box).abs()).sum() / (w.sum() * 4 + 1e-8) / box_scale
+    if giou:
+        box = box + giou_loss(torch, s_box, t_box, w)
     return score + box
+
+
+def boxes_decoded(t: np.ndarray, layout: str) -> bool:
+    """Whether a teacher head ``[B, ...]`` carries decoded ``cx, cy, w, h`` boxes (every
+    ``w, h`` > 0), which the GIoU term needs."""
+    rows = np.swapaxes(t, 1, 2) if layout == "yolov8" else t
+    wh = rows[..., 2:4]
+    return bool(wh.size) and float(wh.min()) > 0
 
 
 def head_stats(t: np.ndarray, layout: str) -> tuple[float, bool]:

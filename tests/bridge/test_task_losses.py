@@ -10,7 +10,7 @@ import torch
 
 from graphslim.bridge import BridgeError
 from graphslim.bridge.finetune import Distiller, FinetuneOptions, finetune
-from graphslim.bridge.task_losses import detect_loss, head_stats
+from graphslim.bridge.task_losses import boxes_decoded, detect_loss, giou_loss, head_stats
 
 OPTS = FinetuneOptions(epochs=1, batch=8, lr=1e-2, seed=3, augment=("flip", "color"))
 
@@ -37,6 +37,40 @@ def test_box_error_counts_only_where_the_teacher_is_confident(layout):
     moved_obj = detect_loss(torch, _head(layout, off_object, scores), t, layout, scale, probs)
     assert float(moved_bg) == pytest.approx(float(same), abs=1e-6)
     assert float(moved_obj) > float(same) + 0.1
+
+
+def test_giou_term_follows_the_overlap_of_confident_boxes():
+    """1 - GIoU: 0 for the same box, 0.5 for half the overlap, > 1 for disjoint boxes;
+    weighted by the teacher's confidence, so a background anchor adds nothing."""
+    t = torch.tensor([[[100.0, 100, 40, 40], [300, 300, 40, 40]]])
+    w = torch.tensor([[[1.0], [0.0]]])
+    assert float(giou_loss(torch, t, t, w)) == pytest.approx(0.0, abs=1e-6)
+    half = t.clone()
+    half[0, 0, 2] = 20  # half the width, same centre: IoU 0.5, the hull is the teacher box
+    assert float(giou_loss(torch, half, t, w)) == pytest.approx(0.5, abs=1e-4)
+    apart = t.clone()
+    apart[0, 0, 0] += 80  # no overlap: GIoU < 0
+    assert float(giou_loss(torch, apart, t, w)) > 1.0
+    background = t.clone()
+    background[0, 1, :2] += 80
+    assert float(giou_loss(torch, background, t, w)) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("layout", ["yolov8", "yolox"])
+def test_giou_only_for_decoded_boxes(layout):
+    scores = np.array([[0.9, 0.9], [0.2, 0.1]]) if layout == "yolox" else np.array([[0.9], [0.1]])
+    decoded = _head(layout, np.array([[100.0, 100, 50, 50], [30, 30, 4, 4]]), scores)
+    raw = _head(layout, np.array([[0.3, 0.2, -1.5, 0.4], [0.1, 0.7, 0.2, -0.3]]), scores)
+    assert boxes_decoded(decoded.numpy(), layout) and not boxes_decoded(raw.numpy(), layout)
+    scale, probs = head_stats(decoded.numpy(), layout)
+    moved = decoded.clone()
+    if layout == "yolov8":
+        moved[0, 2, 0] = 25  # the confident box's width halves
+    else:
+        moved[0, 0, 2] = 25
+    plain = detect_loss(torch, moved, decoded, layout, scale, probs)
+    with_giou = detect_loss(torch, moved, decoded, layout, scale, probs, giou=True)
+    assert float(with_giou) > float(plain) + 0.3  # 1 - GIoU = 0.5 at the confident anchor
 
 
 def test_detect_task_picks_the_detect_loss_and_it_falls(pruned_tiny_yolo):
