@@ -157,6 +157,7 @@ OPENVINO_FLOAT_OUTPUTS = (
     "GlobalAveragePool",
 )
 RANDOM_CAP = 8  # random calibration: at most this many feeds (they carry no information)
+ENTROPY_BINS = (512, 128)  # method=entropy: histogram bins, quantized bins
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -175,7 +176,9 @@ class QuantizeInt8Options:
     preprocess: str = option("yolo", help="image preprocessing for an image folder (feeds spec)")
     calibration_size: int = option(32, help="at most this many calibration samples")
     method: Literal["minmax", "entropy", "percentile"] = option(
-        "minmax", help="calibration range: observed min/max, KL entropy, or percentile"
+        "minmax",
+        help="calibration range: observed min/max, KL entropy (512-bin histograms, slow), or "
+        "percentile",
     )
     percentile: float = option(99.999, help="percentile of |x| for method=percentile")
     per_channel: bool = option(True, help="one weight scale per output channel")
@@ -642,6 +645,39 @@ class _Quantizer:
         self.cache = work / "calibration.json"
         self.cached = "calibration_cache_path" in inspect.signature(_quantize_static()).parameters
         self.count = 0
+        if o.method == "entropy":
+            if not self.cached:
+                raise PreconditionError(
+                    "method=entropy needs onnxruntime's calibration cache (onnxruntime >= "
+                    "1.23); upgrade onnxruntime or use method=percentile"
+                )
+            self._entropy_ranges(sym)
+
+    def _entropy_ranges(self, symmetric: bool) -> None:
+        """Entropy (KL) ranges written to the calibration cache that ``quantize_static`` then
+        reads. Written here because ``quantize_static`` does not pass ``num_bins`` on to its
+        entropy calibrator, whose defaults (128 bins, 128 quantized bins) leave one candidate
+        threshold, the full range: ``method=entropy`` came out identical to minmax (digits
+        YOLOv8n: the same output error to 10 digits). Here 512 bins for 128 quantized ones
+        (:data:`ENTROPY_BINS`; TensorRT's calibrator uses 2048, but onnxruntime's KL search is
+        Python: 179 s against 39 s on that YOLOv8n, whose label mAP50-95 was 0.335 / 0.330
+        with entropy ranges against 0.346 with minmax -- entropy clips what the head needs)."""
+        from onnxruntime.quantization import CalibrationMethod, save_tensors_data
+        from onnxruntime.quantization.calibrate import create_calibrator
+
+        with tempfile.TemporaryDirectory(prefix="graphslim-entropy-") as tmp:
+            calibrator = create_calibrator(
+                self.pre_path,
+                augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+                calibrate_method=CalibrationMethod.Entropy,
+                extra_options={
+                    "symmetric": symmetric,
+                    "num_bins": ENTROPY_BINS[0],
+                    "num_quantized_bins": ENTROPY_BINS[1],
+                },
+            )
+            calibrator.collect_data(P.feed_reader(self.feeds))
+            save_tensors_data(calibrator.compute_data(), self.cache)
 
     def run(self, exclude: list[str], tag: str) -> onnx.ModelProto:
         out = self.work / f"q{self.count}-{tag}.onnx"

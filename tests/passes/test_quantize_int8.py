@@ -1006,3 +1006,41 @@ def test_output_tail_never_holds_compute_ops_or_their_inputs():
     for i, n in enumerate(model.graph.node):
         n.name = f"{n.op_type}_{i}"
     assert [n.name for n in R.output_tail(model)] == ["Softmax_6"]
+
+
+# ----------------------------------------------------------------------------- entropy ranges
+
+
+def test_entropy_calibration_is_not_minmax_in_disguise():
+    """quantize_static's own entropy calibrator (128 bins for 128 quantized bins) has one
+    candidate threshold, the full range; the pass computes the ranges itself. On a heavy-tailed
+    activation the entropy range is narrower than min/max's."""
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[1, 8, 16, 16] x) => (float[1, 8, 16, 16] y) {
+        h = Conv <pads = [1, 1, 1, 1]> (x, w)
+        y = Conv <pads = [1, 1, 1, 1]> (h, w2)
+    }
+    """
+    model = onnx.parser.parse_model(text)
+    rng = np.random.default_rng(0)
+    model.graph.initializer.extend(
+        [
+            numpy_helper.from_array(rng.normal(0, 0.3, (8, 8, 3, 3)).astype(np.float32), "w"),
+            numpy_helper.from_array(rng.normal(0, 0.3, (8, 8, 3, 3)).astype(np.float32), "w2"),
+        ]
+    )
+    feeds = [
+        {"x": rng.standard_t(2, (1, 8, 16, 16)).astype(np.float32)} for _ in range(8)
+    ]  # heavy tails: a few values far out
+    ctx = PassContext(feeds=feeds)
+
+    def input_scale(q) -> float:
+        first = _nodes(q, "QuantizeLinear")
+        x_q = next(n for n in first if n.input[0] == "x")
+        return float(_init(q, x_q.input[1]))
+
+    q_mm, _ = _quantize(model, ctx, calibration="", method="minmax")
+    q_en, r = _quantize(model, ctx, calibration="", method="entropy")
+    assert input_scale(q_en) < 0.8 * input_scale(q_mm)
+    assert any("entropy calibration" in n for n in r.notes)
