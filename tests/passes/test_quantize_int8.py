@@ -31,6 +31,20 @@ def _quantize(model, ctx=None, **opts) -> tuple[onnx.ModelProto, object]:
     return r.model, r
 
 
+def _search_alone(model, ctx, **opts) -> tuple[onnx.ModelProto, object]:
+    """auto_exclude with the rules that would otherwise keep the damage float by themselves
+    (the mixed-range Concat, the output tail) turned off."""
+    return _quantize(
+        model,
+        ctx,
+        calibration="",
+        mixed_concat_float=False,
+        float_tail=False,
+        auto_exclude=True,
+        **opts,
+    )
+
+
 def _dq_of(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
     return {n.output[0]: n for n in model.graph.node if n.op_type == "DequantizeLinear"}
 
@@ -630,15 +644,7 @@ def test_suffix_search_finds_damage_at_the_outputs_without_names(harness):
     model = _mixed_head(harness)
     feeds = random_feeds(model, count=4, seed=1, low=0.0, high=1.0)
     ctx = PassContext(feeds=feeds)
-    q, r = _quantize(
-        model,
-        ctx,
-        calibration="",
-        mixed_concat_float=False,
-        float_tail=False,
-        auto_exclude=True,
-        tolerance=0.05,
-    )
+    q, r = _search_alone(model, ctx, tolerance=0.05)
     first = r.details[0]
     assert first["strategy"] == "suffix" and first["trials"]
     cat = _nodes(model, "Concat")[0]
@@ -822,15 +828,7 @@ def test_task_detect_search_minimises_the_detection_error(harness):
     model = _mixed_head(harness)
     feeds = random_feeds(model, count=4, seed=1, low=0.0, high=1.0)
     ctx = PassContext(feeds=feeds)
-    q, r = _quantize(
-        model,
-        ctx,
-        calibration="",
-        mixed_concat_float=False,
-        float_tail=False,
-        auto_exclude=True,
-        task="detect",
-    )
+    q, r = _search_alone(model, ctx, task="detect")
     before, after = r.counters["output_error_no_auto"], r.counters["output_error"]
     assert before > 0.5  # 1 - mAP50-95 with the scores rounded to 0
     assert after < 0.1 and r.counters["excluded_auto"] >= 1
