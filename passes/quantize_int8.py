@@ -62,7 +62,10 @@ then applies to that score.
 Before any search, an output-path Concat whose inputs' calibrated ranges differ by more than
 32x (a detection head's box pixels next to its class scores, :mod:`passes._quant_ranges`) is kept
 in float with the layout ops after it; its inputs keep their own scales. Without this, one scale
-rounds every score to 0 and no exclusion elsewhere can bring them back.
+rounds every score to 0 and no exclusion elsewhere can bring them back. ``float_tail`` (on by
+default) keeps float every node after the last Conv/ConvTranspose/MatMul/Gemm on each output
+path (a detector's box decoding, score activations, reshapes): no INT8 speed there, and
+quantized the decoded boxes keep range/255 steps (:mod:`passes._quant_ranges`).
 
 Latency guard (``latency_guard``; on for CPU and OpenVINO targets with real calibration data):
 the result is timed against the input, alternately in one process (:func:`graphslim.bench.bench`,
