@@ -28,9 +28,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-log = logging.getLogger("graphslim.passes.quantize_int8")
+from graphslim.passes._quant_ranges import COMPUTE_OPS
 
-COMPUTE = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+log = logging.getLogger("graphslim.passes.quantize_int8")
 
 
 def output_convs(model: onnx.ModelProto) -> list[onnx.NodeProto]:
@@ -52,7 +52,7 @@ def output_convs(model: onnx.ModelProto) -> list[onnx.NodeProto]:
             if _bias_dq(n, producer, consts) is not None and _is_dq(producer.get(n.input[1])):
                 found[n.name] = n
             continue
-        if n.op_type in COMPUTE:
+        if n.op_type in COMPUTE_OPS:
             continue
         stack += [i for i in n.input if i and i not in consts]
     return list(found.values())
