@@ -47,8 +47,9 @@ labels, for reference).
 
     python bench/quantize_int8.py [--runs 30] [--models yolox-det,pplcnet-cls,...] [--no-auto]
                                   [--fall-yolov8s PATH] [--nncf NNCF_PYTHON] [--check]
+                                  [--method minmax|percentile|entropy|auto] [--out STEM]
 
-writes bench/results/quantize_int8.md and .json next to this file (with the machine: CPU
+writes bench/results/quantize_int8.md and .json (``--out``: STEM.md / .json) next to this file (with the machine: CPU
 model, ISA, flags, cores, load, library versions; see ``bench/_common.py``).
 
 ``--check`` reruns the committed results' models and settings and compares, writing nothing:
@@ -122,6 +123,17 @@ def main() -> None:
     ap.add_argument("--fall-yolov8s", type=Path, default=None, help="ONNX export of fall-yolov8s")
     ap.add_argument("--check", action="store_true", help="rerun and compare with the results file")
     ap.add_argument(
+        "--method",
+        default="minmax",
+        choices=["minmax", "percentile", "entropy", "auto"],
+        help="calibration method of the `ours` variants (quantize-int8{method=...})",
+    )
+    ap.add_argument(
+        "--out",
+        default="quantize_int8",
+        help="results stem under bench/results (default quantize_int8; another keeps that file)",
+    )
+    ap.add_argument(
         "--nncf",
         default=os.environ.get("GRAPHSLIM_NNCF_PYTHON"),
         help="python of a venv with nncf (a peer, not a dependency): adds an NNCF PTQ row "
@@ -131,12 +143,13 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(logging.ERROR)  # onnxruntime.quantization logs to root
 
-    committed = load_results("quantize_int8") if args.check else None
+    committed = load_results(args.out) if args.check else None
     if args.check:
         if committed is None:
-            sys.exit("error: --check: bench/results/quantize_int8.json does not exist; run once")
+            sys.exit(f"error: --check: bench/results/{args.out}.json does not exist; run once")
         old = committed["env"]
         args.runs = old.get("runs", args.runs)
+        args.method = committed.get("method", "minmax")
         args.models = args.models or ",".join(r["model"] for r in committed["results"])
         args.no_auto = not any(
             row["variant"] == "ours+auto" for r in committed["results"] for row in r["rows"]
@@ -163,7 +176,7 @@ def main() -> None:
             results.append(run_one(model_id, images, Path(tmp), args))
     if committed is not None:
         sys.exit(check(committed, env, results))
-    write(results, env)
+    write(results, env, args.out, args.method)
 
 
 def run_one(model_id: str, images: dict, tmp: Path, args) -> dict:
@@ -214,7 +227,7 @@ def run_one(model_id: str, images: dict, tmp: Path, args) -> dict:
     settings += [] if args.no_auto else [("ours+auto", {"auto_exclude": True, "task": task})]
     for label, extra in settings:
         t0 = time.perf_counter()
-        extra = {"target": "cpu-x86", **extra}
+        extra = {"target": "cpu-x86", "method": args.method, **extra}
         p = QuantizeInt8(calibration=str(cal_dir), preprocess=pre_spec, **extra)
         r = p(fp32, PassContext(input_shapes=shapes))
         info = {
@@ -405,11 +418,14 @@ def _line(r: dict) -> str:
     )
 
 
-def write(results: list[dict], env: dict) -> None:
+def write(results: list[dict], env: dict, stem: str = "quantize_int8", method: str = "minmax"):
+    command = "python bench/quantize_int8.py" + (
+        f" --method {method} --out {stem}" if stem != "quantize_int8" or method != "minmax" else ""
+    )
     lines = [
-        "# quantize-int8 on real models",
+        "# quantize-int8 on real models" + (f" (`method={method}`)" if method != "minmax" else ""),
         "",
-        f"`python bench/quantize_int8.py` (shared 2-core box: load average above), onnxruntime "
+        f"`{command}` (shared 2-core box: load average above), onnxruntime "
         f"CPU, {env['runs']} alternating runs per model. Calibration: {', '.join(CALIBRATION)}; "
         f"evaluation (disjoint): {', '.join(EVALUATION)} (pplcnet-cls: x4 rotations, ppocr-cls: x2; "
         "detectors: each image, "
@@ -432,7 +448,15 @@ def write(results: list[dict], env: dict) -> None:
         for r in res["rows"]:
             for n in r.get("notes", []):
                 if n.startswith(
-                    ("target ", "x86 ISA", "mixed-range", "INT8 is not", "latency:", "auto_exclude")
+                    (
+                        "target ",
+                        "x86 ISA",
+                        "mixed-range",
+                        "INT8 is not",
+                        "latency:",
+                        "auto_exclude",
+                        "method=auto",
+                    )
                 ):
                     lines.append(f"- {res['model']} {r['variant']}: {n}")
     lines += [
@@ -457,7 +481,7 @@ def write(results: list[dict], env: dict) -> None:
                     + f"; kept in float: {d['kept_float'] or 'none (gain < min_gain)'}"
                     f", error {d['error_before']:.4g} -> {d['error_after']:.4g}"
                 )
-    md = write_results("quantize_int8", env, {"results": results}, lines)
+    md = write_results(stem, env, {"results": results, "method": method}, lines)
     print(f"wrote {md} and .json")
 
 

@@ -7,7 +7,10 @@ real calibration data and keeps the nodes that hurt most in float, by measuremen
 Quantization maps a float tensor ``x`` to ``q = clamp(round(x / s) + z, qmin, qmax)`` and back
 ``x' = (q - z) * s``; ``s`` and ``z`` come from the tensor's calibrated range ``[a, b]``
 (``minmax``: observed min/max; ``entropy``: the KL-optimal clip; ``percentile``: the
-``percentile``-th percentile of ``|x|``). Symmetric quantization fixes ``z = 0``.
+``percentile``-th percentile of ``|x|``; ``auto``: the pass quantizes with each of the three
+and keeps the one whose model has the lowest error on the calibration feeds, the task error
+with ``task=...``, before any exclusion search; every figure is in the notes and the record).
+Symmetric quantization fixes ``z = 0``.
 
 Targets (``activation_type`` / ``weight_type`` override them):
 
@@ -98,7 +101,7 @@ from __future__ import annotations
 import inspect
 import logging
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -178,10 +181,11 @@ class QuantizeInt8Options:
     )
     preprocess: str = option("yolo", help="image preprocessing for an image folder (feeds spec)")
     calibration_size: int = option(32, help="at most this many calibration samples")
-    method: Literal["minmax", "entropy", "percentile"] = option(
+    method: Literal["minmax", "entropy", "percentile", "auto"] = option(
         "minmax",
-        help="calibration range: observed min/max, KL entropy (512-bin histograms, slow), or "
-        "percentile",
+        help="calibration range: observed min/max, KL entropy (512-bin histograms, slow), "
+        "percentile, or auto: each of the three tried, the one with the lowest error (the "
+        "task error with task=...) on the calibration feeds kept",
     )
     percentile: float = option(99.999, help="percentile of |x| for method=percentile")
     per_channel: bool = option(True, help="one weight scale per output channel")
@@ -295,16 +299,22 @@ class QuantizeInt8(Pass):
                 excluded += keep
                 skipped += why
                 notes += more_notes
-            q = _Quantizer(work / "pre.onnx", feeds, o, work)
-            qdq = q.run(excluded, "user")
+            reference = _run(model, feeds)
+            score = task_score(o.task, feeds) if o.task != "none" else S.output_error
+            details: list[dict] = []
+            if o.method == "auto":
+                q, qdq, error, row = _choose_method(work, feeds, o, excluded, reference, score)
+                details.append(row)
+                o = q.options  # the chosen method from here on (notes, search)
+                notes.append(row["note"])
+            else:
+                q = _Quantizer(work / "pre.onnx", feeds, o, work)
+                qdq = q.run(excluded, "user")
+                error = score(reference, _run(qdq, feeds)) if S.quantized_nodes(qdq) else 0.0
             if not S.quantized_nodes(qdq):
                 why = "no node was quantized (no Conv/Gemm/MatMul/... with float inputs)"
                 return PassResult(model, False, skipped=skipped + [("<model>", why)], notes=[why])
-            reference = _run(model, feeds)
-            score = task_score(o.task, feeds) if o.task != "none" else S.output_error
-            error = score(reference, _run(qdq, feeds))
             counters: dict[str, int | float] = {"output_error_no_auto": error}
-            details: list[dict] = []
             auto: list[str] = []
             if o.auto_exclude and error > o.tolerance and o.max_excluded > 0:
                 qdq, path, error, auto, row = Q.suffix_search(
@@ -359,6 +369,34 @@ class QuantizeInt8(Pass):
         return _guarded(
             model, qdq, feeds[0], o, _guard_runtime(o, notes), counters, skipped, notes, details
         )
+
+
+METHODS = ("minmax", "percentile", "entropy")  # method=auto tries these, in this order
+
+
+def _choose_method(work: Path, feeds, o, excluded, reference, score):
+    """method=auto: ``(quantizer, model, error, row)`` of the calibration method whose
+    quantized model (no auto exclusion yet) scores lowest on the calibration feeds; ties go to
+    the earlier of :data:`METHODS` (minmax: the cheapest, and ranges that clip nothing). Each
+    method calibrates in its own folder (onnxruntime's calibration cache is per method)."""
+    tried = []
+    for m in METHODS:
+        folder = work / m
+        folder.mkdir()
+        q = _Quantizer(work / "pre.onnx", feeds, replace(o, method=m), folder)
+        qdq = q.run(excluded, "user")
+        error = score(reference, _run(qdq, feeds)) if S.quantized_nodes(qdq) else float("inf")
+        tried.append((error, m, q, qdq))
+        log.info("quantize-int8 method=auto: %s error %.4g", m, error)
+    error, chosen, q, qdq = min(tried, key=lambda t: (t[0], METHODS.index(t[1])))
+    figures = ", ".join(f"{m} {e:.4g}" for e, m, _, _ in tried)
+    row = {
+        "strategy": "method",
+        "errors": {m: e for e, m, _, _ in tried},
+        "chosen": chosen,
+        "note": f"method=auto: error on the calibration feeds {figures}; chose {chosen}",
+    }
+    return q, qdq, error, row
 
 
 def _bias_corrected(qdq, pre, feeds, reference, score, error, notes, min_gain: float):
@@ -643,7 +681,7 @@ class _Quantizer:
             calibrate_method=method,
             extra_options=extra,
         )
-        self.pre_path, self.feeds, self.work = pre_path, feeds, work
+        self.pre_path, self.feeds, self.work, self.options = pre_path, feeds, work, o
         self.openvino = o.target == "openvino"
         self.cache = work / "calibration.json"
         self.cached = "calibration_cache_path" in inspect.signature(_quantize_static()).parameters

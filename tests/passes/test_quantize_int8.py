@@ -1009,10 +1009,9 @@ def test_output_tail_never_holds_compute_ops_or_their_inputs():
 # ----------------------------------------------------------------------------- entropy ranges
 
 
-def test_entropy_calibration_is_not_minmax_in_disguise():
-    """quantize_static's own entropy calibrator (128 bins for 128 quantized bins) has one
-    candidate threshold, the full range; the pass computes the ranges itself. On a heavy-tailed
-    activation the entropy range is narrower than min/max's."""
+def _heavy_tailed_convs() -> tuple[onnx.ModelProto, PassContext]:
+    """Two 3x3 Convs fed heavy-tailed (Student t, 2 dof) inputs: a few values far out, where
+    the calibration methods' ranges differ."""
     text = """
     <ir_version: 8, opset_import: ["" : 17]>
     g (float[1, 8, 16, 16] x) => (float[1, 8, 16, 16] y) {
@@ -1028,10 +1027,15 @@ def test_entropy_calibration_is_not_minmax_in_disguise():
             numpy_helper.from_array(rng.normal(0, 0.3, (8, 8, 3, 3)).astype(np.float32), "w2"),
         ]
     )
-    feeds = [
-        {"x": rng.standard_t(2, (1, 8, 16, 16)).astype(np.float32)} for _ in range(8)
-    ]  # heavy tails: a few values far out
-    ctx = PassContext(feeds=feeds)
+    feeds = [{"x": rng.standard_t(2, (1, 8, 16, 16)).astype(np.float32)} for _ in range(8)]
+    return model, PassContext(feeds=feeds)
+
+
+def test_entropy_calibration_is_not_minmax_in_disguise():
+    """quantize_static's own entropy calibrator (128 bins for 128 quantized bins) has one
+    candidate threshold, the full range; the pass computes the ranges itself. On a heavy-tailed
+    activation the entropy range is narrower than min/max's."""
+    model, ctx = _heavy_tailed_convs()
 
     def input_scale(q) -> float:
         first = _nodes(q, "QuantizeLinear")
@@ -1042,3 +1046,22 @@ def test_entropy_calibration_is_not_minmax_in_disguise():
     q_en, r = _quantize(model, ctx, calibration="", method="entropy")
     assert input_scale(q_en) < 0.8 * input_scale(q_mm)
     assert any("entropy calibration" in n for n in r.notes)
+
+
+def test_method_auto_keeps_the_method_with_the_lowest_error():
+    """method=auto quantizes with each of minmax / percentile / entropy, records every error
+    and keeps the lowest: the result is the chosen method's own model, error for error."""
+    model, ctx = _heavy_tailed_convs()
+    q, r = _quantize(model, ctx, calibration="", method="auto")
+    row = next(d for d in r.details if d.get("strategy") == "method")
+    assert set(row["errors"]) == {"minmax", "percentile", "entropy"}
+    assert row["chosen"] == min(row["errors"], key=row["errors"].get)
+    assert any(n.startswith("method=auto:") for n in r.notes)
+    assert any(f"{row['chosen']} calibration" in n for n in r.notes)
+    alone, r_alone = _quantize(model, ctx, calibration="", method=row["chosen"])
+    assert r.counters["output_error"] == pytest.approx(row["errors"][row["chosen"]])
+    assert r.counters["output_error"] == pytest.approx(r_alone.counters["output_error"])
+    for m, error in row["errors"].items():  # each figure is that method's own result
+        assert error == pytest.approx(
+            _quantize(model, ctx, calibration="", method=m)[1].counters["output_error"]
+        )
