@@ -956,7 +956,9 @@ FtValLabels = Annotated[
     Path | None,
     _Opt("--val-labels", help="labels of --val-images (as --labels); they pick the best epoch"),
 ]
-FtLoss = Annotated[str, _Opt(help="auto | mse | l1 | kl | bce | logit | detect (see the docs)")]
+FtLoss = Annotated[
+    str, _Opt(help="auto | mse | l1 | kl | bce | logit | detect | dice (see the docs)")
+]
 FtAugment = Annotated[
     str,
     _Opt(help="comma list of flip,crop,color,blur,rotate (albumentations: also scale), or 'none'"),

@@ -41,7 +41,7 @@ class FinetuneOptions:
         ("flip", "crop", "color", "blur"),
         help="flip, crop, color, blur, rotate; the teacher sees the same augmented input",
     )
-    loss: str = option("auto", help="auto (per output), mse, l1, kl, bce")
+    loss: str = option("auto", help="auto (per output), mse, l1, kl, bce, logit, detect, dice")
     temperature: float = option(4.0, help="softmax temperature of the kl loss")
     val_fraction: float = option(0.2, help="share of the feeds that picks the best epoch")
     task: str = option("", help="detect | classify | dense: pick the epoch by map50/top1/iou")

@@ -21,9 +21,12 @@ Loss, per graph output ``o`` with teacher value ``t`` and student value ``s``:
   Sigmoid, ``T^2`` softmax KL for Softmax);
 * ``detect``: on a YOLOv8 ``[B, 4 + nc, N]`` / YOLOX ``[B, N, 5 + nc]`` head, score BCE plus
   box L1 weighted by the teacher's confidence (:mod:`graphslim.bridge.task_losses`);
+* ``dice``: ``1 - 2|s.g| / (|s| + |g|)`` over the batch, ``g`` the teacher's map thresholded
+  at 0.5 (the IoU the dense task metric measures), for [0, 1] maps;
 * with a ``task`` and ``auto``: ``detect`` on the 3-D head of a detector; ``kl`` with
   temperature (on the logits under a Softmax) on a classifier's ``[N, C]`` output; on a
-  dense map the logit loss under a Sigmoid, else ``bce`` on a [0, 1] map, else ``mse``;
+  dense map the logit loss under a Sigmoid, else ``bce`` on a [0, 1] map, plus ``dice``
+  (else ``mse``);
 * ``auto`` (default, no task): ``logit`` on outputs made by a Sigmoid (a dense map: the loss on
   probabilities vanishes where the student saturates); ``mse`` + ``kl`` on outputs that
   look like probabilities (values in [0, 1] summing to 1 along the class axis), the ``kl``
@@ -91,7 +94,10 @@ from graphslim.bridge.task_losses import detect_loss
 
 log = logging.getLogger(__name__)
 
-LOSSES = ("auto", "mse", "l1", "kl", "bce", "logit", "detect")
+LOSSES = ("auto", "mse", "l1", "kl", "bce", "logit", "detect", "dice")
+# Dense maps: the soft Dice term's smoothing (pixels), so a batch whose teacher map is empty
+# asks for an empty student map instead of dividing by zero.
+DICE_SMOOTH = 1.0
 # The task metric that picks the best epoch (graphslim.tasks), per task.
 TASK_METRIC = {"detect": "map50", "classify": "top1", "dense": "iou"}
 AUGMENTATIONS = ("flip", "crop", "color", "blur", "rotate")
@@ -273,6 +279,15 @@ def validation_subset(n: int, limit: int, seed: int) -> np.ndarray:
     if n <= limit:
         return np.arange(n)
     return np.sort(np.random.default_rng((seed, n)).choice(n, size=limit, replace=False))
+
+
+def dice_loss(s, target):
+    """Soft Dice of the student's map ``s`` (probabilities) against a boolean ``target``, over
+    the whole batch (the task metric's IoU pools every pixel too): ``1 - (2|s.g| + k) /
+    (|s| + |g| + k)`` with ``k = DICE_SMOOTH``."""
+    g = target.to(s.dtype)
+    inter = (s * g).sum()
+    return 1 - (2 * inter + DICE_SMOOTH) / (s.sum() + g.sum() + DICE_SMOOTH)
 
 
 def _looks_like_probabilities(t: np.ndarray) -> bool:
@@ -664,6 +679,14 @@ class Distiller:
                     )
                 kinds[name] = [logit.loss]
             else:
+                if chosen == "dice" and not (
+                    t.size and float(t.min()) >= -1e-6 and float(t.max()) <= 1 + 1e-6
+                ):
+                    raise BridgeError(
+                        f"loss 'dice' on output '{name}': its values leave [0, 1] "
+                        f"({float(t.min()):.3g}..{float(t.max()):.3g}); Dice compares maps of "
+                        "probabilities: choose mse, l1 or logit"
+                    )
                 kinds[name] = [chosen]
             scales[name] = float(np.mean(np.square(t.astype(np.float64)))) + 1e-8
             if "l1" in kinds[name]:
@@ -694,10 +717,14 @@ class Distiller:
             if t.ndim == 2 and logit is not None and logit.activation == "Softmax":
                 return [logit.loss]
             return ["kl"] if t.ndim == 2 else ["mse"]
-        if logit is not None and logit.activation == "Sigmoid":
-            return [logit.loss]
         in_unit = t.size and float(t.min()) >= -1e-6 and float(t.max()) <= 1 + 1e-6
-        return ["bce"] if in_unit else ["mse"]
+        # dense: the map's own loss plus Dice against the teacher's map thresholded at 0.5, the
+        # IoU the task metric measures: the per-pixel loss is dominated by the background, which
+        # most pixels of a text or mask map are; Dice weighs the foreground (as DBNet's own
+        # training does, PaddleOCR's DBLoss)
+        if logit is not None and logit.activation == "Sigmoid":
+            return [logit.loss, "dice"]
+        return ["bce", "dice"] if in_unit else ["mse"]
 
     def loss(self, student: Mapping, teacher: Mapping, labels=None):
         torch, F = self.torch, self.torch.nn.functional
@@ -721,6 +748,8 @@ class Distiller:
                     total = total + F.l1_loss(s, t) / self.scales[name]
                 elif kind == "bce":
                     total = total + F.binary_cross_entropy(s.clamp(1e-6, 1 - 1e-6), t.clamp(0, 1))
+                elif kind == "dice":
+                    total = total + dice_loss(s, t > 0.5)
                 else:  # kl over axis 1
                     probs = _looks_like_probabilities(teacher[name])
                     ls = torch.log(s.clamp_min(1e-8)) if probs else s

@@ -10,7 +10,8 @@ import pytest
 import torch
 from onnx import helper, numpy_helper
 
-from graphslim.bridge.finetune import Distiller, FinetuneOptions, finetune
+from graphslim.bridge import BridgeError
+from graphslim.bridge.finetune import Distiller, FinetuneOptions, dice_loss, finetune
 from graphslim.bridge.interpreter import ParityError, parity_check, to_module
 from graphslim.bridge.logits import find_logits
 from graphslim.runtime import run_model
@@ -74,7 +75,7 @@ def test_saturated_student_learns_under_logit_kd_but_not_on_probabilities():
     start = run_model(student, [{"x": x}])[0]["map"]
     assert float(start.max()) < 1e-9  # saturated: every probability ~0, gradient ~0
     d = Distiller(student, teacher, x, OPTS)
-    assert d.kinds["map"] == ["bce-logit"]
+    assert d.kinds["map"] == ["bce-logit", "dice"]  # task dense: Dice on the thresholded map too
     assert d.dead_start() == {"map": "saturated"}
 
     result = finetune(student, teacher, x, OPTS)
@@ -150,3 +151,23 @@ def test_parity_failure_reports_figures_and_force_goes_on():
     assert "first diverging node: 'conv' (Conv)" in str(exc.value)
     c = parity_check(model, _perturbed(model), feeds, tol, force=True)
     assert not c.passed and c.outputs[0].stats["max-rel"] > 1e-4
+
+
+def test_dice_is_zero_on_the_teachers_map_and_one_on_its_complement():
+    t = torch.tensor([[0.9, 0.2], [0.7, 0.1]])
+    assert float(dice_loss((t > 0.5).float(), t > 0.5)) == pytest.approx(0.0)
+    assert float(dice_loss((t <= 0.5).float(), t > 0.5)) == pytest.approx(1 - 1 / 5)  # smooth 1
+    # the foreground counts as much as the background: a student that misses half the text
+    # pays ~1/3 however much background the map has
+    big = torch.zeros(1, 1, 64, 64)
+    big[..., :2, :2] = 1.0
+    half = big.clone()
+    half[..., :1, :2] = 0.0
+    assert float(dice_loss(half, big > 0.5)) == pytest.approx(1 - (2 * 2 + 1) / (2 + 4 + 1))
+
+
+def test_dice_on_an_output_outside_zero_one_is_refused():
+    teacher = _tiny_output_model()
+    x = np.random.default_rng(0).standard_normal((8, 3, 4, 4)).astype(np.float32) * 1e6
+    with pytest.raises(BridgeError, match="loss 'dice' on output 'y': its values leave"):
+        Distiller(teacher, teacher, x, dataclasses.replace(OPTS, loss="dice"))

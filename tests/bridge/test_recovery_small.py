@@ -125,7 +125,7 @@ def test_small_dense_recovery_moves_the_map_iou_toward_the_teacher():
     )
     result = finetune(student, teacher, x, opts)
     h = result.history
-    assert result.metric == "iou" and result.outputs == {"maps": "bce-logit"}
+    assert result.metric == "iou" and result.outputs == {"maps": "bce-logit+dice"}
     assert h[2].loss < h[1].loss and h[result.best_epoch].val_loss < h[0].val_loss
     assert result.best_epoch > 0 and h[result.best_epoch].value > h[0].value
 
