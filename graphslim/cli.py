@@ -1004,6 +1004,14 @@ FtTeacherRuntime = Annotated[
         help="auto (torch on the student's GPU, else onnxruntime) | onnxruntime | torch",
     ),
 ]
+FtTeacherCache = Annotated[
+    Path | None,
+    _Opt(
+        "--teacher-cache",
+        help="folder caching the teacher's outputs per input (content-addressed): reruns with "
+        "the same seed and data read them instead of running the teacher",
+    ),
+]
 FtWarmup = Annotated[float, _Opt(help="epochs of linear learning-rate warm-up (from lr/10)")]
 FtEma = Annotated[
     float,
@@ -1050,6 +1058,7 @@ def finetune(
     limit: Annotated[int | None, _Opt(help="at most this many images")] = None,
     workers: FtWorkers = 0,
     teacher_runtime: FtTeacherRuntime = "auto",
+    teacher_cache: FtTeacherCache = None,
     warmup: FtWarmup = 0.0,
     ema: FtEma = 0.0,
     time_budget: FtTime = None,
@@ -1078,7 +1087,7 @@ def finetune(
         temperature=temperature, augment=augment, augmenter=augmenter, device=device,
         checkpoint=checkpoint, resume=resume, recalibrate_bn=recalibrate_bn, seed=seed,
         task=task, workers=workers, tol=tol, force=force, teacher_runtime=teacher_runtime,
-        warmup=warmup, ema=ema, time_budget=time_budget, feature_weight=feature_weight,
+        teacher_cache=str(teacher_cache) if teacher_cache else None, warmup=warmup, ema=ema, time_budget=time_budget, feature_weight=feature_weight,
         features=tuple(f.strip() for f in features.split(",") if f.strip() not in ("", "none")),
     )  # fmt: skip
     data = {"labels": labels, "val_images": val_images, "val_labels": val_labels}
@@ -1090,6 +1099,9 @@ def finetune(
         )  # fmt: skip
     out.print(finetune_table(result))
     label = metric_label(result.metric)
+    if result.teacher_cache:
+        c = result.teacher_cache
+        out.print(f"teacher cache {c['folder']}: {c['hits']} read, {c['misses']} computed")
     out.print(f"wrote {output} (best epoch {result.best_epoch} by {label}, marked *)")
     _write_json(json_path, result.to_dict())
 

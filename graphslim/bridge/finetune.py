@@ -141,6 +141,7 @@ class FinetuneOptions:
     val_limit: int = 256  # at most this many validation samples (they are held in memory)
     workers: int = 0  # DataLoader worker processes decoding streamed images ahead
     teacher_runtime: str = "auto"  # auto (torch on CUDA, else onnxruntime) | onnxruntime | torch
+    teacher_cache: str | None = None  # folder of the teacher's outputs per input (teacher_cache)
     warmup: float = 0.0  # epochs of linear learning-rate warm-up (from lr/10) before the schedule
     ema: float = 0.0  # decay of an exponential moving average of the weights (0: off)
     time_budget: float | None = None  # minutes for the epochs; epochs becomes an upper bound
@@ -220,6 +221,7 @@ class FinetuneResult:
     outputs: dict[str, str]  # output name -> loss kind used
     dead: dict[str, str] = field(default_factory=dict)  # output -> saturated | constant
     teacher_runtime: str = "onnxruntime"  # where the teacher ran: onnxruntime | torch
+    teacher_cache: dict | None = None  # folder, hits, misses (options.teacher_cache)
 
     @property
     def metric(self) -> str:
@@ -234,6 +236,7 @@ class FinetuneResult:
             "dead_at_start": self.dead,
             "epochs_run": len(self.history) - 1,
             "teacher_runtime": self.teacher_runtime,
+            "teacher_cache": self.teacher_cache,
             "history": [asdict(h) for h in self.history],
         }
 
@@ -490,6 +493,10 @@ class Distiller:
             )
         else:
             self.teacher = _Teacher(teacher, taps)
+        if self.options.teacher_cache:
+            from graphslim.bridge.teacher_cache import CachedTeacher
+
+            self.teacher = CachedTeacher(self.teacher, self.options.teacher_cache, teacher, taps)
 
     def _recalibrate_bn(self) -> None:
         """BatchNorm mean/var re-estimated on the training inputs, one batch at a time."""
@@ -1193,6 +1200,7 @@ def finetune(
         {k: "+".join(v) for k, v in d.kinds.items()},
         dead,
         teacher_runtime=d.teacher_runtime,
+        teacher_cache=d.teacher.stats() if hasattr(d.teacher, "stats") else None,
     )
 
 
