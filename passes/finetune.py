@@ -56,6 +56,11 @@ class FinetuneOptions:
     time: float = option(
         0.0, help="minutes for the epochs (epochs becomes an upper bound; 0: no limit)"
     )
+    teacher_cache: str = option(
+        "",
+        help="folder caching the teacher's outputs per input (reruns with the same seed and "
+        "feeds read them); empty: no cache",
+    )
     recalibrate_bn: bool = option(
         False,
         help="re-estimate BatchNorm mean/var on the feeds first (plain pruning leaves them "
@@ -98,6 +103,7 @@ class FinetuneOptions:
             warmup=self.warmup,
             ema=self.ema,
             time_budget=self.time or None,
+            teacher_cache=self.teacher_cache or None,
         )
 
 

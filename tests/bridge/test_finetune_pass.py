@@ -125,11 +125,13 @@ def test_with_a_task_the_record_names_the_task_metric():
 def test_the_training_recipe_options_reach_the_loop():
     """warm-up, EMA and the time budget (what recovered the bench's models) are pass options
     too, mapped onto the loop's settings; ``time=0`` is no budget."""
-    loop = Finetune(optimizer="adam", warmup=1, ema=0.999, time=3).options.loop_options(
-        seed=0, samples=10
-    )
+    loop = Finetune(
+        optimizer="adam", warmup=1, ema=0.999, time=3, teacher_cache="/tmp/tc"
+    ).options.loop_options(seed=0, samples=10)
     assert (loop.optimizer, loop.warmup, loop.ema, loop.time_budget) == ("adam", 1, 0.999, 3)
-    assert Finetune().options.loop_options(seed=0, samples=10).time_budget is None
+    assert loop.teacher_cache == "/tmp/tc"
+    default = Finetune().options.loop_options(seed=0, samples=10)
+    assert default.time_budget is None and default.teacher_cache is None
 
 
 def test_a_pipeline_finetune_with_warmup_and_ema_still_moves_toward_the_teacher():

@@ -1065,3 +1065,32 @@ def test_method_auto_keeps_the_method_with_the_lowest_error():
         assert error == pytest.approx(
             _quantize(model, ctx, calibration="", method=m)[1].counters["output_error"]
         )
+
+
+def test_method_auto_judges_by_the_task_the_outputs_show():
+    """Without task=..., method=auto judges the methods by the task error when the output
+    layout names the task (here class scores [1, 4]: top-1 agreement), not by the output
+    error, which can prefer ranges that clip the values the task turns on."""
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[1, 8, 16, 16] x) => (float[1, 4] y) {
+        h = Conv <pads = [1, 1, 1, 1]> (x, w)
+        p = GlobalAveragePool (h)
+        y = Flatten (p)
+    }
+    """
+    model = onnx.parser.parse_model(text)
+    rng = np.random.default_rng(0)
+    w = rng.normal(0, 0.3, (4, 8, 3, 3)).astype(np.float32)
+    model.graph.initializer.append(numpy_helper.from_array(w, "w"))
+    feeds = [{"x": rng.standard_t(2, (1, 8, 16, 16)).astype(np.float32)} for _ in range(8)]
+    _, r = _quantize(model, PassContext(feeds=feeds), calibration="", method="auto")
+    row = next(d for d in r.details if d.get("strategy") == "method")
+    assert row["judged_by"] == "classify task error (from the output layout)"
+    assert all(0 <= e <= 1 + 0.01 * 10 for e in row["errors"].values())  # 1 - top-1 + out/100
+    assert any(n.startswith("method=auto: classify task error") for n in r.notes)
+    # the heavy-tailed convs' [1, 8, 16, 16] output names no task: the output error judges
+    model2, ctx2 = _heavy_tailed_convs()
+    _, r2 = _quantize(model2, ctx2, calibration="", method="auto")
+    row2 = next(d for d in r2.details if d.get("strategy") == "method")
+    assert row2["judged_by"] == "output error"
