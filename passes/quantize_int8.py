@@ -77,6 +77,13 @@ median of ``latency_runs``) on ``runtime`` (onnxruntime CPU; OpenVINO CPU for
 (``modified`` False) and says so with both figures. This is a wall-clock measurement, so the
 outcome can differ between machines and, near 1.0x, between runs.
 
+Latency-aware placement (``placement``; auto: whenever the latency guard runs): after the
+accuracy search, each group of the remaining quantized nodes other than the main compute ops
+(one op type each, the depthwise convolutions as their own group) is kept float when that
+makes the model at least 3% faster on the guard's runtime without raising the error
+(:mod:`passes._quant_placement`: whole-model timing, alternating, per group); the groups, their
+timings and the choice are in the notes and the record.
+
 Bias correction (``bias_correction``; auto: on for ``target=openvino``): the convolutions
 that feed the outputs get ``E[FP32 - INT8]`` per channel added to their bias
 (:mod:`passes._quant_bias`), kept only when the error on the calibration feeds drops by at
@@ -116,6 +123,7 @@ from graphslim.passes import _quant_bias as B
 from graphslim.passes import _quant_dynamic as D
 from graphslim.passes import _quant_isa as I
 from graphslim.passes import _quant_openvino as V
+from graphslim.passes import _quant_placement as L
 from graphslim.passes import _quant_prepare as P
 from graphslim.passes import _quant_ranges as R
 from graphslim.passes import _quant_search as Q
@@ -242,6 +250,12 @@ class QuantizeInt8Options:
         "faster; auto: on for CPU and OpenVINO targets with real calibration data",
     )
     latency_runs: int = option(10, help="alternating timed runs for the latency guard")
+    placement: Literal["auto", "latency", "off"] = option(
+        "auto",
+        help="latency: keep float each group of quantized nodes (one op type; the depthwise "
+        "convs) that makes the model >= 3% faster float, timed on `runtime` (never the main "
+        "Conv/MatMul/Gemm); auto: when the latency guard runs",
+    )
     task: Literal["none", "detect", "classify", "dense"] = option(
         "none",
         help="auto_exclude minimises this task's error against the FP32 model on the "
@@ -353,6 +367,14 @@ class QuantizeInt8(Pass):
             elif o.auto_exclude:
                 what = "output error" if o.task == "none" else f"{o.task} task error"
                 notes.append(f"auto_exclude: {what} {error:.4g} already within tolerance")
+            runtime = _guard_runtime(o, notes)
+            placed: list[str] = []
+            if o.placement == "latency" or (o.placement == "auto" and runtime is not None):
+                qdq, error, placed, row = _placed(
+                    q, pre, qdq, excluded + auto, feeds, reference, score, error, o, runtime
+                )
+                details.append(row)
+                notes.append(row["note"])
             if o.bias_correction == "on" or (
                 o.bias_correction == "auto" and o.target == "openvino"
             ):
@@ -363,6 +385,7 @@ class QuantizeInt8(Pass):
         counters.update(_count(qdq, len(feeds), user_excluded, len(auto), error))
         counters["excluded_mixed_concat"] = mixed
         counters["excluded_tail"] = len(excluded) - user_excluded - mixed
+        counters["excluded_placement"] = len(placed)
         act, wt, sym = q.types
         counters["reduce_range"] = int(q.reduce_range)
         notes.append(
@@ -373,9 +396,31 @@ class QuantizeInt8(Pass):
         )
         if q.x86 is not None:
             notes.append(q.x86.note())
-        return _guarded(
-            model, qdq, feeds[0], o, _guard_runtime(o, notes), counters, skipped, notes, details
-        )
+        return _guarded(model, qdq, feeds[0], o, runtime, counters, skipped, notes, details)
+
+
+def _placed(q, pre, qdq, excluded, feeds, reference, score, error, o, runtime):
+    """Latency-aware placement (:mod:`passes._quant_placement`): ``(model, error, nodes kept
+    float, detail row)`` with a ``note``; timed on the guard's runtime (or, with
+    ``placement=latency`` and the guard off, the one the guard would use)."""
+    rt = runtime or (
+        o.runtime if o.runtime != "auto" else ("openvino" if o.target == "openvino" else "ort")
+    )
+    runs = max(20, 2 * o.latency_runs)
+    qdq, after, labels, nodes, row = L.place(
+        q, pre, qdq, excluded, feeds, reference, _run, score, error,
+        runtime=rt, runs=runs, min_gain=o.min_gain,
+    )  # fmt: skip
+    tried = "; ".join(
+        f"{t['group']} x{t['nodes']} {t['ratio']:.3f}x{' (kept float)' if t['kept_float'] else ''}"
+        for t in row["trials"]
+    )
+    row["note"] = (
+        f"placement ({RUNTIME_NAMES[rt]}, {runs} alternating runs per group; time with the "
+        f"group float / INT8): {tried or 'no candidate group'}; kept float: "
+        f"{', '.join(labels) or 'none'}; error {error:.4g} -> {after:.4g}"
+    )
+    return qdq, after, nodes, row
 
 
 METHODS = ("minmax", "percentile", "entropy")  # method=auto tries these, in this order

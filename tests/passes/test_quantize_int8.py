@@ -1094,3 +1094,93 @@ def test_method_auto_judges_by_the_task_the_outputs_show():
     _, r2 = _quantize(model2, ctx2, calibration="", method="auto")
     row2 = next(d for d in r2.details if d.get("strategy") == "method")
     assert row2["judged_by"] == "output error"
+
+
+# ----------------------------------------------------------------------------- placement
+
+
+def _dw_hardswish_block() -> tuple[onnx.ModelProto, PassContext]:
+    """Conv 3x3 -> depthwise Conv 3x3 -> HardSwish as HardSigmoid * x -> Conv 1x1."""
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[1, 8, 16, 16] x) => (float[1, 8, 16, 16] y) {
+        a = Conv <pads = [1, 1, 1, 1]> (x, w1)
+        d = Conv <pads = [1, 1, 1, 1], group = 8> (a, wd)
+        s = HardSigmoid (d)
+        m = Mul (d, s)
+        y = Conv (m, w2)
+    }
+    """
+    model = onnx.parser.parse_model(text)
+    for i, n in enumerate(model.graph.node):
+        n.name = ["c1", "dw", "hs", "mul", "c2"][i]
+    rng = np.random.default_rng(0)
+    model.graph.initializer.extend(
+        numpy_helper.from_array(rng.normal(0, 0.3, s).astype(np.float32), name)
+        for name, s in (("w1", (8, 8, 3, 3)), ("wd", (8, 1, 3, 3)), ("w2", (8, 8, 1, 1)))
+    )
+    feeds = [{"x": rng.normal(0, 1, (1, 8, 16, 16)).astype(np.float32)} for _ in range(4)]
+    return model, PassContext(feeds=feeds)
+
+
+def _int8_weight(model: onnx.ModelProto, node: str) -> bool:
+    """Whether ``node`` reads its weight through a DequantizeLinear (runs as an INT8 conv)."""
+    dq = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return next(n for n in model.graph.node if n.name == node).input[1] in dq
+
+
+def _fake_bench(faster_when_float: str):
+    """A stand-in for graphslim.bench.bench: the candidate is 10% faster exactly when conv
+    ``faster_when_float`` is float in it and INT8 in the current model, else 2% slower."""
+    from types import SimpleNamespace
+
+    calls = []
+
+    def bench(models, feed, runs, runtime):
+        (_, current), (_, candidate) = models
+        calls.append(runtime)
+        gain = _int8_weight(current, faster_when_float) and not _int8_weight(
+            candidate, faster_when_float
+        )
+        return [SimpleNamespace(median_ms=10.0), SimpleNamespace(median_ms=9.0 if gain else 10.2)]
+
+    return bench, calls
+
+
+def test_placement_keeps_float_only_the_groups_that_are_faster_float(monkeypatch):
+    import graphslim.bench as gb
+    from graphslim.passes import _quant_placement as L
+
+    model, ctx = _dw_hardswish_block()
+    fake, calls = _fake_bench("dw")
+    monkeypatch.setattr(gb, "bench", fake)
+    q, r = _quantize(model, ctx, calibration="", placement="latency")
+    row = next(d for d in r.details if d.get("strategy") == "placement")
+    groups = {t["group"]: t for t in row["trials"]}
+    assert L.DEPTHWISE in groups and "Mul" in groups  # never the plain convs c1, c2
+    assert not {"Conv", "ConvTranspose", "MatMul", "Gemm"} & set(groups)
+    assert row["kept_float"] == [L.DEPTHWISE] and groups[L.DEPTHWISE]["ratio"] == 0.9
+    assert r.counters["excluded_placement"] == 1
+    assert not _int8_weight(q, "dw") and _int8_weight(q, "c1") and _int8_weight(q, "c2")
+    assert calls and set(calls) == {"ort"}
+    assert any(n.startswith("placement (onnxruntime") and "kept float: Conv (depthwise)" in n
+               for n in r.notes)  # fmt: skip
+    # the result is what onnxruntime runs: close to FP32 as before (dw float only helps)
+    assert S.output_error(_outs(model, ctx), _outs(q, ctx)) < 0.05
+
+
+def test_placement_is_off_without_the_latency_guard(monkeypatch):
+    import graphslim.bench as gb
+
+    def boom(*a, **k):
+        raise AssertionError("timed")
+
+    monkeypatch.setattr(gb, "bench", boom)
+    model, ctx = _dw_hardswish_block()
+    _, r = _quantize(model, ctx, calibration="")  # latency_guard=off (the helper's default)
+    assert r.counters["excluded_placement"] == 0
+    assert not any(d.get("strategy") == "placement" for d in r.details)
+
+
+def _outs(model, ctx) -> list[dict]:
+    return run_model(model, list(ctx.feeds), optimization="all")

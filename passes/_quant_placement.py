@@ -1,0 +1,109 @@
+"""Latency-aware placement for quantize-int8: node groups that run slower quantized than in
+float on this machine stay float, by measurement.
+
+INT8 is a speed-up for the ops with integer kernels that do the work (Conv, MatMul, Gemm).
+Around the other ops a QDQ graph pays for the quantization itself: onnxruntime runs some of
+them as integer kernels that are slower than the float op (a QLinearMul for HardSwish's
+multiply), others in float between a DequantizeLinear and a QuantizeLinear (a HardSigmoid).
+Whether a group pays off depends on the machine, the runtime and the tensor sizes, so it is
+measured, not assumed: for each group of the quantized nodes -- one op type each, with the
+depthwise convolutions as a group of their own (few MACs per value moved) -- the model with
+that group kept float is timed against the current one, alternately in one process
+(:func:`graphslim.bench.bench`, the runtime the latency guard uses), and kept when it is at
+least :data:`MIN_SPEEDUP` faster and its error on the calibration feeds is not worse than
+``1 + min_gain`` times the current one's. Groups are tried one at a time, largest first, each
+against the result so far (greedy). The main compute ops (non-depthwise Conv, ConvTranspose,
+MatMul, Gemm) are never candidates: INT8 is for them, and the latency guard catches a model
+where even they do not pay.
+
+Measured on ppocr-det (PP-LCNetV3 DBNet, 640x640, loaded 2-core VNNI box, 20 alternating
+runs): the HardSigmoid group float took INT8 from 0.74x to 0.66x of FP32 at the same map IoU.
+
+Written by hand: onnxruntime's quantizer places Q/DQ by op type only (``op_types_to_quantize``)
+and has no timing; the per-node profile cannot attribute time once onnxruntime fuses the Q/DQ
+pairs into integer kernels (the fused nodes get new names), so whole-model timing decides.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+
+import onnx
+
+log = logging.getLogger(__name__)
+
+MIN_SPEEDUP = 0.03  # a group stays float only when the model gets >= 3% faster
+MAIN_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm"}  # never candidates (module doc)
+DEPTHWISE = "Conv (depthwise)"
+
+
+def _depthwise(node: onnx.NodeProto, weights: dict) -> bool:
+    group = next((a.i for a in node.attribute if a.name == "group"), 1)
+    w = weights.get(node.input[1]) if len(node.input) > 1 else None
+    return group > 1 and w is not None and len(w.dims) >= 2 and w.dims[1] == 1
+
+
+def groups(pre: onnx.ModelProto, quantized: set[str]) -> list[tuple[str, list[str]]]:
+    """``(label, node names)`` of the candidate groups among the ``quantized`` nodes of the
+    pre-processed float graph ``pre``, largest first (ties by label)."""
+    weights = {t.name: t for t in pre.graph.initializer}
+    by: dict[str, list[str]] = defaultdict(list)
+    for n in pre.graph.node:
+        if n.name not in quantized:
+            continue
+        if n.op_type == "Conv" and _depthwise(n, weights):
+            by[DEPTHWISE].append(n.name)
+        elif n.op_type not in MAIN_OPS:
+            by[n.op_type].append(n.name)
+    return sorted(by.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+
+
+def place(q, pre, qdq, excluded, feeds, reference, run, score, error, *, runtime, runs, min_gain):
+    """``(model, error, kept labels, kept node names, detail row)`` after the greedy of the
+    module doc. ``q.run(exclude, tag)`` quantizes with ``exclude`` kept float; ``run(model,
+    feeds)`` evaluates; ``score(reference, outputs)`` is the pass's error."""
+    from graphslim.bench import bench
+    from graphslim.passes import _quant_sensitivity as S
+
+    candidates = groups(pre, S.quantized_nodes(qdq) - set(excluded))
+    kept_labels: list[str] = []
+    kept_nodes: list[str] = []
+    trials = []
+    for i, (label, names) in enumerate(candidates):
+        cand = q.run(excluded + kept_nodes + names, f"place{i}")
+        current_t, cand_t = bench(
+            [("current", qdq), ("candidate", cand)], feeds[0], runs=runs, runtime=runtime
+        )
+        ratio = cand_t.median_ms / current_t.median_ms
+        cand_error = score(reference, run(cand, feeds))
+        keep = ratio <= 1 - MIN_SPEEDUP and cand_error <= error * (1 + min_gain) + 1e-9
+        trials.append(
+            {
+                "group": label,
+                "nodes": len(names),
+                "ms_current": current_t.median_ms,
+                "ms_float_group": cand_t.median_ms,
+                "ratio": ratio,
+                "error": cand_error,
+                "kept_float": keep,
+            }
+        )
+        log.info(
+            "quantize-int8 placement: %s (%d nodes) float: %.2f -> %.2f ms (%.3fx), error "
+            "%.4g -> %.4g: %s",
+            label,
+            len(names),
+            current_t.median_ms,
+            cand_t.median_ms,
+            ratio,
+            error,
+            cand_error,
+            "kept float" if keep else "stays INT8",
+        )
+        if keep:
+            qdq, error = cand, cand_error
+            kept_labels.append(label)
+            kept_nodes += names
+    row = {"strategy": "placement", "trials": trials, "kept_float": kept_labels}
+    return qdq, error, kept_labels, kept_nodes, row
