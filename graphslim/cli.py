@@ -881,7 +881,7 @@ def bench(
         from graphslim.explain import explain as explain_models
         from graphslim.render import explain_table
 
-        with err.status("profiling both models (onnxruntime, basic level)"):
+        with err.status("profiling both models (onnxruntime, all level)"):
             e = explain_models(loaded[0][1], loaded[1][1], feed, runs=max(5, runs // 3))
         out.print(explain_table(e, timings[-1].median_ms / timings[0].median_ms))
         data["explain"] = e.to_dict()

@@ -1,12 +1,19 @@
 """Where a slimmed model's time goes, and how far it is from what its work allows.
 
 The *per-op limit* of a candidate against its original: onnxruntime's profiler times every
-node of both (``basic`` optimization, where node names survive; alternating runs, the
-minimum of each node's kernel time), and each original node's time is scaled by its own
-*work ratio* after slimming:
+node of both (alternating runs, the minimum of each node's kernel time) at the optimization
+level users run (``all``: NCHWc layouts, fused activations; ``level="basic"`` profiles the
+unfused graph), and each original node's time is scaled by its own *work ratio* after
+slimming:
 
 * work of a Conv / ConvTranspose / Gemm / MatMul = its MACs, of any other node = its
   output elements (:func:`graphslim.metrics.node_work`, from each model's shapes);
+* at ``all`` onnxruntime renames what it rewrites; a profiled node is mapped back to the
+  model's node it runs: an NCHWc convolution is named after its output tensor + ``_nchwc``, a
+  fusion after the node it replaced + ``/<Name>Fusion/`` (SiLU becomes QuickGelu, timed under
+  its Mul); nodes of the runtime's own (NCHWc layout reorders) are rows of their own, their
+  limit the original's time scaled by the time-weighted work ratio of the model's
+  value-moving (non-compute) nodes;
 * ``limit(n) = t_original(n) * work_candidate(n) / work_original(n)`` for a node in both
   models (matched by name: pruning keeps names), 0 for a node the candidate dropped, and
   the measured time of a node only the candidate has;
@@ -16,14 +23,21 @@ minimum of each node's kernel time), and each original node's time is scaled by 
 
 ``limit / original`` is the latency ratio a runtime that scales every kernel with its work
 would give; ``measured / limit`` says how much of the time the work does not explain
-(layout reorders, activations that stopped fusing, Concat/Split copies). Per op type the
-table gives ms before and after, the share of the original's time, and the measured ratio
-next to the work ratio, so the ops that do not follow their work stand out.
+(kernels less efficient on fewer channels, layout reorders, activations that stopped fusing,
+Concat/Split copies). Per op type the table gives ms before and after, the share of the
+original's time, and the measured ratio next to the work ratio, so the ops that do not
+follow their work stand out.
+
+Why ``all`` by default: at ``basic`` a convolution is im2col + GEMM, whose im2col part scales
+with the input channels only (the stem conv of YOLOv8n, 3 -> 16 channels at 640, took as long
+with 8 output channels), while at ``all`` onnxruntime runs direct NCHWc kernels; a limit from
+``basic`` profiles judged the ``all`` latency by another kernel's scaling.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 
@@ -60,6 +74,7 @@ class Explanation:
     limit_kernel_ms: float
     wall_ms_before: float  # while profiling: inflated, for reference only
     wall_ms_after: float
+    level: str = "all"  # onnxruntime optimization level of the profiles
 
     @property
     def measured_ratio(self) -> float:
@@ -91,12 +106,66 @@ class Explanation:
             "kernel_ratio": self.kernel_ratio,
             "limit_ratio": self.limit_ratio,
             "over_limit": self.over_limit,
+            "level": self.level,
         }
 
 
 def node_work(model: onnx.ModelProto, input_shapes: dict | None = None) -> dict[str, float]:
     """Node name -> MACs (compute ops) or output elements (others), from ``model``'s shapes."""
     return work_of(model, infer_shapes(model, input_shapes))
+
+
+LEVELS = ("all", "basic")
+# onnxruntime's names at ``all``: an NCHWc convolution is named after its output tensor +
+# "_nchwc"; a fusion after the node it replaced + "/<Name>Fusion/" (QuickGelu for SiLU).
+_FUSED = re.compile(r"^(?P<base>.*)/\w+Fusion/?$")
+COMPUTE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+# activations onnxruntime fuses into the Conv before it (its FusedConv kernels)
+CONV_ACTIVATIONS = ("Relu", "Clip", "Sigmoid", "Tanh", "LeakyRelu", "HardSigmoid")
+
+
+def _canonical(model: onnx.ModelProto):
+    """``f(profiled name) -> the model's node it runs`` (None: a node of the runtime's own).
+    A convolution with a fused activation is named after the activation's output: its time
+    goes to the Conv (whose MACs are the work), not to the activation."""
+    nodes = {node_name(n): n for n in model.graph.node}
+    producers = {o: node_name(n) for n in model.graph.node for o in n.output}
+
+    def conv_of(name: str) -> str:
+        n = nodes[name]
+        while n.op_type in CONV_ACTIVATIONS and n.input and n.input[0] in producers:
+            up = nodes[producers[n.input[0]]]
+            if up.op_type not in ("Conv", *CONV_ACTIVATIONS):
+                break
+            n = up
+        return node_name(n) if n.op_type == "Conv" else name
+
+    def one(p: str) -> str | None:
+        if p in nodes:
+            return p
+        if p.endswith("_nchwc") and p[: -len("_nchwc")] in producers:
+            return conv_of(producers[p[: -len("_nchwc")]])
+        m = _FUSED.match(p)
+        return m.group("base") if m and m.group("base") in nodes else None
+
+    return one
+
+
+def _by_node(times: dict[str, float], model: onnx.ModelProto, ops: dict[str, str]):
+    """``({node: ms}, {runtime op type: ms})``: profiled kernel times summed per model node,
+    and the runtime's own nodes (layout reorders) per op type."""
+    canon = _canonical(model)
+    nodes: dict[str, float] = defaultdict(float)
+    own: dict[str, float] = defaultdict(float)
+    for p, ms in times.items():
+        n = canon(p)
+        if n is None:
+            own[ops.get(p, "?")] += ms
+        else:
+            nodes[n] += ms
+    return nodes, own
 
 
 def explain(
@@ -106,27 +175,48 @@ def explain(
     *,
     runs: int = 10,
     input_shapes: dict | None = None,
+    level: str = "all",
 ) -> Explanation:
     """Profile both models side by side and compare each op type with its work (module doc)."""
     from graphslim.sensitivity import profile
 
-    (t0, wall0), (t1, wall1) = profile([original, candidate], feed, runs=runs)
+    if level not in LEVELS:
+        raise ValueError(f"level {level!r} is not one of {', '.join(LEVELS)}")
+    ops: dict[str, str] = {}
+    (p0, wall0), (p1, wall1) = profile(
+        [original, candidate], feed, runs=runs, level=level, op_types=ops
+    )
+    (t0, own0), (t1, own1) = _by_node(p0, original, ops), _by_node(p1, candidate, ops)
     w0, w1 = node_work(original, input_shapes), node_work(candidate, input_shapes)
     op_of = {node_name(n): n.op_type for m in (original, candidate) for n in m.graph.node}
     acc: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0.0, 0.0])
+    moved = [0.0, 0.0]  # time and limit of the matched nodes that move values (not compute)
     for name, ms in t0.items():
-        row = acc[op_of.get(name, "?")]
+        op = op_of.get(name, "?")
+        row = acc[op]
         row[0] += 1
         row[1] += ms
         if name in t1:
             ratio = w1.get(name, 0.0) / w0[name] if w0.get(name) else 1.0
             row[3] += ms * ratio
+            if op not in COMPUTE:
+                moved[0] += ms
+                moved[1] += ms * ratio
     for name, ms in t1.items():
         row = acc[op_of.get(name, "?")]
         row[2] += ms
         if name not in t0:
             row[3] += ms  # only the candidate has it: its own time is its limit
-    k0, k1 = sum(t0.values()), sum(t1.values())
+    # The runtime's own nodes (layout reorders) move activations: their limit scales with
+    # the time-weighted work ratio of the model's own value-moving nodes.
+    elementwise = moved[1] / moved[0] if moved[0] else 1.0
+    for op in set(own0) | set(own1):
+        row = acc[f"{op} (runtime's)"]
+        row[0] += 1
+        row[1] += own0.get(op, 0.0)
+        row[2] += own1.get(op, 0.0)
+        row[3] += own0[op] * elementwise if op in own0 else own1[op]
+    k0, k1 = sum(p0.values()), sum(p1.values())
     rows = [
         OpRow(op, int(n), before, after, limit, before / k0 if k0 else 0.0)
         for op, (n, before, after, limit) in acc.items()
@@ -139,4 +229,5 @@ def explain(
         limit_kernel_ms=sum(r.limit_ms for r in rows),
         wall_ms_before=wall0,
         wall_ms_after=wall1,
+        level=level,
     )

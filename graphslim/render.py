@@ -391,7 +391,8 @@ def explain_table(e, measured: float | None = None) -> Table:
     head = f"measured {measured:.2f}x, " if measured is not None else ""
     t = Table(
         title=f"where the time goes: {head}kernels {e.kernel_ratio:.2f}x, per-op limit "
-        f"{e.limit_ratio:.2f}x (each op's time scaled by its work)",
+        f"{e.limit_ratio:.2f}x (each op's time scaled by its work; onnxruntime {e.level} "
+        "profiles)",
         title_justify="left",
     )
     for col in ("op type", "nodes", "ms before", "ms after", "share", "time ratio", "work ratio"):

@@ -214,10 +214,18 @@ def _fractions_between(original: dict[str, float], pruned: dict[str, float]) -> 
 
 
 def profile(
-    models: Sequence[onnx.ModelProto], feed: Feed, *, runs: int = 5, warmup: int = 2
+    models: Sequence[onnx.ModelProto],
+    feed: Feed,
+    *,
+    runs: int = 5,
+    warmup: int = 2,
+    level: str = "basic",
+    op_types: dict | None = None,
 ) -> list[tuple[dict[str, float], float]]:
     """Per model: (node name -> minimum kernel ms over the runs, minimum wall ms), with the
-    models run alternately (``basic`` optimization, all cores)."""
+    models run alternately (``level`` optimization: ``basic`` keeps node names; ``all`` is
+    what users run, with fused and layout nodes of onnxruntime's own naming; all cores).
+    ``op_types``: filled with profiled name -> the op type onnxruntime ran."""
     import time
 
     import onnxruntime as ort
@@ -229,7 +237,11 @@ def profile(
         for k, m in enumerate(models):
             so = ort.SessionOptions()
             so.log_severity_level = 3
-            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+            so.graph_optimization_level = {
+                "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+            }[level]
             so.enable_profiling = True
             # several sessions alternate: no idle spinning (see graphslim.runtime.Session)
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -250,7 +262,10 @@ def profile(
             per_run: dict[str, list[float]] = defaultdict(list)
             for e in events:
                 if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
-                    per_run[e["name"][: -len("_kernel_time")]].append(e.get("dur", 0) / 1e3)
+                    name = e["name"][: -len("_kernel_time")]
+                    per_run[name].append(e.get("dur", 0) / 1e3)
+                    if op_types is not None:
+                        op_types[name] = e.get("args", {}).get("op_name", "?")
             # Each node appears once per run (warm-up included). The minimum over the timed
             # runs: background load only ever adds time (this CPU may be shared).
             times = {n: float(np.min(v[-runs:])) for n, v in per_run.items()}
