@@ -29,7 +29,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from text_pages import BACKGROUNDS, CACHE, FONT_DIR
+from text_pages import BACKGROUNDS, CACHE, FONT_DIR, zoo_photos
 
 CJK_FONTS = [
     "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc",
@@ -208,20 +208,6 @@ def yolo_lines(boxes, size: int) -> str:
     return "".join(r + "\n" for r in rows)
 
 
-def _photos() -> list:
-    from PIL import Image
-
-    from graphslim import zoo
-
-    photos = []
-    for name in BACKGROUNDS:
-        try:
-            photos.append(Image.open(zoo.fetch(name)).convert("RGB"))
-        except Exception:  # a photo missing from the cache only narrows the backgrounds
-            continue
-    return photos
-
-
 def captchas(count: int, seed: int, size: int = 416, *, root: Path = CACHE) -> Path:
     """Folder of ``count`` captchas ``captcha-00000.png``... with YOLO labels
     ``captcha-00000.txt`` next to them, for ``seed`` (rendered once, cached)."""
@@ -233,7 +219,7 @@ def captchas(count: int, seed: int, size: int = 416, *, root: Path = CACHE) -> P
     if done.exists():
         return folder
     folder.mkdir(parents=True, exist_ok=True)
-    photos = _photos()
+    photos = zoo_photos(BACKGROUNDS)
     rng = np.random.default_rng(seed)
     for i in range(count):
         image, boxes = render_captcha(rng, size, fonts, glyphs, photos)

@@ -81,20 +81,6 @@ class DigitSet:
         return self.root / "labels" / split
 
 
-def _photos(names: list[str]):
-    from PIL import Image
-
-    from graphslim import zoo
-
-    photos = []
-    for name in names:
-        try:
-            photos.append(Image.open(zoo.fetch(name)).convert("RGB"))
-        except Exception:  # a photo missing from the cache only narrows the backgrounds
-            continue
-    return photos
-
-
 def _background(rng: np.random.Generator, size: int, photos: list) -> np.ndarray:
     """A random square crop of a photo (or a flat tone), random colour cast and brightness."""
     if not photos or rng.random() < 0.05:
@@ -195,7 +181,9 @@ def digit_set(train: int = 2000, val: int = 400, seed: int = 0, size: int = 320,
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(digits))
     cut = len(order) * 4 // 5
-    photos = _photos(BACKGROUNDS if backgrounds is None else backgrounds)
+    from text_pages import zoo_photos
+
+    photos = zoo_photos(BACKGROUNDS if backgrounds is None else backgrounds)
     tr, va = order[:cut], order[cut:]
     _write_split(folder, "train", train, rng, size, photos, digits[tr], classes[tr])
     _write_split(folder, "val", val, rng, size, photos, digits[va], classes[va])

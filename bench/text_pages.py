@@ -20,6 +20,21 @@ BACKGROUNDS = ["astronaut", "chelsea", "coffee", "rocket", "china", "flower", "c
 CACHE = Path.home() / ".cache" / "graphslim" / "bench"
 
 
+def zoo_photos(names=BACKGROUNDS) -> list:
+    """The zoo photos ``names`` as RGB PIL images (the backgrounds of the generated sets)."""
+    from PIL import Image
+
+    from graphslim import zoo
+
+    photos = []
+    for name in names:
+        try:
+            photos.append(Image.open(zoo.fetch(name)).convert("RGB"))
+        except Exception:  # a photo missing from the cache only narrows the backgrounds
+            continue
+    return photos
+
+
 def _word(rng: np.random.Generator) -> str:
     letters = string.ascii_letters + string.digits if rng.random() < 0.2 else string.ascii_lowercase
     word = "".join(rng.choice(list(letters), size=int(rng.integers(2, 10))))
@@ -65,9 +80,6 @@ def render_page(rng: np.random.Generator, size: int, fonts: list[Path], photos: 
 
 def text_pages(count: int, seed: int, size: int = 320, *, root: Path = CACHE) -> Path:
     """Folder of ``count`` pages ``page-00000.png``... for ``seed`` (rendered once, cached)."""
-    from PIL import Image
-
-    from graphslim import zoo
 
     folder = root / f"text-pages-s{seed}-{size}px-{count}"
     done = folder / ".complete"
@@ -77,12 +89,7 @@ def text_pages(count: int, seed: int, size: int = 320, *, root: Path = CACHE) ->
     fonts = sorted(p for p in FONT_DIR.glob("DejaVu*.ttf") if "MathTeX" not in p.name)
     if not fonts:
         raise SystemExit(f"no DejaVu fonts in {FONT_DIR} (apt-get install fonts-dejavu-core)")
-    photos = []
-    for name in BACKGROUNDS:
-        try:
-            photos.append(Image.open(zoo.fetch(name)).convert("RGB"))
-        except Exception:  # a photo missing from the cache only narrows the backgrounds
-            continue
+    photos = zoo_photos()
     rng = np.random.default_rng(seed)
     for i in range(count):
         render_page(rng, size, fonts, photos).save(folder / f"page-{i:05d}.png")
