@@ -198,7 +198,11 @@ def bench_ppocr(args, log) -> dict:
     held = text_pages(40, 1)
     pages = sorted(train.glob("page-*.png"))
     calib = link_folder(work / f"calib{CALIB_IMAGES}", pages[:CALIB_IMAGES])
-    train_dir = link_folder(work / f"train{args.pages_a}", pages[: args.pages_a])
+    tag = ""
+    if args.min_font_a != 12:  # KD pages with smaller text (the pruning calibration is the same)
+        tag = f"-f{args.min_font_a}"
+        pages = sorted(text_pages(args.pages_a_cache, 0, min_font=args.min_font_a).glob("page-*"))
+    train_dir = link_folder(work / f"train{args.pages_a}{tag}", pages[: args.pages_a])
     teacher_path = work / "teacher.onnx"
     steps: dict = {}
     steps["c2i"] = cached_step(
@@ -251,7 +255,9 @@ def bench_ppocr(args, log) -> dict:
         "model": "ppocr-det",
         "pipeline": spec,
         "train_pages": args.pages_a,
-        "data": f"text pages seed 0 (first {args.pages_a} of {args.pages_a_cache}), held-out seed 1",
+        "data": f"text pages seed 0 (first {args.pages_a} of {args.pages_a_cache}"
+        f"{f', fonts {args.min_font_a}-34 px' if args.min_font_a != 12 else ''}), held-out "
+        "seed 1 (fonts 12-34 px)",
         "metric": "map IoU at 0.5 vs the original",
         "evaluation": evaluation,
         "cost": costs,
@@ -525,6 +531,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pipeline-a", default="prune-channels{ratio=0.5,reconstruct=true}")
     ap.add_argument("--pages-a", type=int, default=600, help="(a) training pages")
     ap.add_argument("--pages-a-cache", type=int, default=1200, help="(a) pages rendered")
+    ap.add_argument(
+        "--min-font-a", type=int, default=12,
+        help="(a) smallest font of the KD pages in px (held-out pages keep 12-34)",
+    )  # fmt: skip
     ap.add_argument("--epochs-a", type=int, default=3)
     ap.add_argument("--batch-a", type=int, default=8)
     ap.add_argument("--optimizer-a", default="adam")

@@ -57,13 +57,15 @@ def _background(rng, size: int, photos: list):
     return Image.new("RGB", (size, size), tuple(int(t) for t in tone))
 
 
-def render_page(rng: np.random.Generator, size: int, fonts: list[Path], photos: list):
+def render_page(
+    rng: np.random.Generator, size: int, fonts: list[Path], photos: list, min_font: int = 12
+):
     from PIL import Image, ImageDraw, ImageFont
 
     page = _background(rng, size, photos)
     y = int(rng.integers(2, 20))
     while y < size - 12:
-        font_size = int(rng.integers(12, 35))
+        font_size = int(rng.integers(min_font, 35))
         font = ImageFont.truetype(str(fonts[int(rng.integers(len(fonts)))]), font_size)
         line = " ".join(_word(rng) for _ in range(int(rng.integers(1, 7))))
         colour = tuple(int(c) for c in rng.integers(0, 90, size=3))
@@ -78,10 +80,15 @@ def render_page(rng: np.random.Generator, size: int, fonts: list[Path], photos: 
     return page
 
 
-def text_pages(count: int, seed: int, size: int = 320, *, root: Path = CACHE) -> Path:
-    """Folder of ``count`` pages ``page-00000.png``... for ``seed`` (rendered once, cached)."""
+def text_pages(
+    count: int, seed: int, size: int = 320, *, min_font: int = 12, root: Path = CACHE
+) -> Path:
+    """Folder of ``count`` pages ``page-00000.png``... for ``seed`` (rendered once, cached).
+    ``min_font``: the smallest font size in px (12 by default; a whole scanned page at 384 px
+    has text of ~5 px, which a student trained on 12-34 px only stops finding)."""
 
-    folder = root / f"text-pages-s{seed}-{size}px-{count}"
+    tag = "" if min_font == 12 else f"-f{min_font}"
+    folder = root / f"text-pages-s{seed}-{size}px-{count}{tag}"
     done = folder / ".complete"
     if done.exists():
         return folder
@@ -92,7 +99,7 @@ def text_pages(count: int, seed: int, size: int = 320, *, root: Path = CACHE) ->
     photos = zoo_photos()
     rng = np.random.default_rng(seed)
     for i in range(count):
-        render_page(rng, size, fonts, photos).save(folder / f"page-{i:05d}.png")
+        render_page(rng, size, fonts, photos, min_font).save(folder / f"page-{i:05d}.png")
     done.touch()
     return folder
 

@@ -83,7 +83,8 @@ outcome can differ between machines and, near 1.0x, between runs.
 Latency-aware placement (``placement``; auto: whenever the latency guard runs): after the
 accuracy search, each group of the remaining quantized nodes other than the main compute ops
 (one op type each, the depthwise convolutions as their own group) is kept float when that
-makes the model at least 3% faster on the guard's runtime without raising the error
+makes the model at least 3% faster on the guard's runtime, in two timings in a row, without
+raising the error
 (:mod:`passes._quant_placement`: whole-model timing, alternating, per group); the groups, their
 timings and the choice are in the notes and the record.
 
@@ -409,7 +410,9 @@ def _placed(q, pre, qdq, excluded, feeds, reference, score, error, o, runtime):
         runtime=rt, runs=runs, min_gain=o.min_gain,
     )  # fmt: skip
     tried = "; ".join(
-        f"{t['group']} x{t['nodes']} {t['ratio']:.3f}x{' (kept float)' if t['kept_float'] else ''}"
+        f"{t['group']} x{t['nodes']} {t['ratio']:.3f}x"
+        + (f" then {t['ratio_confirm']:.3f}x" if t["ratio_confirm"] is not None else "")
+        + (" (kept float)" if t["kept_float"] else "")
         for t in row["trials"]
     )
     row["note"] = (

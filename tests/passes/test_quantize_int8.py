@@ -1173,6 +1173,8 @@ def test_placement_keeps_float_only_the_groups_that_are_faster_float(monkeypatch
     assert L.DEPTHWISE in groups and "Mul" in groups  # never the plain convs c1, c2
     assert not {"Conv", "ConvTranspose", "MatMul", "Gemm"} & set(groups)
     assert row["kept_float"] == [L.DEPTHWISE] and groups[L.DEPTHWISE]["ratio"] == 0.9
+    assert groups[L.DEPTHWISE]["ratio_confirm"] == 0.9  # timed twice before it is kept
+    assert groups["Mul"]["ratio_confirm"] is None  # slower: no second timing
     assert r.counters["excluded_placement"] == 3 and groups[L.DEPTHWISE]["nodes"] == 3
     assert not any(_int8_weight(q, d) for d in DEPTHWISE_NODES)
     assert _int8_weight(q, "c1") and _int8_weight(q, "c2")
@@ -1200,3 +1202,24 @@ def test_placement_is_off_without_the_latency_guard(monkeypatch):
 
 def _outs(model, ctx) -> list[dict]:
     return run_model(model, list(ctx.feeds), optimization="all")
+
+
+def test_placement_keeps_nothing_a_second_timing_does_not_confirm(monkeypatch):
+    """A group that times faster once and not the second time (noise) stays INT8."""
+    from types import SimpleNamespace
+
+    import graphslim.bench as gb
+
+    seen = []
+
+    def flaky(models, feed, runs, runtime):
+        seen.append(1)
+        fast = len(seen) % 2 == 1  # every first timing of a group says 10% faster
+        return [SimpleNamespace(median_ms=10.0), SimpleNamespace(median_ms=9.0 if fast else 10.1)]
+
+    monkeypatch.setattr(gb, "bench", flaky)
+    model, ctx = _dw_hardswish_block()
+    _, r = _quantize(model, ctx, calibration="", calibration_size=4, placement="latency")
+    row = next(d for d in r.details if d.get("strategy") == "placement")
+    assert row["kept_float"] == [] and r.counters["excluded_placement"] == 0
+    assert all(t["ratio"] == 0.9 and t["ratio_confirm"] == 1.01 for t in row["trials"])
