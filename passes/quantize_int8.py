@@ -468,7 +468,12 @@ def _choose_method(work: Path, feeds, o, excluded, reference, score):
     for m in METHODS:
         folder = work / f"method-{m}"
         folder.mkdir()
-        trial = _Quantizer(work / "pre.onnx", fit, replace(o, method=m), folder)
+        try:
+            trial = _Quantizer(work / "pre.onnx", fit, replace(o, method=m), folder)
+        except PreconditionError as exc:  # entropy on an onnxruntime without its cache
+            log.warning("quantize-int8 method=auto: %s skipped: %s", m, exc)
+            errors[m] = float("inf")
+            continue
         qdq = trial.run(excluded, "user")
         quantized = bool(S.quantized_nodes(qdq))
         errors[m] = judge(ref_held, _run(qdq, held)) if quantized else float("inf")

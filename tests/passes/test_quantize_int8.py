@@ -1223,3 +1223,17 @@ def test_placement_keeps_nothing_a_second_timing_does_not_confirm(monkeypatch):
     row = next(d for d in r.details if d.get("strategy") == "placement")
     assert row["kept_float"] == [] and r.counters["excluded_placement"] == 0
     assert all(t["ratio"] == 0.9 and t["ratio_confirm"] == 1.01 for t in row["trials"])
+
+
+def test_method_auto_goes_on_without_entropy_when_it_cannot_run(monkeypatch):
+    import graphslim.passes.quantize_int8 as Q
+
+    def no_cache(self, symmetric):
+        raise PreconditionError("method=entropy needs onnxruntime's calibration cache")
+
+    monkeypatch.setattr(Q._Quantizer, "_entropy_ranges", no_cache)
+    model, ctx = _heavy_tailed_convs()
+    _, r = _quantize(model, ctx, calibration="", calibration_size=8, method="auto")
+    row = next(d for d in r.details if d.get("strategy") == "method")
+    assert row["errors"]["entropy"] == float("inf") and row["chosen"] != "entropy"
+    assert r.modified
