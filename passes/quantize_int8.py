@@ -76,7 +76,8 @@ quantized the decoded boxes keep range/255 steps (:mod:`passes._quant_ranges`).
 Latency guard (``latency_guard``; on for CPU and OpenVINO targets with real calibration data):
 the result is timed against the input, alternately in one process (:func:`graphslim.bench.bench`,
 median of ``latency_runs``) on ``runtime`` (onnxruntime CPU; OpenVINO CPU for
-``target=openvino``, skipped with a note when OpenVINO is not installed); if INT8 is not faster on this machine, the pass keeps the input
+``target=openvino``, skipped with a note when OpenVINO is not installed); if INT8 is not at
+least 5% (:data:`GUARD_MARGIN`) faster on this machine, the pass keeps the input
 (``modified`` False) and says so with both figures. This is a wall-clock measurement, so the
 outcome can differ between machines and, near 1.0x, between runs.
 
@@ -175,6 +176,10 @@ OPENVINO_FLOAT_OUTPUTS = (
     "GlobalAveragePool",
 )
 RANDOM_CAP = 8  # random calibration: at most this many feeds (they carry no information)
+# The latency guard keeps INT8 only when it is this much faster than FP32: near 1.0x its 10
+# timed runs decide by noise (ppocr-cls, 1.9 ms: kept at the guard's timing, 1.14x slower in
+# the bench's 20 runs that followed)
+GUARD_MARGIN = 0.05
 ENTROPY_BINS = (512, 128)  # method=entropy: histogram bins, quantized bins
 
 
@@ -537,8 +542,11 @@ def _guarded(model, qdq, feed, o, runtime, counters, skipped, notes, details) ->
             f"INT8 {int8_ms:.2f} ms vs FP32 {fp32_ms:.2f} ms = {ratio:.2f}x (median of "
             f"{o.latency_runs} alternating {RUNTIME_NAMES[runtime]} CPU runs on this machine)"
         )
-        if ratio >= 1.0:
-            why = f"INT8 is not faster than FP32 here: {figures}; the input is kept"
+        if ratio > 1.0 - GUARD_MARGIN:
+            why = (
+                f"INT8 is not faster than FP32 here (by the {GUARD_MARGIN:.0%} the guard asks): "
+                f"{figures}; the input is kept"
+            )
             log.warning("quantize-int8: %s", why)
             return PassResult(
                 model, False, counters, skipped + [("<model>", why)], notes + [why], details

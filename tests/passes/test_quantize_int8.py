@@ -608,6 +608,9 @@ def test_latency_guard_keeps_the_input_when_int8_is_not_faster(harness, monkeypa
     assert out.SerializeToString() == model.SerializeToString()
     assert r.counters["latency_ratio"] == pytest.approx(1.5)
     assert any("not faster" in n and "3.00 ms" in n and "2.00 ms" in n for n in r.notes)
+    monkeypatch.setattr(Q, "_latency", lambda *a: (2.0, 1.96))  # 2% faster: within noise
+    out, r = _quantize(model, latency_guard="on")
+    assert r.modified is False and any("by the 5% the guard asks" in n for n in r.notes)
     monkeypatch.setattr(Q, "_latency", lambda *a: (2.0, 1.0))  # simulated: INT8 faster
     out, r = _quantize(model, latency_guard="on")
     assert r.modified is True and r.counters["latency_ratio"] == pytest.approx(0.5)
