@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass
 import onnx
 
 from graphslim.graph import node_name
-from graphslim.metrics import infer_shapes
+from graphslim.metrics import COMPUTE_OPS, infer_shapes
 from graphslim.metrics import node_work as work_of
 
 
@@ -119,9 +119,6 @@ LEVELS = ("all", "basic")
 # onnxruntime's names at ``all``: an NCHWc convolution is named after its output tensor +
 # "_nchwc"; a fusion after the node it replaced + "/<Name>Fusion/" (QuickGelu for SiLU).
 _FUSED = re.compile(r"^(?P<base>.*)/\w+Fusion/?$")
-COMPUTE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-
-
 # activations onnxruntime fuses into the Conv before it (its FusedConv kernels)
 CONV_ACTIVATIONS = ("Relu", "Clip", "Sigmoid", "Tanh", "LeakyRelu", "HardSigmoid")
 
@@ -199,7 +196,7 @@ def explain(
         if name in t1:
             ratio = w1.get(name, 0.0) / w0[name] if w0.get(name) else 1.0
             row[3] += ms * ratio
-            if op not in COMPUTE:
+            if op not in COMPUTE_OPS:
                 moved[0] += ms
                 moved[1] += ms * ratio
     for name, ms in t1.items():

@@ -11,10 +11,10 @@ depthwise convolutions as a group of their own (few MACs per value moved) -- the
 that group kept float is timed against the current one, alternately in one process
 (:func:`graphslim.bench.bench`, the runtime the latency guard uses), and kept when it is at
 least :data:`MIN_SPEEDUP` faster in two timings in a row and its error on the calibration feeds
-is not worse than ``1 + min_gain`` times the current one's. Groups are tried one at a time, largest first, each
-against the result so far (greedy). The main compute ops (non-depthwise Conv, ConvTranspose,
-MatMul, Gemm) are never candidates: INT8 is for them, and the latency guard catches a model
-where even they do not pay.
+is not worse than ``1 + min_gain`` times the current one's. Groups are tried one at a time,
+largest first, each against the result so far (greedy). The main compute ops
+(non-depthwise Conv, ConvTranspose, MatMul, Gemm) are never candidates: INT8 is for them,
+and the latency guard catches a model where even they do not pay.
 
 Measured (bench/results/quantize_int8*.md notes, 2-core VNNI box with a fine-tune running
 beside it, 20 alternating runs): PP-LCNet's HardSigmoid group float 0.84x of its INT8 time in
@@ -34,6 +34,8 @@ from collections import defaultdict
 
 import onnx
 
+from graphslim.metrics import COMPUTE_OPS  # never candidates (module doc), bar depthwise convs
+
 log = logging.getLogger(__name__)
 
 MIN_SPEEDUP = 0.03  # a group stays float only when the model gets >= 3% faster
@@ -41,7 +43,6 @@ MIN_SPEEDUP = 0.03  # a group stays float only when the model gets >= 3% faster
 # MIN_SPEEDUP, below what alternating timings resolve on a busy machine, and each trial costs a
 # quantization and a timing (yolox-det: Gather x1, Resize x2, MaxPool x3 measured 1.003-1.008x).
 MIN_NODES = 3
-MAIN_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm"}  # never candidates (module doc)
 DEPTHWISE = "Conv (depthwise)"
 
 
@@ -62,7 +63,7 @@ def groups(pre: onnx.ModelProto, quantized: set[str]) -> list[tuple[str, list[st
             continue
         if n.op_type == "Conv" and _depthwise(n, weights):
             by[DEPTHWISE].append(n.name)
-        elif n.op_type not in MAIN_OPS:
+        elif n.op_type not in COMPUTE_OPS:
             by[n.op_type].append(n.name)
     found = [(k, v) for k, v in by.items() if len(v) >= MIN_NODES]
     return sorted(found, key=lambda kv: (-len(kv[1]), kv[0]))

@@ -33,6 +33,8 @@ from collections.abc import Sequence
 import numpy as np
 import onnx
 
+from graphslim import metrics
+
 log = logging.getLogger("graphslim.passes.quantize_int8")
 
 MIX_RATIO = 32.0
@@ -59,7 +61,7 @@ def output_path_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     return seen
 
 
-COMPUTE_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
+COMPUTE_OPS = set(metrics.COMPUTE_OPS)  # the ops that do the work (MACs), as a set
 
 
 def output_tail(model: onnx.ModelProto) -> list[onnx.NodeProto]:

@@ -436,7 +436,7 @@ def _method_judge(o, reference, feeds):
     calibration methods. With ``task`` (or, without one, the task the outputs show:
     :func:`graphslim.tasks.infer_task`, a detection head, class scores, a [0, 1] map) the task
     term alone, ``1 - metric``; else the output error."""
-    from graphslim.tasks import infer_task
+    from graphslim.tasks import Task, infer_task
     from graphslim.tasks.gate import input_hw
 
     kind, how = o.task, "task"
@@ -445,8 +445,6 @@ def _method_judge(o, reference, feeds):
         if found is None:
             return S.output_error, "output error"
         kind, how = found[0], "task, from the output layout"
-    from graphslim.tasks import Task
-
     task = Task(kind)
 
     def judge(ref, outputs) -> float:

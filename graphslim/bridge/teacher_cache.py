@@ -1,7 +1,8 @@
 """An on-disk cache of the teacher's outputs, per input sample, for repeated fine-tunes on CPU.
 
-On a CPU the teacher's forward pass is a fixed share of every step. Its outputs depend only on the teacher and the
-exact input the student sees, so a run that feeds the same inputs again -- a rerun with
+On a CPU the teacher's forward pass is a fixed share of every step. Its outputs depend only
+on the teacher and the exact input the student sees, so a run that feeds the same inputs
+again -- a rerun with
 other hyper-parameters, a resumed run, another student of the same teacher, the epochs of a
 run without augmentation -- can read them instead of computing them. The augmentation is
 seeded per (seed, epoch, sample), so with the same seed the augmented inputs repeat too.
